@@ -1,0 +1,97 @@
+/**
+ * Typed errors. Each has a stable snake_case `code`; `src/cli.ts` is the only place that maps
+ * them to exit codes (see `exitCodeOf`).
+ */
+
+/** One problem in a pipeline file or command line, found by validation. */
+export interface ValidationIssue {
+  /** Stable snake_case code, e.g. `unknown_stage_kind`. */
+  code: string;
+  /** Dotted path in the document, e.g. `stages.head.with.epochs` ('' for the whole file). */
+  path: string;
+  /** What is wrong and how to fix it. */
+  message: string;
+  /** File the issue is in (or `--set` for a command-line override). */
+  file?: string;
+  /** 1-based line and column, when the path maps onto the YAML source. */
+  line?: number;
+  col?: number;
+  /** The source line, for a snippet. */
+  snippet?: string;
+}
+
+export class PipelineError extends Error {
+  /** Stable snake_case code. */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** The pipeline file or the command line is invalid; nothing was run or written. Exit 2. */
+export class ValidationError extends PipelineError {
+  readonly issues: ValidationIssue[];
+  constructor(issues: ValidationIssue[]) {
+    super(issues[0]?.code ?? 'invalid', `${issues.length} problem(s) in the pipeline`);
+    this.issues = issues;
+  }
+}
+
+/** Bad command-line usage. Exit 2. */
+export class UsageError extends PipelineError {
+  constructor(message: string) {
+    super('usage', message);
+  }
+}
+
+/** Another live run holds the artifact store. Exit 3. */
+export class StoreLockedError extends PipelineError {
+  readonly pid: number;
+  readonly lockFile: string;
+  constructor(lockFile: string, pid: number) {
+    super('store_locked', `the artifact store is locked by a running process (pid ${pid}, ${lockFile}); wait for it or pass --wait`);
+    this.pid = pid;
+    this.lockFile = lockFile;
+  }
+}
+
+/**
+ * A stage failed for a reason it understands (bad data, a NaN loss, an unreachable URL).
+ * `details` are structured facts that go into the log and the summary.
+ */
+export class StageError extends PipelineError {
+  readonly details: Record<string, unknown>;
+  constructor(code: string, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.details = details;
+  }
+}
+
+/** A metric gate failed (evaluate's `gate`, prune's `max_accuracy_drop`). Exit 1. */
+export class GateError extends StageError {}
+
+/** Our own bug: a broken invariant. */
+export class InternalError extends PipelineError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('internal', message, options);
+  }
+}
+
+/** The run was interrupted by SIGINT/SIGTERM. */
+export class AbortedError extends PipelineError {
+  constructor(message = 'interrupted') {
+    super('aborted', message);
+  }
+}
+
+/** Renders any thrown value as a one-line message with its code, never a stack. */
+export function describeError(error: unknown): { code: string; message: string } {
+  if (error instanceof PipelineError) return { code: error.code, message: error.message };
+  if (error instanceof Error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return { code: typeof code === 'string' ? code.toLowerCase() : 'error', message: error.message };
+  }
+  return { code: 'error', message: String(error) };
+}

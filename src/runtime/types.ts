@@ -1,0 +1,125 @@
+/**
+ * The contract between the runtime and the stages. The runtime knows no stage by name: it only
+ * sees `StageDefinition`s handed to it in a registry.
+ */
+import type { Logger } from 'pino';
+
+/** A JSON value as it can appear in a pipeline file or a metrics object. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** What a stage reports when it finishes: numbers or small JSON values, shown in the summary. */
+export type Metrics = Record<string, Json>;
+
+/**
+ * The kind of thing an artifact holds. A stage declares what it `consumes` and `provides`;
+ * the runtime checks at validation time that every consumed type is provided by a stage in
+ * the consumer's `needs` (or their ancestors), and `ctx.input(type)` finds it at run time.
+ */
+export type ArtifactType = 'dataset' | 'model' | 'features' | 'evaluation' | 'export' | (string & {});
+
+/** One upstream artifact a stage can read. */
+export interface StageInput {
+  /** The upstream stage's id in the pipeline. */
+  id: string;
+  /** The upstream stage's kind. */
+  kind: string;
+  /** The artifact's cache key (sha256 hex). */
+  key: string;
+  /** Absolute path of the finished, read-only artifact directory. */
+  dir: string;
+  /** What the upstream stage provides. */
+  provides: ArtifactType[];
+  /** The upstream stage's metrics. */
+  metrics: Metrics;
+}
+
+/** Progress of a long step (epochs, files); rendered on stderr for humans, logged at debug. */
+export interface ProgressEvent {
+  /** What is being counted ("epoch", "images"). */
+  unit: string;
+  /** How many are done. */
+  done: number;
+  /** How many there are in all, when known. */
+  total?: number;
+  /** Short facts to show beside the bar (loss, accuracy). */
+  info?: Record<string, number | string>;
+}
+
+/** Everything a stage may use while it runs. A stage never touches the cache itself. */
+export interface StageContext<P = Record<string, unknown>> {
+  /** The stage's id in the pipeline. */
+  id: string;
+  /** The stage's kind (its `uses`). */
+  kind: string;
+  /** Resolved params (schema defaults applied). The same object `run` receives. */
+  params: P;
+  /** This stage's cache key. */
+  key: string;
+  /** A 32-bit seed derived from the pipeline seed and the stage id. */
+  seed: number;
+  /** Directory of the pipeline file; relative paths in params resolve against it. */
+  baseDir: string;
+  /** Empty directory the stage writes its artifact into; renamed into the cache on success. */
+  outDir: string;
+  /**
+   * Directory that survives a killed run of this same key (checkpoints for resume); removed
+   * once the stage succeeds.
+   */
+  workDir: string;
+  /** Upstream artifacts of the stage's `needs` (direct ones first, then their ancestors). */
+  inputs: StageInput[];
+  /**
+   * The nearest upstream artifact that provides `type`: direct `needs` first in their order,
+   * then their ancestors breadth-first. Throws a `StageError` when there is none.
+   */
+  input(type: ArtifactType): StageInput;
+  /** Child logger bound to run, stage and kind. */
+  log: Logger;
+  /** Reports progress of a long step. */
+  progress(event: ProgressEvent): void;
+  /** Aborted on SIGINT/SIGTERM; long loops check it between steps. */
+  signal: AbortSignal;
+}
+
+/** What `run` returns. */
+export interface StageResult {
+  /** Metrics shown in the summary and reused verbatim on a cache hit. */
+  metrics?: Metrics;
+}
+
+/** One stage kind: its params, its implementation and what it reads and writes. */
+export interface StageDefinition<P = any> {
+  /** The YAML `uses:` value, kebab-case. */
+  kind: string;
+  /** Bump when outputs would change for the same inputs; part of the cache key. */
+  version: number;
+  /** One line for `pipeline --help` and the generated reference. */
+  description: string;
+  /** JSON Schema (2020-12) of `with:`; defaults in it are applied before the key is computed. */
+  paramsSchema: Record<string, unknown>;
+  /** Artifact types this stage reads via `ctx.input`. */
+  consumes: ArtifactType[];
+  /** Artifact types this stage writes. */
+  provides: ArtifactType[];
+  /**
+   * `tf` stages compute with TF.js and run one at a time (they share one backend);
+   * `io` stages may run concurrently up to `--jobs`. Default `io`.
+   */
+  resource?: 'tf' | 'io';
+  /**
+   * External inputs whose *content* is part of the cache key: local files or folders (hashed
+   * with a size+mtime fast path), or URLs (the URL string is hashed). Paths are resolved
+   * against `baseDir`.
+   */
+  externalInputs?(params: P, baseDir: string): string[];
+  /**
+   * Checks that need more than the schema (cross-field rules). Returns messages keyed by the
+   * param path relative to `with` (e.g. `split.val`); an empty array means valid.
+   */
+  check?(params: P): { path: string; message: string }[];
+  /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
+  run(ctx: StageContext<P>, params: P): Promise<StageResult>;
+}
+
+/** A static map from kind to definition. */
+export type StageRegistry = Readonly<Record<string, StageDefinition>>;
