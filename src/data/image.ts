@@ -1,0 +1,97 @@
+/**
+ * Image decoding with sharp: the one place that turns bytes into pixels, shared by `ingest`
+ * (verification), `preprocess` (shards) and `predict` (`preprocessImage`), so they agree on
+ * what a valid image is and on every decoding step.
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import sharp from 'sharp';
+import { normalizePixels, type PreprocessSpec } from './spec.js';
+
+/**
+ * Decoding fails on any libvips error, including a truncated file (sharp's default would only
+ * warn on some truncations and return grey pixels).
+ */
+const FAIL_ON = 'truncated' as const;
+
+/** The decoding part of a spec: what shapes the uint8 pixels stored in shards. */
+export type DecodeSpec = Pick<PreprocessSpec, 'size' | 'fit' | 'channels' | 'background'>;
+
+/** A file or its bytes. */
+export type ImageSource = string | Buffer | Uint8Array;
+
+/** What `inspectImageFile` learns about one file. */
+export type ImageInspection =
+  | { ok: true; sha256: string; size: number; width: number; height: number; format: string }
+  | { ok: false; sha256?: string; size?: number; reason: string };
+
+/**
+ * Decodes an image to HWC uint8 pixels of `spec.size` and `spec.channels`: applies the EXIF
+ * orientation, takes the first frame of a GIF/WebP animation, converts grayscale/CMYK to sRGB
+ * (or sRGB to grayscale), flattens alpha onto `spec.background`, then resizes with `spec.fit`.
+ * @throws the sharp error when the data is not a readable image.
+ */
+export async function decodeImage(source: ImageSource, spec: DecodeSpec): Promise<Uint8Array> {
+  const [height, width] = spec.size;
+  const [r, g, b] = spec.background;
+  const background = { r, g, b, alpha: 1 };
+  const input = typeof source === 'string' ? source : Buffer.from(source.buffer, source.byteOffset, source.byteLength);
+  const { data, info } = await sharp(input, { failOn: FAIL_ON, pages: 1 })
+    .rotate()
+    .flatten({ background })
+    .resize(width, height, { fit: spec.fit, background, position: 'centre' })
+    .toColourspace(spec.channels === 1 ? 'b-w' : 'srgb')
+    .removeAlpha()
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  if (info.width !== width || info.height !== height || info.channels !== spec.channels) {
+    throw new Error(
+      `decoded to ${info.width}x${info.height}x${info.channels}, expected ${width}x${height}x${spec.channels}`,
+    );
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * Decodes, resizes and normalizes one image exactly as the training data was (without
+ * augmentation). This is what `predict` and exported models use.
+ * @returns HWC float32 values, length `size[0] * size[1] * channels`.
+ */
+export async function preprocessImage(source: ImageSource, spec: PreprocessSpec): Promise<Float32Array> {
+  const pixels = await decodeImage(source, spec);
+  return normalizePixels(pixels, spec.normalize);
+}
+
+/** sha256 (hex) of bytes. */
+export function hashBytes(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/**
+ * Reads a file, hashes it and fully decodes it (every pixel, so truncated data is caught, not
+ * just the header). Never throws: failures come back as `{ ok: false, reason }`.
+ */
+export async function inspectImageFile(file: string): Promise<ImageInspection> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(file);
+  } catch (error) {
+    return { ok: false, reason: `unreadable: ${(error as Error).message}` };
+  }
+  const sha256 = hashBytes(bytes);
+  const size = bytes.byteLength;
+  if (size === 0) return { ok: false, sha256, size, reason: 'empty file' };
+  try {
+    // stats() walks every pixel of the first frame without materialising an output buffer.
+    const image = sharp(bytes, { failOn: FAIL_ON, pages: 1 });
+    const metadata = await image.metadata();
+    await image.stats();
+    return { ok: true, sha256, size, width: metadata.width ?? 0, height: metadata.height ?? 0, format: metadata.format ?? 'unknown' };
+  } catch (error) {
+    return { ok: false, sha256, size, reason: firstLine((error as Error).message) };
+  }
+}
+
+function firstLine(message: string): string {
+  return message.split('\n')[0].trim();
+}

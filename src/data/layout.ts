@@ -1,0 +1,208 @@
+/**
+ * Finding a dataset's images before they are read: walking ImageFolder-style class folders
+ * (optionally under `train/`, `val/`, `test/`), parsing CSV/JSONL label manifests, and the
+ * seeded stratified split. Pure file-system listing; no image is decoded here.
+ */
+import { createHash } from 'node:crypto';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { dirname, extname, join, relative, resolve, sep } from 'node:path';
+import { StageError } from '../runtime/errors.js';
+import { SPLITS, type SplitName } from './dataset.js';
+
+/** Extensions `ingest` looks at by default (compared case-insensitively). */
+export const DEFAULT_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif'];
+
+/** An image file found by a scan, not yet read. */
+export interface Candidate {
+  /** Path relative to the root, `/`-separated. */
+  path: string;
+  /** Its class name. */
+  className: string;
+  /** Its split when the layout or the manifest says; otherwise decided by `assignSplits`. */
+  split?: SplitName;
+}
+
+/** A file or folder the scan passed over, and why. */
+export interface IgnoredPath {
+  path: string;
+  reason: 'hidden' | 'unsupported_extension' | 'outside_class_folder';
+}
+
+/** What a scan found. */
+export interface ScanResult {
+  /** Absolute directory candidate paths are relative to. */
+  root: string;
+  /** `folders`: `train/`,`val/`… inside; `classes`: class folders directly; `manifest`. */
+  layout: 'folders' | 'classes' | 'manifest';
+  candidates: Candidate[];
+  ignored: IgnoredPath[];
+  /** Every class folder seen per split (including empty ones); for `classes` layout under `train`. */
+  classFolders: Partial<Record<SplitName, string[]>>;
+}
+
+const isHidden = (name: string) => name.startsWith('.');
+
+/**
+ * Scans a folder of class folders, or a folder with `train/` (+ `val/`, `test/`) of class
+ * folders. Class folders are walked recursively; hidden files and dot-folders are skipped and
+ * reported, as are files with other extensions and files outside any class folder.
+ * @throws StageError `path_not_found` / `path_not_directory` naming the path.
+ */
+export async function scanFolders(root: string, extensions: string[]): Promise<ScanResult> {
+  const info = await stat(root).catch(() => null);
+  if (!info) throw new StageError('path_not_found', `dataset path ${root} does not exist`, { path: root });
+  if (!info.isDirectory()) throw new StageError('path_not_directory', `dataset path ${root} is not a folder`, { path: root });
+  const allowed = new Set(extensions.map((extension) => extension.toLowerCase()));
+  const top = (await readdir(root, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
+  const dirs = top.filter((entry) => isDirectoryEntry(entry, root) && !isHidden(entry.name)).map((entry) => entry.name);
+  const splitFolders = dirs.includes('train') && dirs.every((name) => (SPLITS as readonly string[]).includes(name));
+  const result: ScanResult = { root, layout: splitFolders ? 'folders' : 'classes', candidates: [], ignored: [], classFolders: {} };
+  const walkClasses = async (base: string, prefix: string, split: SplitName | undefined) => {
+    const entries = (await readdir(base, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
+    const classes: string[] = [];
+    for (const entry of entries) {
+      const path = prefix + entry.name;
+      if (isHidden(entry.name)) result.ignored.push({ path, reason: 'hidden' });
+      else if (isDirectoryEntry(entry, base)) {
+        classes.push(entry.name);
+        await walkFiles(join(base, entry.name), path + '/', entry.name, split);
+      } else result.ignored.push({ path, reason: 'outside_class_folder' });
+    }
+    result.classFolders[split ?? 'train'] = classes;
+  };
+  const walkFiles = async (dir: string, prefix: string, className: string, split: SplitName | undefined) => {
+    const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
+    for (const entry of entries) {
+      const path = prefix + entry.name;
+      if (isHidden(entry.name)) result.ignored.push({ path, reason: 'hidden' });
+      else if (isDirectoryEntry(entry, dir)) await walkFiles(join(dir, entry.name), path + '/', className, split);
+      else if (allowed.has(extname(entry.name).toLowerCase())) result.candidates.push({ path, className, split });
+      else result.ignored.push({ path, reason: 'unsupported_extension' });
+    }
+  };
+  if (splitFolders) {
+    for (const entry of top) {
+      if (isHidden(entry.name)) result.ignored.push({ path: entry.name, reason: 'hidden' });
+      else if (!dirs.includes(entry.name)) result.ignored.push({ path: entry.name, reason: 'outside_class_folder' });
+    }
+    for (const split of SPLITS) if (dirs.includes(split)) await walkClasses(join(root, split), split + '/', split);
+  } else {
+    await walkClasses(root, '', undefined);
+  }
+  return result;
+}
+
+function isDirectoryEntry(entry: { name: string; isDirectory(): boolean; isSymbolicLink(): boolean }, _base: string): boolean {
+  // Symbolic links are followed only as files; a linked folder could loop.
+  return entry.isDirectory();
+}
+
+/** Code-point order, independent of the locale, so class indices are the same everywhere. */
+export function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * Reads a label manifest: CSV (`file,label[,split]`, optional header row, RFC 4180 quoting) or
+ * JSONL (`{"file": …, "label": …, "split"?: …}` per line), chosen by the `.jsonl`/`.ndjson`
+ * extension. File paths are relative to the manifest's folder, which becomes the root.
+ * @throws StageError `manifest_not_found` or `manifest_invalid` with the line number.
+ */
+export async function readLabelManifest(file: string): Promise<ScanResult> {
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new StageError('manifest_not_found', `manifest ${file} cannot be read: ${error.message}`, { path: file }, { cause: error });
+  });
+  const root = dirname(file);
+  const rows = parseManifestRows(text, /\.(jsonl|ndjson)$/i.test(file) ? 'jsonl' : 'csv', file);
+  const withSplit = rows.filter((row) => row.split !== undefined).length;
+  if (withSplit !== 0 && withSplit !== rows.length) {
+    throw new StageError('manifest_invalid', `${file}: either every row or no row must give a split (${withSplit} of ${rows.length} do)`, { path: file });
+  }
+  const candidates = rows.map(({ file: path, label, split, line }) => {
+    if (split !== undefined && !(SPLITS as readonly string[]).includes(split)) {
+      throw new StageError('manifest_invalid', `${file}:${line}: split '${split}' is not one of ${SPLITS.join(', ')}`, { path: file, line });
+    }
+    const absolute = resolve(root, path);
+    return { path: relative(root, absolute).split(sep).join('/'), className: label, split: split as SplitName | undefined };
+  });
+  return { root, layout: 'manifest', candidates, ignored: [], classFolders: {} };
+}
+
+/** Rows of a manifest with their 1-based line numbers. */
+export function parseManifestRows(text: string, format: 'csv' | 'jsonl', file = 'manifest'): { file: string; label: string; split?: string; line: number }[] {
+  const rows: { file: string; label: string; split?: string; line: number }[] = [];
+  const lines = text.split(/\r?\n/);
+  lines.forEach((raw, index) => {
+    const line = index + 1;
+    if (!raw.trim()) return;
+    let fields: unknown[];
+    if (format === 'jsonl') {
+      let value: Record<string, unknown>;
+      try {
+        value = JSON.parse(raw) as Record<string, unknown>;
+      } catch {
+        throw new StageError('manifest_invalid', `${file}:${line}: not valid JSON`, { path: file, line });
+      }
+      fields = [value.file, value.label, value.split];
+    } else {
+      fields = splitCsvLine(raw);
+      if (rows.length === 0 && String(fields[0]).trim().toLowerCase() === 'file' && String(fields[1]).trim().toLowerCase() === 'label') return;
+    }
+    const [path, label, split] = fields.map((field) => (field === undefined || field === null ? undefined : String(field).trim()));
+    if (!path || !label) throw new StageError('manifest_invalid', `${file}:${line}: needs a file and a label`, { path: file, line });
+    rows.push({ file: path, label, split: split || undefined, line });
+  });
+  return rows;
+}
+
+function splitCsvLine(line: string): string[] {
+  const fields: string[] = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const char = line[i];
+    if (quoted) {
+      if (char === '"' && line[i + 1] === '"') (field += '"'), i++;
+      else if (char === '"') quoted = false;
+      else field += char;
+    } else if (char === '"') quoted = true;
+    else if (char === ',') fields.push(field), (field = '');
+    else field += char;
+  }
+  fields.push(field);
+  return fields;
+}
+
+/** Fractions of each class that go to val and test. */
+export interface SplitFractions {
+  val: number;
+  test: number;
+}
+
+/**
+ * Seeded stratified split: within each class, files are ranked by sha256(seed, path) and the
+ * first `round(n * test)` go to test, the next `round(n * val)` to val, the rest to train.
+ * Ranking by hash rather than shuffling means adding or removing one file moves at most one
+ * other file between splits. A class with at least 2 files and `val > 0` keeps ≥1 val file
+ * and ≥1 train file.
+ */
+export function assignSplits<T extends { path: string; className: string }>(items: T[], fractions: SplitFractions, seed: number): (T & { split: SplitName })[] {
+  const byClass = new Map<string, T[]>();
+  for (const item of items) {
+    const list = byClass.get(item.className) ?? [];
+    list.push(item);
+    byClass.set(item.className, list);
+  }
+  const out: (T & { split: SplitName })[] = [];
+  for (const list of byClass.values()) {
+    const ranked = list
+      .map((item) => ({ item, rank: createHash('sha256').update(`${seed >>> 0}\0${item.path}`).digest('hex') }))
+      .sort((a, b) => compare(a.rank, b.rank) || compare(a.item.path, b.item.path));
+    const n = ranked.length;
+    const test = Math.round(n * fractions.test);
+    let val = Math.round(n * fractions.val);
+    if (fractions.val > 0 && n - test >= 2) val = Math.min(Math.max(val, 1), n - test - 1);
+    ranked.forEach(({ item }, rank) => out.push({ ...item, split: rank < test ? 'test' : rank < test + val ? 'val' : 'train' }));
+  }
+  return out;
+}
