@@ -1,0 +1,226 @@
+/**
+ * The `pipeline` command. The ONLY place that maps errors to exit codes:
+ * 0 success; 1 a stage or a gate failed; 2 invalid file or command line (nothing run or
+ * written); 3 the artifact store is locked by another live run; 130 interrupted.
+ */
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
+import { describeError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
+import type { RunSummary } from './runtime/execute.js';
+import { readJsonMaybe } from './runtime/fsutil.js';
+import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
+import { ArtifactStore } from './runtime/store.js';
+import type { StageRegistry } from './runtime/types.js';
+
+export const EXIT = { ok: 0, failed: 1, invalid: 2, locked: 3, interrupted: 130 } as const;
+
+export interface CliIo {
+  registry: StageRegistry;
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+  isTTY: boolean;
+  /** The TF.js backend: chosen lazily by the stages that need it. Absent in runtime-only use. */
+  backend?: BackendControl;
+}
+
+/** How the CLI configures and names the backend without knowing TF.js. */
+export interface BackendControl {
+  /** Records the preference (`auto`, `wasm`, ...); nothing is loaded yet. */
+  configure(preference: string): void;
+  /** The backend in use, or the one that would be picked if none was loaded yet. */
+  describe(): string;
+}
+
+const BACKENDS = ['auto', 'node-gpu', 'node', 'wasm', 'cpu'];
+
+const USAGE = `usage: pipeline <command> [options]
+
+commands:
+  run FILE        validate, plan and execute; reuse cached stages
+  validate FILE   parse + schema + graph checks; touches nothing
+  plan FILE       what would run and what is cached, and why; touches nothing
+  status          the latest run of each pipeline, its stages and metrics
+  runs            recent runs
+  gc              remove cache entries no recent run uses (--keep N runs, default 10)
+
+options:
+  --json               print one JSON object on stdout (progress and logs go to stderr)
+  --set path=value     override a value of the file (read as YAML), e.g. stages.tune.with.lr=1e-5
+  --force STAGE        re-run STAGE even if cached (repeatable)
+  --from STAGE         re-run STAGE and everything downstream of it
+  --only STAGE         run just STAGE (its upstream must be cached)
+  --jobs N             concurrent I/O stages (TF.js stages run one at a time)
+  --artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)
+  --backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file's backend:)
+  --wait               wait for a locked store instead of exiting with code 3
+`;
+
+const OPTIONS = {
+  json: { type: 'boolean' },
+  set: { type: 'string', multiple: true },
+  force: { type: 'string', multiple: true },
+  from: { type: 'string' },
+  only: { type: 'string' },
+  jobs: { type: 'string' },
+  artifacts: { type: 'string' },
+  backend: { type: 'string' },
+  wait: { type: 'boolean' },
+  keep: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** Runs one command; returns the exit code. Never throws. */
+export async function main(argv: string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    io.stderr(`pipeline: ${(error as Error).message}\n\n${USAGE}`);
+    return EXIT.invalid;
+  }
+  const { values, positionals } = parsed;
+  const [command, ...rest] = positionals;
+  if (values.help || !command || command === 'help') {
+    (command || values.help ? io.stdout : io.stderr)(USAGE);
+    return command || values.help ? EXIT.ok : EXIT.invalid;
+  }
+  const artifacts = path.resolve(values.artifacts ?? io.env.PIPELINE_ARTIFACTS ?? 'artifacts');
+  try {
+    switch (command) {
+      case 'run':
+        return await commandRun(requireFile(rest, command), values, artifacts, io);
+      case 'validate': {
+        const pipeline = resolvePipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set });
+        if (values.json) io.stdout(JSON.stringify({ valid: true, pipeline: pipeline.name, stages: pipeline.stages.map((s) => ({ id: s.id, uses: s.kind, needs: s.needs, with: s.params })) }) + '\n');
+        else io.stdout(`${pipeline.file}: valid (${pipeline.stages.length} stages: ${pipeline.stages.map((s) => s.id).join(' -> ')})\n`);
+        return EXIT.ok;
+      }
+      case 'plan': {
+        const plan = await planPipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set, selection: selectionOf(values), artifacts });
+        if (values.json)
+          io.stdout(JSON.stringify({ pipeline: plan.pipeline.name, stages: plan.stages.map((p) => ({ id: p.stage.id, uses: p.stage.kind, action: p.action, key: p.key, reasons: p.reasons })) }) + '\n');
+        else io.stdout(renderPlan(plan));
+        return EXIT.ok;
+      }
+      case 'status':
+      case 'runs':
+        return await commandRuns(command, values.json ?? false, artifacts, io);
+      case 'gc': {
+        const keep = positiveInt(values.keep ?? '10', '--keep');
+        const store = new ArtifactStore(artifacts);
+        const release = await store.lock({ wait: values.wait });
+        try {
+          const result = await store.gc(keep);
+          if (values.json) io.stdout(JSON.stringify(result) + '\n');
+          else io.stdout(`removed ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB), kept ${result.kept}\n`);
+        } finally {
+          await release();
+        }
+        return EXIT.ok;
+      }
+      default:
+        throw new UsageError(`unknown command '${command}'`);
+    }
+  } catch (error) {
+    return reportError(error, io, values.json ?? false);
+  }
+}
+
+async function commandRun(file: string, values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
+  const jobs = values.jobs === undefined ? 4 : positiveInt(values.jobs, '--jobs');
+  if (values.backend !== undefined) backendOf(values.backend); // refuse a bad flag before anything is written
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    interrupts++;
+    if (interrupts > 1) process.exit(EXIT.interrupted);
+    io.stderr(`\n${signal}: stopping; finished stages are kept (press Ctrl-C again to exit now)\n`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const quiet = values.json || io.env.PIPELINE_QUIET === '1';
+  try {
+    const summary: RunSummary = await runPipeline({
+      file,
+      registry: io.registry,
+      overrides: values.set,
+      selection: selectionOf(values),
+      artifacts,
+      jobs,
+      wait: values.wait,
+      signal: controller.signal,
+      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true'),
+      prepare: (pipeline) => io.backend?.configure(backendOf(values.backend ?? pipeline.backend)),
+      backend: () => io.backend?.describe() ?? 'none',
+    });
+    if (values.json) io.stdout(JSON.stringify(summary) + '\n');
+    else io.stderr(renderSummary(summary));
+    return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts: string, io: CliIo): Promise<number> {
+  const store = new ArtifactStore(artifacts);
+  const summaries: RunSummary[] = [];
+  for (const id of (await store.listRuns()).slice(0, 50)) {
+    const summary = await readJsonMaybe<RunSummary>(path.join(store.runDir(id), 'summary.json'));
+    if (summary) summaries.push(summary);
+  }
+  const chosen = command === 'status' ? summaries.filter((s, i) => summaries.findIndex((t) => t.pipeline === s.pipeline) === i) : summaries;
+  if (json) {
+    io.stdout(JSON.stringify(command === 'status' ? { pipelines: chosen } : { runs: chosen.map(({ stages: _s, ...rest }) => rest) }) + '\n');
+    return EXIT.ok;
+  }
+  if (!chosen.length) io.stdout(`no runs in ${artifacts}\n`);
+  for (const summary of chosen) {
+    io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
+    if (command === 'status')
+      for (const s of summary.stages) io.stdout(`    ${s.status.padEnd(7)} ${s.id.padEnd(16)} ${Object.entries(s.metrics).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).slice(0, 6).join(' ')}\n`);
+  }
+  return EXIT.ok;
+}
+
+function reportError(error: unknown, io: CliIo, json: boolean): number {
+  let code: number = EXIT.failed;
+  let text: string;
+  if (error instanceof ValidationError) {
+    code = EXIT.invalid;
+    text = renderIssues(error.issues);
+    if (json) io.stdout(JSON.stringify({ status: 'invalid', issues: error.issues }) + '\n');
+  } else {
+    if (error instanceof UsageError) code = EXIT.invalid;
+    else if (error instanceof StoreLockedError) code = EXIT.locked;
+    const { code: errorCode, message } = describeError(error);
+    const bug = !(error instanceof PipelineError) ? ' (unexpected: please report it)' : '';
+    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + USAGE : ''}`;
+    if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
+  }
+  io.stderr(text);
+  return code;
+}
+
+function requireFile(rest: string[], command: string): string {
+  if (rest.length !== 1) throw new UsageError(`${command} takes exactly one pipeline file, got ${rest.length}`);
+  return rest[0];
+}
+
+function selectionOf(values: Record<string, any>) {
+  return { from: values.from, only: values.only, force: values.force };
+}
+
+function positiveInt(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got '${text}'`);
+  return n;
+}
+
+function backendOf(name: string): string {
+  if (!BACKENDS.includes(name)) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${name}'`);
+  return name;
+}

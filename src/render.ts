@@ -1,0 +1,89 @@
+/**
+ * Human rendering of validation issues, plans, progress and summaries. Data in, strings out;
+ * the CLI decides where they go.
+ */
+import type { ValidationIssue } from './runtime/errors.js';
+import type { ExecutionObserver, RunSummary, StageSummary } from './runtime/execute.js';
+import type { Plan } from './runtime/plan.js';
+import type { Json, ProgressEvent } from './runtime/types.js';
+
+/** `file:line:col  path  message` per issue, with the source line under it. */
+export function renderIssues(issues: ValidationIssue[]): string {
+  const lines: string[] = [];
+  for (const issue of issues) {
+    const where = [issue.file, issue.line, issue.col].filter((v) => v !== undefined && v !== '').join(':');
+    lines.push(`${where || '(command line)'}  ${issue.path || '-'}  ${issue.message}  [${issue.code}]`);
+    if (issue.snippet !== undefined && issue.line !== undefined) {
+      lines.push(`  ${String(issue.line).padStart(4)} | ${issue.snippet}`);
+      if (issue.col) lines.push(`       | ${' '.repeat(Math.max(0, issue.col - 1))}^`);
+    }
+  }
+  lines.push(`${issues.length} problem${issues.length === 1 ? '' : 's'} found; nothing was run or written.`);
+  return lines.join('\n') + '\n';
+}
+
+export function renderPlan(plan: Plan): string {
+  const width = Math.max(...plan.stages.map((p) => p.stage.id.length), 5);
+  const lines = [`pipeline ${plan.pipeline.name} (${plan.pipeline.file})`];
+  for (const planned of plan.stages) {
+    const mark = planned.action === 'run' ? 'run   ' : 'cached';
+    lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${planned.reasons.join('; ')}`);
+  }
+  const toRun = plan.stages.filter((p) => p.action === 'run').length;
+  lines.push(`${toRun} to run, ${plan.stages.length - toRun} cached`);
+  return lines.join('\n') + '\n';
+}
+
+export function formatMetrics(metrics: Record<string, Json>, max = 6): string {
+  const parts: string[] = [];
+  for (const [key, value] of Object.entries(metrics)) {
+    if (typeof value === 'number') parts.push(`${key}=${Number.isInteger(value) ? value : value.toFixed(4)}`);
+    else if (typeof value === 'string' || typeof value === 'boolean') parts.push(`${key}=${value}`);
+    if (parts.length >= max) break;
+  }
+  return parts.join(' ');
+}
+
+function stageLine(summary: StageSummary): string {
+  const mark = { ran: '✓', cached: '=', failed: '✗', skipped: '-' }[summary.status];
+  const detail = summary.error ? `${summary.error.message} [${summary.error.code}]` : formatMetrics(summary.metrics);
+  const time = summary.status === 'ran' || summary.status === 'failed' ? ` ${summary.seconds.toFixed(1)}s` : '';
+  return `${mark} ${summary.id} ${summary.status}${time}  ${detail}`;
+}
+
+export function renderSummary(summary: RunSummary): string {
+  const counts = summary.stages.reduce<Record<string, number>>((acc, s) => ({ ...acc, [s.status]: (acc[s.status] ?? 0) + 1 }), {});
+  const parts = Object.entries(counts).map(([status, n]) => `${n} ${status}`);
+  return `${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
+}
+
+/** Stage lines on `write`; a live progress bar only when `live` (a TTY outside CI). */
+export function createProgressView(write: (text: string) => void, live: boolean): ExecutionObserver {
+  let barShown = false;
+  const clearBar = () => {
+    if (barShown) write('\r\x1b[2K');
+    barShown = false;
+  };
+  return {
+    stageStarted(planned) {
+      clearBar();
+      write(`▶ ${planned.stage.id} (${planned.stage.kind}): ${planned.reasons.join('; ')}\n`);
+    },
+    stageFinished(summary) {
+      clearBar();
+      write(stageLine(summary) + '\n');
+    },
+    progress(stageId: string, event: ProgressEvent) {
+      const info = event.info ? ' ' + Object.entries(event.info).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ') : '';
+      const of = event.total ? `/${event.total}` : '';
+      if (live) {
+        const fraction = event.total ? Math.min(1, event.done / event.total) : 0;
+        const bar = event.total ? `[${'#'.repeat(Math.round(fraction * 20)).padEnd(20)}] ` : '';
+        write(`\r\x1b[2K  ${stageId} ${bar}${event.unit} ${event.done}${of}${info}`);
+        barShown = true;
+      } else if (event.unit === 'epoch') {
+        write(`  ${stageId} epoch ${event.done}${of}${info}\n`);
+      }
+    },
+  };
+}

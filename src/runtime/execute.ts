@@ -1,0 +1,177 @@
+/**
+ * `Plan` -> execution -> `RunSummary`. Independent stages run concurrently on a p-queue (`io`
+ * stages up to `jobs`, `tf` stages one at a time); a failed stage marks its dependents
+ * `skipped` while the others finish; an abort (SIGINT/SIGTERM) lets running stages stop at
+ * their next check and keeps every finished one.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import PQueue from 'p-queue';
+import type { Logger } from 'pino';
+import { AbortedError, describeError, GateError, StageError } from './errors.js';
+import { sha256 } from './hash.js';
+import type { Plan, PlannedStage } from './plan.js';
+import type { ArtifactStore } from './store.js';
+import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
+
+export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
+
+export interface StageSummary {
+  id: string;
+  uses: string;
+  status: StageStatus;
+  key: string;
+  seconds: number;
+  metrics: Metrics;
+  /** Why it ran (or `inputs unchanged`). */
+  reasons?: string[];
+  error?: { code: string; message: string; details?: Record<string, unknown> };
+}
+
+export interface RunSummary {
+  pipeline: string;
+  run: string;
+  status: 'succeeded' | 'failed' | 'interrupted';
+  backend: string;
+  started: string;
+  seconds: number;
+  stages: StageSummary[];
+}
+
+/** Hooks the CLI uses to show progress; all optional. */
+export interface ExecutionObserver {
+  stageStarted?(planned: PlannedStage): void;
+  stageFinished?(summary: StageSummary): void;
+  progress?(stageId: string, event: ProgressEvent): void;
+}
+
+export interface ExecuteOptions {
+  store: ArtifactStore;
+  runId: string;
+  log: Logger;
+  /** Concurrency for `io` stages. */
+  jobs: number;
+  signal: AbortSignal;
+  observer?: ExecutionObserver;
+  /** Name of the backend, resolved when the run ends (it may be chosen lazily). */
+  backend: () => string;
+}
+
+/** Runs the plan and returns its summary; never throws for a stage failure. */
+export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<RunSummary> {
+  const { store, log, signal } = options;
+  const started = Date.now();
+  const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
+  const tfQueue = new PQueue({ concurrency: 1 });
+  const results = new Map<string, Promise<StageSummary>>();
+  const outputs = new Map<string, StageInput>();
+
+  const runOne = async (planned: PlannedStage): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    const deps = await Promise.all(stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
+    const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
+    if (blocked) {
+      log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
+      return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: `'${blocked.id}' ${blocked.status}` } };
+    }
+    if (planned.action === 'cached' && planned.entry) {
+      outputs.set(stage.id, toInput(planned, store.entryDir(key), planned.entry.metrics));
+      log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
+      return { ...base, status: 'cached', seconds: 0, metrics: planned.entry.metrics };
+    }
+    if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
+    const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
+    return (await queue.add(() => execute(planned, base), { signal }).catch((error) => {
+      if (signal.aborted) return { ...base, status: 'skipped' as const, seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
+      throw error;
+    })) as StageSummary;
+  };
+
+  const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    const stageLog = log.child({ stage: stage.id, kind: stage.kind });
+    const t0 = performance.now();
+    const outDir = await store.createTempDir(key);
+    const workDir = store.workDir(key);
+    await mkdir(workDir, { recursive: true });
+    options.observer?.stageStarted?.(planned);
+    stageLog.info({ key, reasons: planned.reasons }, 'stage start');
+    const inputs = [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
+    const ctx: StageContext = {
+      id: stage.id,
+      kind: stage.kind,
+      params: stage.params,
+      key,
+      seed: seedFor(plan.pipeline.seed, stage.id),
+      baseDir: plan.pipeline.baseDir,
+      outDir,
+      workDir,
+      inputs,
+      input(type) {
+        const found = inputs.find((i) => i.provides.includes(type));
+        if (!found) throw new StageError('missing_input', `stage '${stage.id}' found no upstream artifact of type '${type}'`);
+        return found;
+      },
+      log: stageLog,
+      progress(event) {
+        stageLog.debug({ progress: event }, 'progress');
+        options.observer?.progress?.(stage.id, event);
+      },
+      signal,
+    };
+    try {
+      const result = await stage.definition.run(ctx, stage.params);
+      if (signal.aborted) throw new AbortedError();
+      const metrics = result.metrics ?? {};
+      await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics });
+      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
+      await rm(workDir, { recursive: true, force: true });
+      outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));
+      const seconds = round((performance.now() - t0) / 1000);
+      stageLog.info({ key, seconds, metrics }, 'stage done');
+      return { ...base, status: 'ran', seconds, metrics };
+    } catch (error) {
+      await rm(outDir, { recursive: true, force: true });
+      const seconds = round((performance.now() - t0) / 1000);
+      const described = signal.aborted ? { code: 'aborted', message: 'interrupted' } : describeError(error);
+      const details = error instanceof StageError ? error.details : undefined;
+      const metrics = error instanceof GateError ? ((error.details.metrics as Metrics) ?? {}) : {};
+      if (error instanceof StageError || signal.aborted) stageLog.error({ code: described.code, details, seconds }, `stage failed: ${described.message}`);
+      else stageLog.error({ err: error, code: described.code, seconds }, 'stage failed');
+      return { ...base, status: 'failed', seconds, metrics, error: { ...described, ...(details ? { details } : {}) } };
+    }
+  };
+
+  for (const planned of plan.stages) {
+    const promise = runOne(planned).then((summary) => {
+      options.observer?.stageFinished?.(summary);
+      return summary;
+    });
+    results.set(planned.stage.id, promise);
+  }
+  const stages = await Promise.all(plan.stages.map((p) => results.get(p.stage.id)!));
+  const failed = stages.some((s) => s.status === 'failed' || s.status === 'skipped');
+  const summary: RunSummary = {
+    pipeline: plan.pipeline.name,
+    run: options.runId,
+    status: signal.aborted ? 'interrupted' : failed ? 'failed' : 'succeeded',
+    backend: options.backend(),
+    started: new Date(started).toISOString(),
+    seconds: round((Date.now() - started) / 1000),
+    stages,
+  };
+  return summary;
+}
+
+function toInput(planned: PlannedStage, dir: string, metrics: Metrics): StageInput {
+  return { id: planned.stage.id, kind: planned.stage.kind, key: planned.key, dir, provides: planned.stage.definition.provides, metrics };
+}
+
+/** A 32-bit seed from the pipeline seed and the stage id: stable across runs and machines. */
+export function seedFor(seed: number, stageId: string): number {
+  return parseInt(sha256(`${seed}:${stageId}`).slice(0, 8), 16);
+}
+
+function round(seconds: number): number {
+  return Math.round(seconds * 1000) / 1000;
+}

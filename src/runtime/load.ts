@@ -1,0 +1,268 @@
+/**
+ * File -> `PipelineFile` -> `ResolvedPipeline`: parse YAML with a source map, apply `--set`
+ * overrides, validate against the JSON Schemas, check the graph, apply defaults. Every problem
+ * is collected and returned at once; nothing here throws on bad input.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Document, type Node } from 'yaml';
+import type { ValidationIssue } from './errors.js';
+import { ancestors, findCycle, topologicalOrder } from './graph.js';
+import { compilePipelineValidator, compileStageValidator, describeAjvError } from './schema.js';
+import { didYouMean } from './suggest.js';
+import type { ArtifactType, StageDefinition, StageRegistry } from './types.js';
+
+/** Pipeline files larger than this are refused before parsing. */
+export const MAX_FILE_BYTES = 1024 * 1024;
+/** Aliases beyond this are refused (billion-laughs protection). */
+export const MAX_ALIAS_COUNT = 100;
+
+/** What the YAML says, validated but before graph checks and defaults. */
+export interface PipelineFile {
+  name: string;
+  description?: string;
+  seed?: number;
+  backend?: string;
+  stages: Record<string, { uses: string; needs?: string[]; with?: Record<string, unknown>; description?: string }>;
+}
+
+/** A stage with defaults applied and its graph facts precomputed. */
+export interface ResolvedStage {
+  id: string;
+  kind: string;
+  definition: StageDefinition;
+  /** Params with schema defaults applied. */
+  params: Record<string, unknown>;
+  needs: string[];
+  /** All upstream stages, nearest first. */
+  ancestors: string[];
+  /** 1-based line of the stage in the file, for messages. */
+  line?: number;
+}
+
+export interface ResolvedPipeline {
+  file: string;
+  baseDir: string;
+  name: string;
+  seed: number;
+  backend: string;
+  /** Stages in topological order. */
+  stages: ResolvedStage[];
+  /** stage id -> needs, in file order. */
+  needs: Map<string, string[]>;
+}
+
+export type LoadResult =
+  | { ok: true; pipeline: ResolvedPipeline; warnings: ValidationIssue[] }
+  | { ok: false; issues: ValidationIssue[] };
+
+/** Loads and validates a pipeline file; `overrides` are `--set path=value` strings. */
+export function loadPipeline(file: string, registry: StageRegistry, overrides: string[] = []): LoadResult {
+  const text = readSource(file);
+  if (typeof text !== 'string') return { ok: false, issues: [text] };
+  return loadPipelineText(text, file, registry, overrides);
+}
+
+function readSource(file: string): string | ValidationIssue {
+  try {
+    const info = statSync(file);
+    if (!info.isFile()) return { code: 'not_a_file', path: '', file, message: `${file} is not a file; pass a pipeline YAML file` };
+    if (info.size > MAX_FILE_BYTES)
+      return { code: 'file_too_large', path: '', file, message: `${file} is ${info.size} bytes; pipeline files are limited to ${MAX_FILE_BYTES} bytes` };
+    return readFileSync(file, 'utf8');
+  } catch (error) {
+    return { code: 'file_unreadable', path: '', file, message: `cannot read ${file}: ${(error as Error).message}` };
+  }
+}
+
+/** Same as `loadPipeline` on text already read (tests use it directly). */
+export function loadPipelineText(text: string, file: string, registry: StageRegistry, overrides: string[] = []): LoadResult {
+  const lineCounter = new LineCounter();
+  const doc = YAML.parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
+  const lines = text.split(/\r?\n/);
+  const at = (offset: number | undefined): Pick<ValidationIssue, 'line' | 'col' | 'snippet'> => {
+    if (offset === undefined) return {};
+    const { line, col } = lineCounter.linePos(offset);
+    return { line, col, snippet: lines[line - 1] };
+  };
+  const issues: ValidationIssue[] = [];
+  for (const error of doc.errors) {
+    const first = error.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+    issues.push({ code: `yaml_${error.code.toLowerCase()}`, path: '', file, message: `YAML: ${first}`, ...at(error.pos[0]) });
+  }
+  if (issues.length) return { ok: false, issues };
+  if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) {
+    return { ok: false, issues: [{ code: 'empty_file', path: '', file, message: 'the file is empty; a pipeline needs `name:` and `stages:` (see pipelines/ for examples)' }] };
+  }
+
+  for (const override of overrides) {
+    const issue = applyOverride(doc, override);
+    if (issue) issues.push(issue);
+  }
+  if (issues.length) return { ok: false, issues };
+
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+  } catch (error) {
+    return {
+      ok: false,
+      issues: [{ code: 'yaml_alias_bomb', path: '', file, message: `YAML: ${(error as Error).message}; use at most ${MAX_ALIAS_COUNT} alias expansions` }],
+    };
+  }
+
+  const locate = (instancePath: string[], key = false) => at(offsetOf(doc, instancePath, key));
+  const validatePipeline = compilePipelineValidator();
+  if (!validatePipeline(data)) {
+    for (const error of validatePipeline.errors ?? []) {
+      if (error.keyword === 'propertyNames') continue; // its inner error (with propertyName) says it better
+      const described = describeAjvError(error, data);
+      issues.push({ ...stripSegments(described), file, ...locate(described.segments, described.atKey) });
+    }
+    return { ok: false, issues };
+  }
+  const pipelineFile = data as PipelineFile;
+  const ids = Object.keys(pipelineFile.stages);
+  const needs = new Map<string, string[]>();
+  const stages: Omit<ResolvedStage, 'ancestors'>[] = [];
+
+  for (const id of ids) {
+    const stage = pipelineFile.stages[id];
+    const definition = Object.prototype.hasOwnProperty.call(registry, stage.uses) ? registry[stage.uses] : undefined;
+    needs.set(id, stage.needs ?? []);
+    for (const [index, dep] of (stage.needs ?? []).entries()) {
+      if (dep === id) issues.push({ code: 'self_need', path: `stages.${id}.needs.${index}`, file, message: `stage '${id}' cannot need itself`, ...locate(['stages', id, 'needs', String(index)]) });
+      else if (!ids.includes(dep))
+        issues.push({
+          code: 'unknown_need',
+          path: `stages.${id}.needs.${index}`,
+          file,
+          message: `stage '${id}' needs '${dep}', which is not a stage in this file${didYouMean(dep, ids)}`,
+          ...locate(['stages', id, 'needs', String(index)]),
+        });
+    }
+    if (!definition) {
+      issues.push({
+        code: 'unknown_stage_kind',
+        path: `stages.${id}.uses`,
+        file,
+        message: `unknown stage kind '${stage.uses}'${didYouMean(stage.uses, Object.keys(registry))}; known kinds: ${Object.keys(registry).join(', ')}`,
+        ...locate(['stages', id, 'uses']),
+      });
+      continue;
+    }
+    const params = structuredClone(stage.with ?? {});
+    const validateParams = compileStageValidator(definition);
+    if (!validateParams(params)) {
+      for (const error of validateParams.errors ?? []) {
+        const described = describeAjvError(error, params);
+        const segments = ['stages', id, 'with', ...described.segments];
+        issues.push({ ...stripSegments(described), path: segments.join('.'), file, ...locate(segments, described.atKey) });
+      }
+      continue;
+    }
+    for (const problem of definition.check?.(params) ?? []) {
+      const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
+      issues.push({ code: 'invalid_param', path: segments.join('.'), file, message: problem.message, ...locate(segments) });
+    }
+    stages.push({ id, kind: stage.uses, definition, params, needs: stage.needs ?? [], line: locate(['stages', id], true).line });
+  }
+
+  const cycle = issues.length ? undefined : findCycle(needs);
+  if (cycle) {
+    issues.push({
+      code: 'cycle',
+      path: `stages.${cycle[0]}.needs`,
+      file,
+      message: `the stages form a cycle: ${[...cycle, cycle[0]].join(' -> ')}; remove one of these needs`,
+      ...locate(['stages', cycle[0], 'needs']),
+    });
+  }
+  if (issues.length) return { ok: false, issues };
+
+  const byId = new Map(stages.map((s) => [s.id, s]));
+  for (const stage of stages) {
+    const upstream = ancestors(needs, stage.id);
+    for (const type of stage.definition.consumes) {
+      if (!upstream.some((dep) => byId.get(dep)!.definition.provides.includes(type))) {
+        issues.push({
+          code: 'missing_input',
+          path: `stages.${stage.id}.needs`,
+          file,
+          message: `stage '${stage.id}' (${stage.kind}) reads a '${type}', but nothing in its needs provides one; add a stage of kind ${providersOf(type, registry)} to its needs`,
+          ...locate(['stages', stage.id, stage.needs.length ? 'needs' : 'uses']),
+        });
+      }
+    }
+  }
+  if (issues.length) return { ok: false, issues };
+
+  const order = topologicalOrder(needs);
+  return {
+    ok: true,
+    warnings: [],
+    pipeline: {
+      file,
+      baseDir: path.dirname(path.resolve(file)),
+      name: pipelineFile.name,
+      seed: pipelineFile.seed ?? 42,
+      backend: pipelineFile.backend ?? 'auto',
+      needs,
+      stages: order.map((id) => ({ ...byId.get(id)!, ancestors: ancestors(needs, id) })),
+    },
+  };
+}
+
+function providersOf(type: ArtifactType, registry: StageRegistry): string {
+  const kinds = Object.values(registry).filter((d) => d.provides.includes(type)).map((d) => `'${d.kind}'`);
+  return kinds.length ? kinds.join(' or ') : `that provides '${type}'`;
+}
+
+function stripSegments<T extends { segments?: unknown; atKey?: unknown }>(issue: T): Omit<T, 'segments' | 'atKey'> {
+  const { segments: _segments, atKey: _atKey, ...rest } = issue;
+  return rest;
+}
+
+/** Applies one `--set a.b.c=value` to the document; the value is read as a YAML scalar. */
+function applyOverride(doc: Document, override: string): ValidationIssue | undefined {
+  const eq = override.indexOf('=');
+  const dotted = eq > 0 ? override.slice(0, eq) : '';
+  const segments = dotted.split('.');
+  if (eq <= 0 || segments.some((s) => !/^[A-Za-z0-9_-]+$/.test(s)))
+    return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: expected path=value with a dotted path like stages.tune.with.lr=1e-5` };
+  let value: unknown;
+  try {
+    value = YAML.parse(override.slice(eq + 1));
+  } catch (error) {
+    return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: the value is not valid YAML: ${(error as Error).message.split('\n')[0]}` };
+  }
+  try {
+    doc.setIn(segments, doc.createNode(value));
+  } catch {
+    return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: ${dotted} goes through a value that is not a map` };
+  }
+  return undefined;
+}
+
+/** Source offset of a path in the document (the key when `key` is set), or of its deepest existing parent. */
+function offsetOf(doc: Document, segments: string[], key: boolean): number | undefined {
+  let node: unknown = doc.contents;
+  let offset = (node as Node | null)?.range?.[0];
+  for (const [i, segment] of segments.entries()) {
+    const last = i === segments.length - 1;
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === segment);
+      if (!pair) return offset;
+      const keyNode = pair.key as Node;
+      if (last && key) return keyNode.range?.[0] ?? offset;
+      node = pair.value;
+      offset = (node as Node | null)?.range?.[0] ?? keyNode.range?.[0] ?? offset;
+    } else if (isSeq(node)) {
+      node = node.items[Number(segment)];
+      offset = (node as Node | null)?.range?.[0] ?? offset;
+    } else {
+      return offset;
+    }
+  }
+  return offset;
+}

@@ -1,0 +1,124 @@
+/**
+ * `ResolvedPipeline` -> `Plan`: each stage's cache key, whether it runs or comes from the
+ * cache, and why. Reads the store (entries, records, the stat cache) but writes nothing.
+ */
+import path from 'node:path';
+import { ValidationError, type ValidationIssue } from './errors.js';
+import { selectStages, type Selection } from './graph.js';
+import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
+import type { ResolvedPipeline, ResolvedStage } from './load.js';
+import type { ArtifactStore, EntryMeta, StageRecord } from './store.js';
+import type { Json } from './types.js';
+
+export interface PlannedStage {
+  stage: ResolvedStage;
+  key: string;
+  action: 'run' | 'cached';
+  /** Human reasons: "param epochs changed (5 -> 10)", "cached", "forced". */
+  reasons: string[];
+  /** The record that will be stored after a successful run. */
+  record: StageRecord;
+  /** The cached entry, when `action` is `cached`. */
+  entry?: EntryMeta;
+}
+
+export interface Plan {
+  pipeline: ResolvedPipeline;
+  /** Stages taking part, in topological order. */
+  stages: PlannedStage[];
+}
+
+/**
+ * Computes keys and decisions. `--only` needs every ancestor cached; anything else is a
+ * `ValidationError` (exit 2) that names the stage to run first.
+ */
+export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, selection: Selection, statCache: StatCache): Promise<Plan> {
+  const issues: ValidationIssue[] = [];
+  for (const id of [selection.from, selection.only, ...(selection.force ?? [])]) {
+    if (id && !pipeline.needs.has(id)) issues.push({ code: 'unknown_stage', path: '', file: pipeline.file, message: `no stage '${id}' in ${pipeline.file}; stages: ${[...pipeline.needs.keys()].join(', ')}` });
+  }
+  if (issues.length) throw new ValidationError(issues);
+  const { included, forced } = selectStages(pipeline.needs, selection);
+  const keys = new Map<string, string>();
+  const planned: PlannedStage[] = [];
+  const willRun = new Set<string>();
+
+  for (const stage of pipeline.stages) {
+    const upstream: Record<string, string> = {};
+    for (const dep of stage.needs) upstream[dep] = keys.get(dep)!;
+    const external: Record<string, string> = {};
+    for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) {
+      external[input] = await hashExternal(input, pipeline.baseDir, statCache);
+    }
+    // The key covers content, not names: the upstream keys (sorted) rather than the ids.
+    const key = sha256(
+      canonicalJson({ kind: stage.kind, version: stage.definition.version, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort() }),
+    );
+    keys.set(stage.id, key);
+    if (!included.has(stage.id)) continue;
+    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, params: stage.params as Json, upstream, external };
+    const check = await store.checkEntry(key);
+    const reasons: string[] = [];
+    let action: 'run' | 'cached' = 'cached';
+    if (forced.has(stage.id)) {
+      action = 'run';
+      reasons.push(selection.from && forced.has(stage.id) && !(selection.force ?? []).includes(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
+    } else if (check.state !== 'ok') {
+      action = 'run';
+      if (check.state === 'corrupt') reasons.push(`cache entry is corrupt (${check.reason}); recomputing`);
+      const previous = await store.readRecord(pipeline.name, stage.id);
+      reasons.push(...explainChange(previous, record));
+    } else {
+      reasons.push('inputs unchanged');
+    }
+    if (action === 'run' && selection.only && stage.id !== selection.only) {
+      issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
+    }
+    if (action === 'run') willRun.add(stage.id);
+    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined });
+  }
+  if (issues.length) throw new ValidationError(issues);
+  return { pipeline, stages: planned };
+}
+
+/** Hash of an external input: a local file/folder's content, or a URL's text. */
+async function hashExternal(input: string, baseDir: string, statCache: StatCache): Promise<string> {
+  if (/^https?:\/\//i.test(input)) return sha256(`url:${input}`);
+  const full = path.resolve(baseDir, input);
+  try {
+    return await hashPath(full, statCache);
+  } catch (error) {
+    // A missing input is the stage's to report (with its own error code); key it as missing.
+    return sha256(`missing:${full}:${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+/** Why a stage's key differs from the one it had last time. */
+export function explainChange(previous: StageRecord | undefined, next: StageRecord): string[] {
+  if (!previous) return ['no cached result (first run of this stage)'];
+  if (previous.key === next.key) return ['cache entry missing (removed by gc or by hand)'];
+  const reasons: string[] = [];
+  if (previous.kind !== next.kind) reasons.push(`kind changed (${previous.kind} -> ${next.kind})`);
+  if (previous.version !== next.version) reasons.push(`implementation version changed (${previous.version} -> ${next.version})`);
+  for (const change of diffJson(previous.params, next.params, '')) reasons.push(`param ${change}`);
+  for (const [id, key] of Object.entries(next.upstream)) {
+    if (previous.upstream[id] !== key) reasons.push(previous.upstream[id] ? `upstream '${id}' changed` : `new upstream '${id}'`);
+  }
+  for (const id of Object.keys(previous.upstream)) if (!(id in next.upstream)) reasons.push(`no longer needs '${id}'`);
+  for (const [input, hash] of Object.entries(next.external)) {
+    if (previous.external[input] !== hash) reasons.push(previous.external[input] ? `input ${input} changed` : `new input ${input}`);
+  }
+  return reasons.length ? reasons : ['cache key changed'];
+}
+
+function diffJson(a: Json | undefined, b: Json | undefined, at: string): string[] {
+  if (canonicalJson(a) === canonicalJson(b)) return [];
+  const isMap = (v: unknown): v is Record<string, Json> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (isMap(a) && isMap(b)) {
+    const out: string[] = [];
+    for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) out.push(...diffJson(a[key], b[key], at ? `${at}.${key}` : key));
+    return out;
+  }
+  const show = (v: Json | undefined) => (v === undefined ? 'unset' : JSON.stringify(v));
+  return [`${at || '(params)'} changed (${show(a)} -> ${show(b)})`];
+}

@@ -1,0 +1,101 @@
+/**
+ * One `pipeline run` end to end: load, lock the store, plan, execute, write the run folder.
+ * Also `planPipeline` for `pipeline plan`, which touches nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { ValidationError } from './errors.js';
+import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
+import { writeJsonAtomic } from './fsutil.js';
+import type { Selection } from './graph.js';
+import { StatCache } from './hash.js';
+import { loadPipeline, type ResolvedPipeline } from './load.js';
+import { planRun, type Plan } from './plan.js';
+import { ArtifactStore } from './store.js';
+import type { StageRegistry } from './types.js';
+
+export interface PipelineOptions {
+  file: string;
+  registry: StageRegistry;
+  /** `--set path=value` strings. */
+  overrides?: string[];
+  selection?: Selection;
+  /** Artifact store root. */
+  artifacts: string;
+}
+
+export interface RunOptions extends PipelineOptions {
+  jobs?: number;
+  /** Wait for a locked store instead of failing with exit 3. */
+  wait?: boolean;
+  signal?: AbortSignal;
+  observer?: ExecutionObserver;
+  /** Called with the resolved pipeline before planning (the CLI picks the backend here). */
+  prepare?(pipeline: ResolvedPipeline, log: Logger): void;
+  /** The backend's name for the summary, asked when the run ends. */
+  backend?: () => string;
+}
+
+/** Loads and validates, or throws `ValidationError` with every issue found. */
+export function resolvePipeline(options: Pick<PipelineOptions, 'file' | 'registry' | 'overrides'>): ResolvedPipeline {
+  const result = loadPipeline(options.file, options.registry, options.overrides ?? []);
+  if (!result.ok) throw new ValidationError(result.issues);
+  return result.pipeline;
+}
+
+/** What would run and why; reads the store, writes nothing. */
+export async function planPipeline(options: PipelineOptions): Promise<Plan> {
+  const pipeline = resolvePipeline(options);
+  const store = new ArtifactStore(options.artifacts);
+  const statCache = new StatCache(store.statCacheFile());
+  await statCache.load();
+  return planRun(pipeline, store, options.selection ?? {}, statCache);
+}
+
+/** Runs a pipeline; returns the summary (also written to `runs/<id>/summary.json`). */
+export async function runPipeline(options: RunOptions): Promise<RunSummary> {
+  const pipeline = resolvePipeline(options);
+  const store = new ArtifactStore(options.artifacts);
+  const release = await store.lock({ wait: options.wait });
+  try {
+    const runId = newRunId();
+    const runDir = store.runDir(runId);
+    await mkdir(runDir, { recursive: true });
+    const destination = pino.destination({ dest: path.join(runDir, 'log.jsonl'), sync: true });
+    const log = pino({ base: undefined, level: 'debug' }, destination).child({ run: runId, pipeline: pipeline.name });
+    log.info({ file: path.resolve(pipeline.file), selection: options.selection ?? {} }, 'run start');
+    options.prepare?.(pipeline, log);
+    const statCache = new StatCache(store.statCacheFile());
+    await statCache.load();
+    const plan = await planRun(pipeline, store, options.selection ?? {}, statCache);
+    await statCache.save();
+    for (const planned of plan.stages) if (planned.action === 'run') log.info({ stage: planned.stage.id, key: planned.key, reasons: planned.reasons }, 'stage planned');
+    const summary = await executePlan(plan, {
+      store,
+      runId,
+      log,
+      jobs: options.jobs ?? 4,
+      signal: options.signal ?? new AbortController().signal,
+      observer: options.observer,
+      backend: options.backend ?? (() => 'none'),
+    });
+    await writeJsonAtomic(path.join(runDir, 'summary.json'), summary);
+    await writeJsonAtomic(
+      path.join(runDir, 'artifacts.json'),
+      Object.fromEntries(summary.stages.filter((s) => s.status === 'ran' || s.status === 'cached').map((s) => [s.id, store.entryDir(s.key)])),
+    );
+    log.info({ status: summary.status, seconds: summary.seconds }, 'run end');
+    destination.flushSync();
+    return summary;
+  } finally {
+    await release();
+  }
+}
+
+/** `YYYYMMDD-HHMMSSmmm-xxxx` in UTC: sorts by time (to the millisecond), unique enough for one store. */
+export function newRunId(now = new Date()): string {
+  const stamp = now.toISOString().replace(/[-:.]/g, '').replace('T', '-').slice(0, 18);
+  return `${stamp}-${randomBytes(2).toString('hex')}`;
+}

@@ -1,0 +1,91 @@
+/**
+ * JSON Schema validation with ajv: strict schemas, no type coercion, unknown keys are errors,
+ * defaults applied in place. Ajv errors become issues with a path and a fix.
+ */
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import pipelineSchema from '../../schemas/pipeline.schema.json' with { type: 'json' };
+import { didYouMean } from './suggest.js';
+import type { StageDefinition } from './types.js';
+
+let ajv: Ajv2020 | undefined;
+let pipelineValidator: ValidateFunction | undefined;
+const stageValidators = new WeakMap<StageDefinition, ValidateFunction>();
+
+function instance(): Ajv2020 {
+  ajv ??= new Ajv2020({ strict: true, allErrors: true, verbose: true, useDefaults: true, coerceTypes: false, removeAdditional: false });
+  return ajv;
+}
+
+export function compilePipelineValidator(): ValidateFunction {
+  pipelineValidator ??= instance().compile(pipelineSchema);
+  return pipelineValidator;
+}
+
+/** Compiles (once per definition) the validator of a stage kind's `with:`. */
+export function compileStageValidator(definition: StageDefinition): ValidateFunction {
+  let validator = stageValidators.get(definition);
+  if (!validator) {
+    const { $id: _id, ...schema } = definition.paramsSchema;
+    validator = instance().compile(schema);
+    stageValidators.set(definition, validator);
+  }
+  return validator;
+}
+
+/** An ajv error as a path (segments inside the validated value), a code and a message with a hint. */
+export function describeAjvError(error: ErrorObject, data: unknown): { code: string; path: string; message: string; segments: string[]; atKey: boolean } {
+  const segments = error.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const where = segments.join('.');
+  const value = valueAt(data, segments);
+  const params = error.params as Record<string, any>;
+  const schema = error.parentSchema as Record<string, any> | undefined;
+  const known = Object.keys((schema?.properties as object) ?? {});
+  if (error.propertyName !== undefined) {
+    const name = error.propertyName;
+    const full = [...segments, name];
+    return { code: 'bad_name', path: full.join('.'), segments: full, atKey: true, message: `'${name}' is not a valid ${segments.at(-1) === 'stages' ? 'stage id' : 'key'}: use lower-case letters, digits and dashes, starting with a letter (^[a-z][a-z0-9-]*$)` };
+  }
+  switch (error.keyword) {
+    case 'additionalProperties': {
+      const key = String(params.additionalProperty);
+      const full = [...segments, key];
+      return { code: 'unknown_key', path: full.join('.'), segments: full, atKey: true, message: `unknown key '${key}'${didYouMean(key, known)}; allowed here: ${known.join(', ')}` };
+    }
+    case 'required': {
+      const key = String(params.missingProperty);
+      return { code: 'missing_key', path: where, segments, atKey: false, message: `missing required key '${key}'${where ? ` in ${where}` : ''}` };
+    }
+    case 'type':
+      return { code: 'wrong_type', path: where, segments, atKey: false, message: `${where || 'the file'} must be ${typeName(params.type)}, got ${describeValue(value)}` };
+    case 'enum':
+      return { code: 'not_allowed', path: where, segments, atKey: false, message: `${where} must be one of ${(params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}, got ${describeValue(value)}${typeof value === 'string' ? didYouMean(value, (params.allowedValues as unknown[]).map(String)) : ''}` };
+    case 'const':
+      return { code: 'not_allowed', path: where, segments, atKey: false, message: `${where} must be ${JSON.stringify(params.allowedValue)}, got ${describeValue(value)}` };
+    case 'pattern':
+      return { code: 'bad_format', path: where, segments, atKey: false, message: `${where} must match ${params.pattern}, got ${describeValue(value)}` };
+    default:
+      return { code: `schema_${error.keyword.toLowerCase()}`, path: where, segments, atKey: false, message: `${where || 'the file'} ${error.message ?? 'is invalid'}${value !== undefined ? `, got ${describeValue(value)}` : ''}` };
+  }
+}
+
+function typeName(type: unknown): string {
+  const names: Record<string, string> = { object: 'a map (key: value)', array: 'a list', integer: 'a whole number', number: 'a number', string: 'a string', boolean: 'true or false' };
+  return (Array.isArray(type) ? type : [type]).map((t) => names[String(t)] ?? String(t)).join(' or ');
+}
+
+function describeValue(value: unknown): string {
+  if (Array.isArray(value)) return 'a list';
+  if (value === null) return 'nothing (null)';
+  if (typeof value === 'object') return 'a map';
+  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
+  return `${typeof value} ${JSON.stringify(value)}`;
+}
+
+function valueAt(data: unknown, segments: string[]): unknown {
+  let node = data;
+  for (const segment of segments) {
+    if (node === null || typeof node !== 'object') return undefined;
+    node = (node as Record<string, unknown>)[segment];
+  }
+  return node;
+}

@@ -1,0 +1,7 @@
+/**
+ * The static registry of stage kinds: a plain object, no import-time side effects. The
+ * runtime receives it as a value and knows no kind by name.
+ */
+import type { StageRegistry } from '../runtime/types.js';
+
+export const stages = {} as const satisfies StageRegistry;
