@@ -3,5 +3,6 @@
  * runtime receives it as a value and knows no kind by name.
  */
 import type { StageRegistry } from '../runtime/types.js';
+import { ingest } from './ingest.js';
 
-export const stages = {} as const satisfies StageRegistry;
+export const stages = { ingest } as const satisfies StageRegistry;

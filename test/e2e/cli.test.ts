@@ -1,0 +1,75 @@
+/**
+ * The built CLI as a user runs it: every bad pipeline file exits 2 quickly with file, line and
+ * a fix, prints no stack trace, and writes nothing.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testdir, type TestDir } from '../fixtures/testdir.js';
+
+const bin = path.resolve(import.meta.dirname, '../../bin/pipeline.js');
+let dir: TestDir;
+beforeAll(() => {
+  dir = testdir({ 'images/a/1.png': '' });
+});
+afterAll(() => dir.cleanup());
+
+function cli(args: string[]) {
+  const t0 = performance.now();
+  const result = spawnSync(process.execPath, [bin, ...args], { cwd: dir.root, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+  return { ...result, ms: performance.now() - t0 };
+}
+
+const valid = `name: ok
+stages:
+  data:
+    uses: ingest
+    with: { path: images }
+`;
+
+const bomb = ['name: x', 'a: &a [l,l,l,l,l,l,l,l,l]', 'b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]', 'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]', 'd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]', 'e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]', 'stages: { s: { uses: ingest, with: { path: images, extensions: *e } } }'].join('\n');
+
+const cases: [string, string, RegExp, number | undefined][] = [
+  ['yaml syntax error', 'name: x\nstages: [\n', /yaml_/, 3],
+  ['empty file', '', /empty_file/, undefined],
+  ['a list instead of a map', '- name: x\n', /a map/, 1],
+  ['unknown top-level key', valid + 'sede: 1\n', /did you mean 'seed'/, 6],
+  ['unknown stage kind', valid.replace('uses: ingest', 'uses: ingset'), /did you mean 'ingest'/, 4],
+  ['wrong param type', valid.replace('{ path: images }', '{ path: images, strict: "yes" }'), /true or false/, 5],
+  ['needs naming a missing stage', valid + '  more:\n    uses: ingest\n    needs: [dta]\n    with: { path: images }\n', /did you mean 'data'/, 8],
+  ['a cycle', 'name: c\nstages:\n  a: { uses: ingest, needs: [b], with: { path: images } }\n  b: { uses: ingest, needs: [a], with: { path: images } }\n', /cycle: a -> b -> a/, 3],
+  ['an id like ../../x', 'name: x\nstages:\n  "../../x": { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
+  ['an id __proto__', 'name: x\nstages:\n  __proto__: { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
+  ['a billion-laughs alias bomb', bomb, /alias/, undefined],
+];
+
+describe('pipeline validate/run on bad files', () => {
+  it.each(cases)('%s: exit 2, file and line, no stack, nothing written', (name, text, message, line) => {
+    const file = dir.write(`${name.replace(/\W+/g, '-')}.yaml`, text);
+    for (const command of ['validate', 'run']) {
+      const result = cli([command, file]);
+      expect(result.status, result.stderr).toBe(2);
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).toContain(line ? `${file}:${line}:` : file);
+      expect(result.stderr).not.toMatch(/\n\s+at .*:\d+:\d+\)?\n/);
+      expect(result.ms).toBeLessThan(3000); // generous for a loaded CI box; the bench tracks the real figure
+      expect(existsSync(dir.path('artifacts'))).toBe(false);
+    }
+  });
+
+  it('bad command lines exit 2 with usage', () => {
+    expect(cli(['frobnicate']).status).toBe(2);
+    expect(cli(['run']).status).toBe(2);
+    expect(cli(['run', 'x.yaml', '--jobs', 'zero']).stderr).toContain('--jobs must be a whole number');
+    expect(cli(['run', dir.write('v.yaml', valid), '--backend', 'tpu']).status).toBe(2);
+    expect(cli(['run', 'missing.yaml']).stderr).toContain('cannot read missing.yaml');
+    expect(existsSync(dir.path('artifacts'))).toBe(false);
+  });
+
+  it('--set errors point at the command line', () => {
+    const result = cli(['validate', dir.write('v2.yaml', valid), '--set', 'stages.data.with.strict=maybe']);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('stages.data.with.strict');
+  });
+});
