@@ -8,7 +8,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
-import { sha256 } from './hash.js';
+import { canonicalJson, sha256 } from './hash.js';
 import type { Plan, PlannedStage } from './plan.js';
 import type { ArtifactStore } from './store.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
@@ -96,6 +96,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     await mkdir(workDir, { recursive: true });
     options.observer?.stageStarted?.(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage start');
+    const memoKeys: string[] = [];
     const inputs = [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
     const ctx: StageContext = {
       id: stage.id,
@@ -112,6 +113,30 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         if (!found) throw new StageError('missing_input', `stage '${stage.id}' found no upstream artifact of type '${type}'`);
         return found;
       },
+      async memo(name, parts, compute) {
+        const memoKey = sha256(canonicalJson({ memo: name, kind: stage.kind, version: stage.definition.version, parts }));
+        memoKeys.push(memoKey);
+        const check = await store.checkEntry(memoKey);
+        if (check.state === 'ok') {
+          stageLog.info({ memo: name, key: memoKey }, 'memo cached');
+          return store.entryDir(memoKey);
+        }
+        if (check.state === 'corrupt') {
+          stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
+          await store.discardEntry(memoKey);
+        }
+        const t = performance.now();
+        const dir = await store.createTempDir(memoKey);
+        try {
+          await compute(dir);
+        } catch (error) {
+          await rm(dir, { recursive: true, force: true });
+          throw error;
+        }
+        await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
+        stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
+        return store.entryDir(memoKey);
+      },
       log: stageLog,
       progress(event) {
         stageLog.debug({ progress: event }, 'progress');
@@ -123,7 +148,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const result = await stage.definition.run(ctx, stage.params);
       if (signal.aborted) throw new AbortedError();
       const metrics = result.metrics ?? {};
-      await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics });
+      await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
       await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
       await rm(workDir, { recursive: true, force: true });
       outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));

@@ -29,6 +29,8 @@ export interface EntryMeta {
   stage: string;
   provides: ArtifactType[];
   metrics: Metrics;
+  /** Keys of intermediate (memo) entries this entry was built from; gc keeps them with it. */
+  memo?: string[];
   /** ISO time it was committed. */
   created: string;
   files: Record<string, { size: number; sha256: string; mtimeMs: number }>;
@@ -193,6 +195,11 @@ export class ArtifactStore {
         const record = await readJsonMaybe<StageRecord>(path.join(stateDir, pipeline.name, name));
         if (record?.key) wanted.add(record.key);
       }
+    }
+    // Memo entries (cached features) live as long as an entry that was built from them.
+    for (const key of [...wanted]) {
+      const meta = await readJsonMaybe<EntryMeta>(path.join(this.entryDir(key), ENTRY_FILE));
+      for (const memo of meta?.memo ?? []) wanted.add(memo);
     }
     const removed: string[] = [];
     let freedBytes = 0;

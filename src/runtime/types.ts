@@ -73,6 +73,14 @@ export interface StageContext<P = Record<string, unknown>> {
    * then their ancestors breadth-first. Throws a `StageError` when there is none.
    */
   input(type: ArtifactType): StageInput;
+  /**
+   * Computes, or reuses from the cache, an intermediate artifact (e.g. a frozen base's
+   * features) keyed by the stage kind, its version, `name` and `parts` (put every input that
+   * determines the content in `parts`: upstream keys, the params that matter). `compute`
+   * writes into an empty dir; the runtime seals it like a stage entry. Returns the entry dir.
+   * This lets a stage re-run (new epochs, new lr) without recomputing what did not change.
+   */
+  memo(name: string, parts: Json, compute: (dir: string) => Promise<void>): Promise<string>;
   /** Child logger bound to run, stage and kind. */
   log: Logger;
   /** Reports progress of a long step. */

@@ -26,7 +26,7 @@ describe('loadPipelineText', () => {
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     expect(result.pipeline.stages.map((s) => s.id)).toEqual(['a', 'b']);
-    expect(result.pipeline.stages[1].params).toEqual({ factor: 2, sleepMs: 0, fail: false, partial: false });
+    expect(result.pipeline.stages[1].params).toEqual({ factor: 2, sleepMs: 0, fail: false, partial: false, memo: false });
     expect(result.pipeline.seed).toBe(7);
   });
 

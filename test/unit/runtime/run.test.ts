@@ -137,6 +137,19 @@ describe('runPipeline', () => {
     expect((await run()).status).toBe('succeeded');
   });
 
+  it('memo entries are reused when only other params change, and kept by gc', async () => {
+    await run(['stages.double.with.memo=true']);
+    expect(calls.filter((c) => c.endsWith(':memo'))).toEqual(['double:memo']);
+    calls.length = 0;
+    const summary = await run(['stages.double.with.memo=true', 'stages.double.with.factor=7']);
+    expect(calls.sort()).toEqual(['double', 'triple']);
+    expect(summary.stages.find((s) => s.id === 'double')!.metrics).toEqual({ value: 21 });
+    await new ArtifactStore(dir.path('artifacts')).gc(1);
+    calls.length = 0;
+    await run(['stages.double.with.memo=true', 'stages.double.with.factor=8']);
+    expect(calls.sort()).toEqual(['double', 'triple']);
+  });
+
   it('gc removes entries that no kept run uses', async () => {
     await run();
     await run(['stages.side.with.factor=11']);
