@@ -34,7 +34,11 @@ export interface PreprocessBenchResult {
   readPerSecond: number;
   /** decode + resize + normalize end to end, images per second. */
   endToEndPerSecond: number;
-  /** Peak resident set size of the child process, MiB. */
+  /** Peak RSS of the child before any work (Node, sharp, modules loaded), MiB. */
+  startRssMiB: number;
+  /** Peak RSS at the end of decoding (the preprocess stage), MiB. */
+  decodePeakRssMiB: number;
+  /** Peak RSS of the whole child process, including the read-back, MiB. */
   peakRssMiB: number;
   /** RSS sampled every 250 ms during decoding: at 25%, 50%, 75%, 100% of the run, MiB. */
   rssDuringMiB: number[];
@@ -56,7 +60,8 @@ export async function benchPreprocess(sizes: number[] = [1_000, 10_000]): Promis
     for (const r of results) {
       process.stdout.write(
         `  ${String(r.images).padStart(6)} images: decode+resize ${r.decodePerSecond.toFixed(0)}/s, read+normalize ${r.readPerSecond.toFixed(0)}/s, ` +
-          `end-to-end ${r.endToEndPerSecond.toFixed(0)}/s, peak RSS ${r.peakRssMiB.toFixed(0)} MiB (during: ${r.rssDuringMiB.map((v) => v.toFixed(0)).join(' → ')} MiB)\n`,
+          `end-to-end ${r.endToEndPerSecond.toFixed(0)}/s; peak RSS: at start ${r.startRssMiB.toFixed(0)} MiB, ` +
+          `after decode ${r.decodePeakRssMiB.toFixed(0)} MiB, overall ${r.peakRssMiB.toFixed(0)} MiB (RSS during decode: ${r.rssDuringMiB.map((v) => v.toFixed(0)).join(' → ')} MiB)\n`,
       );
     }
     return results;
@@ -125,12 +130,14 @@ async function measure(datasetDir: string, outDir: string): Promise<PreprocessBe
     id: 'preprocess', kind: 'preprocess', params, key: 'bench', seed: 1, baseDir: outDir, outDir, workDir: outDir,
     inputs: [input], input: () => input, log: pino({ level: 'silent' }), progress: () => {}, signal: new AbortController().signal,
   };
+  const startRssMiB = process.resourceUsage().maxRSS / 1024;
   const samples: number[] = [];
   const sampler = setInterval(() => samples.push(process.memoryUsage.rss() / 2 ** 20), 250);
   let started = performance.now();
-  const { metrics } = await ctx.input('dataset') && (await preprocess.run(ctx, params));
+  const { metrics } = await preprocess.run(ctx, params);
   const decodeSeconds = (performance.now() - started) / 1000;
   clearInterval(sampler);
+  const decodePeakMiB = process.resourceUsage().maxRSS / 1024;
   const images = Number(metrics?.images);
   const dataset = await openDataset(outDir);
   started = performance.now();
@@ -149,6 +156,8 @@ async function measure(datasetDir: string, outDir: string): Promise<PreprocessBe
     decodePerSecond: images / decodeSeconds,
     readPerSecond: images / readSeconds,
     endToEndPerSecond: images / (decodeSeconds + readSeconds),
+    startRssMiB,
+    decodePeakRssMiB: decodePeakMiB,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
     rssDuringMiB: [0.25, 0.5, 0.75, 1].map(quartile),
   };
