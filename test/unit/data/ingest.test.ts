@@ -72,10 +72,16 @@ describe('ingest: class folders', () => {
     await copyFile(join(BAD, '.hidden.png'), join(root, '.cache', 'x.png'));
     await writeFile(join(root, 'trouser', 'notes.txt'), 'hello');
     await writeFile(join(root, 'README.md'), 'stray');
+    const noise = Buffer.from(Array.from({ length: 64 * 64 * 3 }, (_, i) => (i * 7919) % 251));
+    const jpeg = await sharp(noise, { raw: { width: 64, height: 64, channels: 3 } }).jpeg().toBuffer();
+    await writeFile(join(root, 'sneaker', 'cut.jpg'), jpeg.subarray(0, Math.floor(jpeg.length * 0.6)));
+    await writeFile(join(root, 'sneaker', 'empty.png'), '');
     const { result, ctx } = await run({ path: 'images' });
-    expect(result.metrics).toMatchObject({ images: 24, skipped: 2, ignored: 4 });
+    expect(result.metrics).toMatchObject({ images: 24, skipped: 4, ignored: 4 });
     const report = await reportOf(ctx.outDir);
-    expect(report.skipped.map((s) => s.path).sort()).toEqual(['sneaker/not-an-image.jpg', 'trouser/truncated.png']);
+    expect(report.skipped.map((s) => s.path).sort()).toEqual(['sneaker/cut.jpg', 'sneaker/empty.png', 'sneaker/not-an-image.jpg', 'trouser/truncated.png']);
+    // libvips names the cause ('premature end of JPEG image') except under concurrent failures ('Unknown error').
+    expect(report.skipped.find((s) => s.path === 'sneaker/cut.jpg')!.reason).toMatch(/premature end|unknown error/i);
     expect(report.skipped.find((s) => s.path.endsWith('.jpg'))!.reason).toMatch(/unsupported image format/);
     expect(report.ignored).toEqual(expect.arrayContaining([
       { path: '.cache', reason: 'hidden' },
