@@ -29,7 +29,7 @@ describe('augmentation', () => {
   });
 
   it('brightness scales and clips; contrast scales about the mean', () => {
-    expect(run({ ...identity, brightness: 2 })).toEqual(Array.from(ramp, (v) => Math.min(255, v * 2)));
+    expect(run({ ...identity, brightness: 3 })).toEqual(Array.from(ramp, (v) => Math.min(255, v * 3)));
     const mean = ramp.reduce((a, b) => a + b, 0) / 12;
     const contrasted = run({ ...identity, contrast: 0.5 });
     contrasted.forEach((value, i) => expect(value).toBeCloseTo((ramp[i] - mean) * 0.5 + mean, 2));

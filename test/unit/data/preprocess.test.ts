@@ -6,7 +6,7 @@ import { decodeImage } from '../../../src/data/image.js';
 import { openDataset, type Batch, type ShardDataset } from '../../../src/data/shards.js';
 import { ingest, type IngestParams } from '../../../src/stages/ingest.js';
 import { preprocess, specFromParams, type PreprocessParams } from '../../../src/stages/preprocess.js';
-import { copyFashion, ingestParams, inputFrom, runStage, testdir } from './ctx.js';
+import { copyFashion, ingestParams, inputFrom, makeContext, runStage, testdir } from './ctx.js';
 
 let dir: { path: string; remove(): Promise<void> };
 let opened: ShardDataset[] = [];
@@ -129,5 +129,16 @@ describe('preprocess + shard reader', () => {
   it('asks for a split that does not exist', async () => {
     const { dataset } = await pipeline();
     await expect(dataset.batches('test', { batchSize: 2 })[Symbol.asyncIterator]().next()).rejects.toMatchObject({ code: 'split_missing' });
+  });
+
+  it('stops with code aborted when the signal fires', async () => {
+    const { ingested, processed } = await pipeline();
+    const params = processed.ctx.params;
+    const ctx = await makeContext({ root: dir.path, params, inputs: [inputFrom(ingest, ingested.ctx.outDir)] });
+    const controller = new AbortController();
+    controller.abort();
+    await expect(preprocess.run({ ...ctx, signal: controller.signal }, params)).rejects.toMatchObject({ code: 'aborted' });
+    const ingestCtx = await makeContext({ root: dir.path, params: ingestParams({ path: 'images' }) as IngestParams });
+    await expect(ingest.run({ ...ingestCtx, signal: controller.signal }, ingestCtx.params)).rejects.toMatchObject({ code: 'aborted' });
   });
 });
