@@ -102,7 +102,7 @@ async function writeBenchDataset(dir: string, root: string, sources: { file: str
   for (let i = 0; i < images; i++) {
     const source = sources[i % sources.length];
     const line = JSON.stringify({ path: source.file, sha256: source.sha256, size: source.size, label: i % 2, split: 'train' }) + '\n';
-    if (!stream.write(line)) await new Promise((resolve) => stream.once('drain', resolve));
+    if (!stream.write(line)) await new Promise<void>((resolve) => stream.once('drain', () => resolve()));
   }
   await new Promise<void>((resolve, reject) => stream.end((error?: Error | null) => (error ? reject(error) : resolve())));
   const header: DatasetHeader = {
@@ -128,7 +128,8 @@ async function measure(datasetDir: string, outDir: string): Promise<PreprocessBe
   const input = { id: 'ingest', kind: 'ingest', key: 'bench', dir: datasetDir, provides: ['dataset'], metrics: {} };
   const ctx: StageContext<PreprocessParams> = {
     id: 'preprocess', kind: 'preprocess', params, key: 'bench', seed: 1, baseDir: outDir, outDir, workDir: outDir,
-    inputs: [input], input: () => input, log: pino({ level: 'silent' }), progress: () => {}, signal: new AbortController().signal,
+    inputs: [input], input: () => input,
+    memo: () => Promise.reject(new Error('preprocess uses no memo')), log: pino({ level: 'silent' }), progress: () => {}, signal: new AbortController().signal,
   };
   const startRssMiB = process.resourceUsage().maxRSS / 1024;
   const samples: number[] = [];

@@ -54,7 +54,7 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
   if (!info.isDirectory()) throw new StageError('path_not_directory', `dataset path ${root} is not a folder`, { path: root });
   const allowed = new Set(extensions.map((extension) => extension.toLowerCase()));
   const top = (await readdir(root, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
-  const dirs = top.filter((entry) => isDirectoryEntry(entry, root) && !isHidden(entry.name)).map((entry) => entry.name);
+  const dirs = top.filter((entry) => isDirectoryEntry(entry) && !isHidden(entry.name)).map((entry) => entry.name);
   const splitFolders = dirs.includes('train') && dirs.every((name) => (SPLITS as readonly string[]).includes(name));
   const result: ScanResult = { root, layout: splitFolders ? 'folders' : 'classes', candidates: [], ignored: [], classFolders: {} };
   const walkClasses = async (base: string, prefix: string, split: SplitName | undefined) => {
@@ -63,7 +63,7 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
     for (const entry of entries) {
       const path = prefix + entry.name;
       if (isHidden(entry.name)) result.ignored.push({ path, reason: 'hidden' });
-      else if (isDirectoryEntry(entry, base)) {
+      else if (isDirectoryEntry(entry)) {
         classes.push(entry.name);
         await walkFiles(join(base, entry.name), path + '/', entry.name, split);
       } else result.ignored.push({ path, reason: 'outside_class_folder' });
@@ -75,7 +75,7 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
     for (const entry of entries) {
       const path = prefix + entry.name;
       if (isHidden(entry.name)) result.ignored.push({ path, reason: 'hidden' });
-      else if (isDirectoryEntry(entry, dir)) await walkFiles(join(dir, entry.name), path + '/', className, split);
+      else if (isDirectoryEntry(entry)) await walkFiles(join(dir, entry.name), path + '/', className, split);
       else if (allowed.has(extname(entry.name).toLowerCase())) result.candidates.push({ path, className, split });
       else result.ignored.push({ path, reason: 'unsupported_extension' });
     }
@@ -92,8 +92,8 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
   return result;
 }
 
-function isDirectoryEntry(entry: { name: string; isDirectory(): boolean; isSymbolicLink(): boolean }, _base: string): boolean {
-  // Symbolic links are followed only as files; a linked folder could loop.
+/** A real folder. A symbolic link counts as a file (a linked folder could loop; a linked image is read through the link). */
+function isDirectoryEntry(entry: { isDirectory(): boolean }): boolean {
   return entry.isDirectory();
 }
 

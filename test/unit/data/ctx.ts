@@ -2,7 +2,8 @@
  * Test helpers for the data stages until the runtime lands: a temp-dir fixture and a hand-built
  * StageContext whose logger records entries in memory.
  */
-import { cp, mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { cp, mkdtemp, mkdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,6 +54,14 @@ export async function makeContext<P>(options: { root: string; params: P; seed?: 
       const found = inputs.find((input) => input.provides.includes(type));
       if (!found) throw new StageError('input_missing', `no upstream artifact provides ${type}`);
       return found;
+    },
+    async memo(name, parts, compute) {
+      const dir = join(options.root, `memo-${createHash('sha256').update(JSON.stringify([name, parts])).digest('hex').slice(0, 16)}`);
+      if (!(await stat(dir).catch(() => null))) {
+        await mkdir(dir);
+        await compute(dir);
+      }
+      return dir;
     },
     log,
     progress: (event) => void progressEvents.push(event),
