@@ -1,9 +1,11 @@
-/** `npm run bench`: every benchmark, figures printed as ratios against a baseline measured in the same run. */
+/** `npm run bench [name]`: every benchmark; figures are reported against a baseline measured in the same run. */
+import { benchPreprocess } from './preprocess.js';
 import { benchRuntime } from './runtime.js';
 
 const only = process.argv[2];
-const benches: Record<string, () => Promise<void>> = {
+const benches: Record<string, () => Promise<unknown>> = {
   runtime: benchRuntime,
+  preprocess: () => benchPreprocess(),
 };
 for (const [name, bench] of Object.entries(benches)) {
   if (only && only !== name) continue;
