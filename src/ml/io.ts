@@ -1,0 +1,269 @@
+/**
+ * Saving and loading tfjs-layers models without tfjs-node: `model.json` + one `weights.bin`
+ * on disk through our own IOHandler, and loading from a local path or an http(s) URL.
+ *
+ * Loading checks what tf.loadLayersModel would otherwise trust: manifest paths must stay inside
+ * the model's folder (a model.json from the internet must not make us read `../../.ssh/…` or
+ * another host), and each weight group must have exactly the bytes its shapes and dtypes need,
+ * so a truncated download fails here with a clear message, not later as garbage weights.
+ */
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { Logger } from 'pino';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type { io } from '@tensorflow/tfjs-core';
+import type { Json } from '../runtime/types.js';
+import { AbortedError, StageError } from '../runtime/errors.js';
+import { useLayers, useTf } from './backend.js';
+import { applyFreezeState, captureFreezeState, FREEZE_METADATA_KEY, readFreezeState } from './surgery.js';
+
+/** File name of the topology + manifest. */
+export const MODEL_FILE = 'model.json';
+/** File name of the single weights file `saveModel` writes. */
+export const WEIGHTS_FILE = 'weights.bin';
+
+/** What `saveModel` may add. */
+export interface SaveModelExtra {
+  /** JSON merged into model.json's `userDefinedMetadata` (labels, preprocessing, provenance). */
+  metadata?: Record<string, Json>;
+  /** Also save the optimizer's state (to resume training). Default false. */
+  includeOptimizer?: boolean;
+}
+
+/** Where `saveModel` wrote. */
+export interface SavedModel {
+  /** Absolute path of model.json. */
+  modelPath: string;
+  /** Absolute path of weights.bin. */
+  weightsPath: string;
+  /** Size of weights.bin in bytes. */
+  weightBytes: number;
+}
+
+/** Options of `loadModel`. */
+export interface LoadModelOptions {
+  /** Folder relative local paths resolve against. Default: the working directory. */
+  baseDir?: string;
+  /** Aborts downloads (the stage context's signal). */
+  signal?: AbortSignal;
+  /** Per-request timeout for http(s), in milliseconds. Default 60000. */
+  timeoutMs?: number;
+  /** Logs each file read, at debug level. */
+  log?: Logger;
+}
+
+/**
+ * Writes `dir/model.json` and `dir/weights.bin` (creating `dir`). The weights are written first,
+ * so a model.json on disk always has its weights. The freeze state (BN layers held in inference
+ * mode) is recorded in userDefinedMetadata for `loadModel` to restore.
+ */
+export async function saveModel(model: LayersModel, dir: string, extra: SaveModelExtra = {}): Promise<SavedModel> {
+  const tf = await useTf();
+  const modelPath = path.resolve(dir, MODEL_FILE);
+  const weightsPath = path.resolve(dir, WEIGHTS_FILE);
+  await mkdir(path.dirname(modelPath), { recursive: true });
+  let weightBytes = 0;
+  const handler = tf.io.withSaveHandler(async (artifacts) => {
+    const data = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
+    weightBytes = data.byteLength;
+    const userDefinedMetadata = { ...(artifacts.userDefinedMetadata ?? {}), ...(extra.metadata ?? {}), [FREEZE_METADATA_KEY]: captureFreezeState(model) };
+    const modelJson: io.ModelJSON = {
+      modelTopology: artifacts.modelTopology as io.ModelJSON['modelTopology'],
+      format: artifacts.format ?? 'layers-model',
+      generatedBy: artifacts.generatedBy ?? `TensorFlow.js tfjs-layers v${tf.version_core}`,
+      convertedBy: artifacts.convertedBy ?? null,
+      weightsManifest: [{ paths: [WEIGHTS_FILE], weights: artifacts.weightSpecs ?? [] }],
+      userDefinedMetadata,
+    };
+    if (artifacts.trainingConfig) modelJson.trainingConfig = artifacts.trainingConfig;
+    await writeFile(weightsPath, new Uint8Array(data));
+    await writeFile(modelPath, JSON.stringify(modelJson));
+    return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
+  });
+  await model.save(handler, { includeOptimizer: extra.includeOptimizer ?? false });
+  return { modelPath, weightsPath, weightBytes };
+}
+
+/**
+ * Loads a layers model from a local `model.json` (or a folder holding one), a `file:` URL, or an
+ * http(s) URL of a model.json; weight files are read relative to it. Restores the freeze state
+ * `saveModel` recorded. Errors are `StageError`s: `model_not_found`, `model_fetch_failed`
+ * (with `url` and `status`), `model_bad_manifest`, `model_bad_topology`.
+ */
+export async function loadModel(source: string, options: LoadModelOptions = {}): Promise<LayersModel> {
+  const location = await resolveSource(source, options.baseDir);
+  const text = new TextDecoder().decode(await readResource(location, 'model', options));
+  let json: io.ModelJSON;
+  try {
+    json = JSON.parse(text) as io.ModelJSON;
+  } catch (error) {
+    throw badManifest(location, `it is not JSON (${(error as Error).message})`);
+  }
+  checkTopology(json, location);
+  const weightSpecs: io.WeightsManifestEntry[] = [];
+  const buffers: Uint8Array[] = [];
+  for (const [groupIndex, group] of (json.weightsManifest ?? []).entries()) {
+    const expected = groupBytes(group, groupIndex, location);
+    const urls = group.paths.map((p) => resolveWeightUrl(p, location));
+    const parts = await Promise.all(urls.map((url) => readResource(url, 'weights', options)));
+    const actual = parts.reduce((sum, part) => sum + part.byteLength, 0);
+    if (actual !== expected) {
+      throw badManifest(location, `weight group ${groupIndex} (${group.paths.join(', ')}) has ${actual} bytes but its ${group.weights.length} weights need ${expected}; the files are truncated or do not belong to this model.json`, {
+        group: groupIndex,
+        bytes: actual,
+        expectedBytes: expected,
+      });
+    }
+    weightSpecs.push(...group.weights);
+    buffers.push(...parts);
+  }
+  const weightData = concat(buffers);
+  const artifacts: io.ModelArtifacts = {
+    modelTopology: json.modelTopology,
+    format: json.format,
+    generatedBy: json.generatedBy,
+    convertedBy: json.convertedBy,
+    trainingConfig: json.trainingConfig,
+    userDefinedMetadata: json.userDefinedMetadata,
+    weightSpecs,
+    weightData: weightData.buffer as ArrayBuffer,
+  };
+  const tfl = await useLayers();
+  let model: LayersModel;
+  try {
+    model = await tfl.loadLayersModel({ load: async () => artifacts });
+  } catch (error) {
+    throw new StageError('model_bad_topology', `cannot build the model in ${display(location)}: ${(error as Error).message.split('\n')[0]}`, { url: display(location) }, { cause: error });
+  }
+  applyFreezeState(model, readFreezeState(model.getUserDefinedMetadata()));
+  return model;
+}
+
+async function resolveSource(source: string, baseDir: string | undefined): Promise<URL> {
+  if (/^https?:\/\//i.test(source) || /^file:/i.test(source)) {
+    try {
+      return new URL(source);
+    } catch (error) {
+      throw new StageError('model_not_found', `"${source}" is not a valid URL`, { source }, { cause: error });
+    }
+  }
+  if (/^[a-z][a-z0-9+.-]+:\/\//i.test(source)) {
+    throw new StageError('model_not_found', `cannot load a model from "${source}": use a local path or an http(s) URL`, { source });
+  }
+  let file = path.resolve(baseDir ?? process.cwd(), source);
+  const info = await stat(file).catch(() => null);
+  if (info?.isDirectory()) file = path.join(file, MODEL_FILE);
+  return pathToFileURL(file);
+}
+
+/**
+ * Resolves a manifest path against model.json's URL, refusing anything that leaves its folder:
+ * absolute paths, other schemes or hosts, `..` segments (also percent-encoded), backslashes.
+ */
+function resolveWeightUrl(entry: string, location: URL): URL {
+  const refuse = (why: string) => badManifest(location, `weights path "${entry}" ${why}; manifest paths must stay inside the model's folder`, { path: entry });
+  if (typeof entry !== 'string' || entry === '') throw refuse('is empty');
+  if (/^[a-z][a-z0-9+.-]*:/i.test(entry) || entry.startsWith('//')) throw refuse('names another location');
+  if (entry.startsWith('/')) throw refuse('is absolute');
+  if (entry.includes('\\') || /%(2f|5c)/i.test(entry)) throw refuse('contains a (possibly encoded) path separator');
+  if (entry.split('/').some((segment) => /^(\.|%2e){2}$/i.test(segment))) throw refuse('goes up with ".."');
+  const url = new URL(entry, location);
+  const folder = new URL('.', location);
+  if (url.protocol !== location.protocol || url.host !== location.host || !url.pathname.startsWith(folder.pathname)) throw refuse('leaves the folder');
+  return url;
+}
+
+const BYTES_PER_ELEMENT: Record<string, number> = { float32: 4, int32: 4, bool: 1, complex64: 8, uint8: 1, uint16: 2, float16: 2 };
+
+/** Bytes a manifest group's weights need, from their shapes and (quantized) dtypes. */
+function groupBytes(group: io.WeightsManifestConfig[number], index: number, location: URL): number {
+  if (!group || !Array.isArray(group.paths) || group.paths.length === 0 || !Array.isArray(group.weights)) {
+    throw badManifest(location, `weightsManifest[${index}] needs "paths" (a non-empty list) and "weights"`);
+  }
+  let total = 0;
+  for (const spec of group.weights) {
+    const dtype = spec?.quantization?.dtype ?? spec?.dtype;
+    const ok = typeof spec?.name === 'string' && Array.isArray(spec.shape) && spec.shape.every((d) => Number.isInteger(d) && d >= 0) && BYTES_PER_ELEMENT[dtype] !== undefined;
+    if (!ok) throw badManifest(location, `weightsManifest[${index}] has an invalid weight entry ${JSON.stringify(spec)} (needs name, shape of sizes, and a numeric dtype)`);
+    total += spec.shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[dtype];
+  }
+  return total;
+}
+
+function checkTopology(json: io.ModelJSON, location: URL): void {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw badManifest(location, 'it is not a JSON object');
+  if (json.format === 'graph-model') throw badManifest(location, 'it is a graph model (a converted SavedModel); only layers models can be loaded, cut and trained');
+  if (json.modelTopology === null || typeof json.modelTopology !== 'object') throw badManifest(location, 'it has no "modelTopology"');
+  // Without a manifest tfjs would quietly build the model with freshly initialized weights.
+  if (!Array.isArray(json.weightsManifest)) throw badManifest(location, 'it has no "weightsManifest" list');
+}
+
+async function readResource(url: URL, what: 'model' | 'weights', options: LoadModelOptions): Promise<Uint8Array> {
+  if (options.signal?.aborted) throw new AbortedError();
+  const shown = display(url);
+  if (url.protocol === 'file:') {
+    try {
+      const bytes = await readFile(fileURLToPath(url));
+      options.log?.debug({ url: shown, bytes: bytes.byteLength }, 'model file read');
+      return bytes;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && what === 'model') throw new StageError('model_not_found', `no model.json at ${shown}`, { url: shown }, { cause: error });
+      const why = code === 'ENOENT' ? 'the weight file listed in the manifest does not exist' : (error as Error).message;
+      throw new StageError('model_fetch_failed', `cannot read ${shown}: ${why}`, { url: shown }, { cause: error });
+    }
+  }
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
+  let response: Response;
+  try {
+    response = await fetch(url, { signal: AbortSignal.any(signals), redirect: 'follow' });
+  } catch (error) {
+    if (options.signal?.aborted) throw new AbortedError();
+    const timedOut = (error as Error).name === 'TimeoutError';
+    const why = timedOut ? `no response within ${timeoutMs / 1000}s` : describeFetchError(error);
+    throw new StageError('model_fetch_failed', `cannot fetch ${shown}: ${why}`, { url: shown }, { cause: error });
+  }
+  if (!response.ok) {
+    await response.body?.cancel();
+    const details = { url: shown, status: response.status };
+    if (what === 'model' && (response.status === 404 || response.status === 410)) {
+      throw new StageError('model_not_found', `no model.json at ${shown} (HTTP ${response.status})`, details);
+    }
+    throw new StageError('model_fetch_failed', `cannot fetch ${shown}: HTTP ${response.status} ${response.statusText}`.trim(), details);
+  }
+  try {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    options.log?.debug({ url: shown, bytes: bytes.byteLength }, 'model file fetched');
+    return bytes;
+  } catch (error) {
+    if (options.signal?.aborted) throw new AbortedError();
+    throw new StageError('model_fetch_failed', `download of ${shown} broke off: ${describeFetchError(error)}`, { url: shown, status: response.status }, { cause: error });
+  }
+}
+
+/** undici hides the useful part ("ECONNREFUSED") in `cause`. */
+function describeFetchError(error: unknown): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (error as Error).message;
+}
+
+function badManifest(location: URL, why: string, details: Record<string, unknown> = {}): StageError {
+  return new StageError('model_bad_manifest', `${display(location)}: ${why}`, { url: display(location), ...details });
+}
+
+/** Local files as paths (what the user typed), URLs as URLs. */
+function display(url: URL): string {
+  return url.protocol === 'file:' ? fileURLToPath(url) : url.href;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.byteLength;
+  }
+  return out;
+}
