@@ -3,7 +3,7 @@
  * runtime receives it as a value and knows no kind by name.
  */
 import type { StageRegistry } from '../runtime/types.js';
-import { ingest, preprocess } from './ingest.js';
+import { ingest } from './ingest.js';
 import { preprocess } from './preprocess.js';
 
 export const stages = { ingest, preprocess } as const satisfies StageRegistry;
