@@ -139,6 +139,9 @@ export function backendPreference(): BackendPreference {
  * Initializes the configured backend once and returns tfjs-core (on a node backend: the
  * tfjs-node module, a superset). Concurrent callers share one initialization. Throws a
  * `StageError` with code `backend_unavailable` when an explicitly requested backend cannot load.
+ * Write `tf.square(t)`, not `t.square()`: tfjs-core's CommonJS build does not install chained
+ * tensor methods (only the `@tensorflow/tfjs` bundle inside tfjs-node does), so they would work
+ * on a node backend and throw on wasm/cpu.
  */
 export async function useTf(log?: Logger): Promise<Tf> {
   return (await ensureLoaded(log)).tf;
