@@ -3,7 +3,20 @@
  * runtime receives it as a value and knows no kind by name.
  */
 import type { StageRegistry } from '../runtime/types.js';
+import { fineTune } from './fine-tune.js';
+import { freeze } from './freeze.js';
 import { ingest } from './ingest.js';
+import { loadBase } from './load-base.js';
 import { preprocess } from './preprocess.js';
+import { trainHead } from './train-head.js';
+import { unfreeze } from './unfreeze.js';
 
-export const stages = { ingest, preprocess } as const satisfies StageRegistry;
+export const stages = {
+  ingest,
+  preprocess,
+  'load-base': loadBase,
+  freeze,
+  'train-head': trainHead,
+  unfreeze,
+  'fine-tune': fineTune,
+} as const satisfies StageRegistry;

@@ -1,0 +1,52 @@
+/**
+ * The `model` artifact every model stage reads and writes: `model.json` + `weights.bin`
+ * (a TF.js layers model; the freeze state and our `ModelInfo` live in its
+ * userDefinedMetadata) and `summary.json` (a small human-readable description).
+ */
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type { PreprocessSpec } from '../data/spec.js';
+import type { Json } from '../runtime/types.js';
+import { loadModel, saveModel } from './io.js';
+import { summarizeModel, type ModelSummary } from './surgery.js';
+
+/** Key of our info in the model's userDefinedMetadata. */
+export const INFO_METADATA_KEY = 'finetunePipelineInfo';
+
+/** What the pipeline knows about a model beyond its topology and weights. */
+export interface ModelInfo {
+  /** Class names in label order, once a classifier head exists. */
+  classes?: string[];
+  /** The preprocessing the model was trained with (copied from the shards it saw). */
+  preprocess?: PreprocessSpec;
+  /** Where the base came from (path or URL), where it was cut, how it was initialized. */
+  base?: { source: string; cut?: string; init: 'pretrained' | 'random'; inputShape?: number[] };
+  /** Learning rate the head was trained at; fine-tune defaults to a tenth of it. */
+  headLr?: number;
+  /** Stage kinds applied so far, oldest first (`load-base`, `freeze`, `train-head`, ...). */
+  lineage: string[];
+  /** Free-form facts stages add (pruning masks' sparsity, ...). */
+  notes?: Record<string, Json>;
+}
+
+export interface ModelArtifact {
+  model: LayersModel;
+  info: ModelInfo;
+}
+
+/** Writes the model artifact into `dir` and returns its summary. */
+export async function writeModelArtifact(dir: string, model: LayersModel, info: ModelInfo): Promise<ModelSummary & { weightBytes: number }> {
+  const saved = await saveModel(model, dir, { metadata: { [INFO_METADATA_KEY]: info as unknown as Json } });
+  const summary = { ...summarizeModel(model), weightBytes: saved.weightBytes };
+  await writeFile(path.join(dir, 'summary.json'), JSON.stringify({ ...summary, info }, null, 1) + '\n');
+  return summary;
+}
+
+/** Loads a model artifact (freeze state restored by `loadModel`). */
+export async function readModelArtifact(dir: string): Promise<ModelArtifact> {
+  const model = await loadModel(path.join(dir, 'model.json'));
+  const metadata = (model.getUserDefinedMetadata() ?? {}) as Record<string, unknown>;
+  const info = (metadata[INFO_METADATA_KEY] as ModelInfo | undefined) ?? { lineage: [] };
+  return { model, info: { ...info, lineage: info.lineage ?? [] } };
+}

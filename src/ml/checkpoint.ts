@@ -1,0 +1,82 @@
+/**
+ * Per-epoch checkpoints in a stage's work dir, so a run killed mid-stage resumes from the
+ * last finished epoch: model weights, optimizer slots (Adam moments) and the history, written
+ * to temp files and renamed (a kill during the write leaves the previous checkpoint intact).
+ */
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type * as TfCore from '@tensorflow/tfjs-core';
+import { readJsonMaybe, writeJsonAtomic } from '../runtime/fsutil.js';
+import type { Tf } from './backend.js';
+import type { EpochLogs, TrainHook } from './train.js';
+
+interface CheckpointMeta {
+  /** Epochs finished (the next one to run). */
+  epochs: number;
+  history: EpochLogs[];
+  weights: { shape: number[] }[];
+  optimizer: { name: string; shape: number[] }[];
+  /** Identifies the training setup; a checkpoint from other params is ignored. */
+  fingerprint: string;
+}
+
+async function writeTensors(file: string, tensors: TfCore.Tensor[]): Promise<void> {
+  const parts = await Promise.all(tensors.map(async (t) => Buffer.from(((await t.data()) as Float32Array).buffer)));
+  await writeFile(`${file}.tmp`, Buffer.concat(parts));
+  await rename(`${file}.tmp`, file);
+}
+
+/** Saves after every epoch. */
+export function checkpointHook(dir: string, fingerprint: string): TrainHook {
+  return {
+    async onEpochEnd(state) {
+      const weights = state.model.getWeights();
+      const slots = await state.optimizer.getWeights();
+      await writeTensors(path.join(dir, 'weights.bin'), weights);
+      await writeTensors(path.join(dir, 'optimizer.bin'), slots.map((s) => s.tensor));
+      const meta: CheckpointMeta = {
+        epochs: state.epoch + 1,
+        history: state.history,
+        weights: weights.map((w) => ({ shape: w.shape })),
+        optimizer: slots.map((s) => ({ name: s.name, shape: s.tensor.shape })),
+        fingerprint,
+      };
+      await writeJsonAtomic(path.join(dir, 'checkpoint.json'), meta);
+    },
+  };
+}
+
+/**
+ * Restores model weights and optimizer slots from the last checkpoint, if there is one for
+ * this fingerprint. Returns the epoch to continue from and the history so far.
+ */
+export async function restoreCheckpoint(tf: Tf, dir: string, fingerprint: string, model: { getWeights(): TfCore.Tensor[]; setWeights(w: TfCore.Tensor[]): void }, optimizer: TfCore.Optimizer): Promise<{ startEpoch: number; history: EpochLogs[] } | undefined> {
+  const meta = await readJsonMaybe<CheckpointMeta>(path.join(dir, 'checkpoint.json'));
+  if (!meta || meta.fingerprint !== fingerprint) return undefined;
+  try {
+    const weightBytes = await readFile(path.join(dir, 'weights.bin'));
+    const slotBytes = await readFile(path.join(dir, 'optimizer.bin'));
+    const current = model.getWeights();
+    if (current.length !== meta.weights.length || current.some((w, i) => w.shape.join() !== meta.weights[i].shape.join())) return undefined;
+    const split = (bytes: Buffer, shapes: number[][]) => {
+      const all = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+      let offset = 0;
+      return shapes.map((shape) => {
+        const size = shape.reduce((a, b) => a * b, 1);
+        const tensor = tf.tensor(all.subarray(offset, offset + size), shape);
+        offset += size;
+        return tensor;
+      });
+    };
+    const weights = split(weightBytes, meta.weights.map((w) => w.shape));
+    model.setWeights(weights);
+    weights.forEach((w) => w.dispose());
+    if (meta.optimizer.length) {
+      const slots = split(slotBytes, meta.optimizer.map((s) => s.shape));
+      await optimizer.setWeights(meta.optimizer.map((s, i) => ({ name: s.name, tensor: slots[i] })));
+    }
+    return { startEpoch: meta.epochs, history: meta.history };
+  } catch {
+    return undefined; // an unreadable checkpoint only costs the epochs it held
+  }
+}

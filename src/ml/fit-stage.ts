@@ -1,0 +1,155 @@
+/**
+ * What train-head and fine-tune share: train the trainable top of a model on cached features
+ * of its frozen bottom (or on images when nothing below is frozen), with resume checkpoints,
+ * NaN guard, early stopping and progress; then save the whole model.
+ */
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type { ShardDataset } from '../data/shards.js';
+import { isAugmenting } from '../data/spec.js';
+import { canonicalJson, sha256 } from '../runtime/hash.js';
+import { StageError } from '../runtime/errors.js';
+import type { Metrics, StageContext } from '../runtime/types.js';
+import { writeModelArtifact, type ModelInfo } from './artifact.js';
+import type { Tf } from './backend.js';
+import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
+import { extractFeatures, splitAtTrainable, viewSource } from './features.js';
+import { arraySource, loadArrayData, saveArrayData, shardSource } from './sources.js';
+import { summarizeModel } from './surgery.js';
+import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type BatchSource, type OptimizerSpec, type TrainHook } from './train.js';
+
+/** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
+export interface TrainingParams {
+  epochs: number;
+  batch: number;
+  optimizer: OptimizerSpec['name'];
+  momentum?: number;
+  warmup: number;
+  cosine: boolean;
+  early_stopping: { patience?: number; min_delta?: number } | false;
+  class_weights: 'none' | 'balanced' | number[];
+  /** Augmented views of the training images to cache when the shards augment. */
+  augment_views: number;
+}
+
+export interface TrainRequest {
+  tf: Tf;
+  ctx: StageContext<any>;
+  /** The whole model to train (its trainable layers train). */
+  model: LayersModel;
+  dataset: ShardDataset;
+  params: TrainingParams;
+  lr: number;
+  /** Cache key parts that identify the model's frozen bottom (e.g. the upstream model key). */
+  modelKey: string;
+  /** Info saved with the trained model. */
+  info: ModelInfo;
+}
+
+/** Trains, saves the model into `ctx.outDir` and returns the stage's metrics. */
+export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
+  const { tf, ctx, model, dataset, params, lr } = request;
+  const numClasses = dataset.classes.length;
+  if (!dataset.splits.train?.count) throw new StageError('no_training_data', `the shards in ${dataset.dir} have no train split`);
+  const augment = isAugmenting(dataset.spec.augment);
+  const views = augment ? params.augment_views : 1;
+  const split = await splitAtTrainable(model);
+  let train: BatchSource;
+  let val: BatchSource | undefined;
+  let trainee = model;
+  let features: 'cached' | 'computed' | 'none' = 'none';
+  if (split?.bottom) {
+    const bottom = split.bottom;
+    const parts = { model: request.modelKey, shards: ctx.input('shards').key, split: split.splitLayer, views, seed: ctx.seed };
+    let computed = false;
+    const dir = await ctx.memo('features', parts, async (out) => {
+      computed = true;
+      const total = (dataset.splits.train?.count ?? 0) * views + (dataset.splits.val?.count ?? 0);
+      let done = 0;
+      for (const [name, n] of [['train', views], ['val', 1]] as const) {
+        if (!dataset.splits[name]?.count) continue;
+        const before = done;
+        const data = await extractFeatures(tf, bottom, dataset, {
+          split: name,
+          batchSize: params.batch,
+          views: n,
+          seed: ctx.seed,
+          signal: ctx.signal,
+          onProgress: (d) => ctx.progress({ unit: 'features', done: (done = before + d), total }),
+        });
+        await saveArrayData(out, name, data);
+      }
+    });
+    features = computed ? 'computed' : 'cached';
+    train = viewSource(await loadArrayData(dir, 'train'), views, params.batch, ctx.seed);
+    if (dataset.splits.val?.count) val = arraySource(await loadArrayData(dir, 'val'), params.batch, ctx.seed);
+    trainee = split.top;
+  } else {
+    train = shardSource(dataset, 'train', params.batch, ctx.seed, augment);
+    if (dataset.splits.val?.count) val = shardSource(dataset, 'val', params.batch, ctx.seed, false);
+  }
+
+  const optimizer = createOptimizer(tf, { name: params.optimizer, lr, momentum: params.momentum });
+  const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.trainableWeights.map((w) => w.name) }));
+  const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer);
+  if (resumed) ctx.log.info({ epoch: resumed.startEpoch }, 'resuming from checkpoint');
+  const stopper = params.early_stopping ? earlyStopping({ patience: params.early_stopping.patience ?? 3, minDelta: params.early_stopping.min_delta ?? 0 }) : undefined;
+  const hooks: TrainHook[] = [
+    nanGuard(),
+    ...(stopper ? [stopper] : []),
+    checkpointHook(ctx.workDir, fingerprint),
+    progressHook((logs, epochs) => {
+      ctx.log.info({ ...logs }, 'epoch done');
+      ctx.progress({ unit: 'epoch', done: logs.epoch + 1, total: epochs, info: { loss: logs.loss, acc: logs.acc, ...(logs.valAcc !== undefined ? { val_acc: logs.valAcc, val_loss: logs.valLoss! } : {}) } });
+    }),
+  ];
+  const classWeights = await classWeightsFor(params.class_weights, dataset, numClasses);
+  let history;
+  try {
+    history = await fitModel(tf, trainee, train, val, {
+      epochs: params.epochs,
+      optimizer: { name: params.optimizer, lr, momentum: params.momentum },
+      schedule: { warmup: params.warmup, cosine: params.cosine },
+      classWeights,
+      numClasses,
+      hooks,
+      signal: ctx.signal,
+      startEpoch: resumed?.startEpoch,
+      history: resumed?.history,
+      existingOptimizer: optimizer,
+    });
+  } finally {
+    optimizer.dispose();
+  }
+  const final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
+  const summary = await writeModelArtifact(ctx.outDir, model, request.info);
+  await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
+  const last = history.at(-1);
+  const epochSeconds = history.filter((h) => h.seconds > 0).map((h) => h.seconds);
+  return {
+    epochs_run: history.length,
+    ...(stopper?.best() ? { best_epoch: stopper.best()!.epoch + 1 } : {}),
+    loss: last?.loss ?? null,
+    acc: last?.acc ?? null,
+    ...(final ? { val_loss: final.loss, val_acc: final.acc } : {}),
+    lr,
+    seconds_per_epoch: epochSeconds.length ? Math.round((epochSeconds.reduce((a, b) => a + b, 0) / epochSeconds.length) * 1000) / 1000 : null,
+    features,
+    trainable_params: summarizeModel(trainee).trainableParams,
+    params: summary.params,
+    ...(resumed ? { resumed_from_epoch: resumed.startEpoch } : {}),
+  };
+}
+
+async function classWeightsFor(spec: TrainingParams['class_weights'], dataset: ShardDataset, numClasses: number): Promise<number[] | undefined> {
+  if (spec === 'none') return undefined;
+  if (Array.isArray(spec)) {
+    if (spec.length !== numClasses) throw new StageError('bad_class_weights', `class_weights has ${spec.length} entries but the data has ${numClasses} classes (${dataset.classes.join(', ')})`);
+    return spec;
+  }
+  const counts = dataset.splits.train.classCounts;
+  const total = counts.reduce((a, b) => a + b, 0);
+  // Keras/sklearn "balanced": n_samples / (n_classes * count_c).
+  return counts.map((c) => (c > 0 ? total / (numClasses * c) : 0));
+}

@@ -1,0 +1,260 @@
+/**
+ * The training loop every training stage shares (train-head, fine-tune, prune recovery).
+ *
+ * A custom loop rather than `model.fit`: `fit` shuffles with unseeded `Math.random`, cannot
+ * resume mid-run, and checks nothing between batches. Here each step is one
+ * `optimizer.minimize` inside `tf.tidy`, batches come from a seeded `BatchSource`, and
+ * everything around the step (NaN guard, early stopping, checkpoints, progress) is a hook:
+ * an object of optional async methods run in the order given (fastai's callbacks, tfjs's
+ * `BaseCallback`, vitest's reporters).
+ */
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type * as TfCore from '@tensorflow/tfjs-core';
+import { StageError } from '../runtime/errors.js';
+import type { Tf } from './backend.js';
+
+/** One batch of inputs (any rank) and integer labels. */
+export interface TrainBatch {
+  x: Float32Array;
+  /** Shape of `x`, batch dimension first. */
+  shape: number[];
+  y: Int32Array;
+  count: number;
+}
+
+/** Where batches come from; `epoch` changes the seeded order (and augmentation). */
+export interface BatchSource {
+  /** Records in the split. */
+  count: number;
+  batches(epoch: number, options: { shuffle: boolean }): AsyncIterable<TrainBatch>;
+}
+
+/** Optimizer choice, as written in the pipeline file. */
+export interface OptimizerSpec {
+  name: 'adam' | 'sgd' | 'rmsprop';
+  /** Peak learning rate. */
+  lr: number;
+  /** SGD/RMSprop momentum. Default 0.9 for sgd, 0 for rmsprop. */
+  momentum?: number;
+}
+
+/** Learning-rate schedule over epochs: linear warmup, then constant or cosine decay to ~0. */
+export interface ScheduleSpec {
+  /** Epochs of linear warmup from lr/10 to lr. Default 0. */
+  warmup: number;
+  /** Cosine decay after warmup. Default false. */
+  cosine: boolean;
+}
+
+export interface EpochLogs {
+  epoch: number;
+  loss: number;
+  acc: number;
+  valLoss?: number;
+  valAcc?: number;
+  lr: number;
+  seconds: number;
+}
+
+/** Mutable state hooks can read and steer. */
+export interface TrainState {
+  tf: Tf;
+  model: LayersModel;
+  optimizer: TfCore.Optimizer;
+  /** 0-based epoch being run. */
+  epoch: number;
+  epochs: number;
+  history: EpochLogs[];
+  /** A hook sets it to stop after this epoch. */
+  stop: boolean;
+}
+
+/** Optional async methods, run in the order the hooks are given. */
+export interface TrainHook {
+  onTrainStart?(state: TrainState): Promise<void> | void;
+  onBatchEnd?(state: TrainState, batch: { index: number; loss: number }): Promise<void> | void;
+  onEpochEnd?(state: TrainState, logs: EpochLogs): Promise<void> | void;
+  onTrainEnd?(state: TrainState): Promise<void> | void;
+}
+
+export interface FitOptions {
+  epochs: number;
+  optimizer: OptimizerSpec;
+  schedule?: ScheduleSpec;
+  /** Per-class loss weights (index = label); default all 1. */
+  classWeights?: number[];
+  numClasses: number;
+  hooks?: TrainHook[];
+  signal?: AbortSignal;
+  /** First epoch to run (after resuming from a checkpoint). Default 0. */
+  startEpoch?: number;
+  /** History of the epochs before `startEpoch` (resume). */
+  history?: EpochLogs[];
+  /** An optimizer to continue with (resume); otherwise one is made from `optimizer`. */
+  existingOptimizer?: TfCore.Optimizer;
+}
+
+export function createOptimizer(tf: Tf, spec: OptimizerSpec): TfCore.Optimizer {
+  switch (spec.name) {
+    case 'sgd':
+      return tf.train.momentum(spec.lr, spec.momentum ?? 0.9);
+    case 'rmsprop':
+      return tf.train.rmsprop(spec.lr, 0.9, spec.momentum ?? 0);
+    default:
+      return tf.train.adam(spec.lr);
+  }
+}
+
+/** Learning rate for an epoch under the schedule. */
+export function learningRateAt(epoch: number, epochs: number, lr: number, schedule?: ScheduleSpec): number {
+  const warmup = schedule?.warmup ?? 0;
+  if (epoch < warmup) return lr * (0.1 + (0.9 * (epoch + 1)) / (warmup + 1));
+  if (!schedule?.cosine) return lr;
+  const span = Math.max(1, epochs - warmup);
+  return lr * 0.5 * (1 + Math.cos((Math.PI * (epoch - warmup)) / span));
+}
+
+/**
+ * Mean (optionally class-weighted) cross-entropy of softmax probabilities against integer labels.
+ */
+export function crossEntropy(tf: Tf, probs: TfCore.Tensor, labels: TfCore.Tensor1D, numClasses: number, classWeights?: TfCore.Tensor1D): TfCore.Scalar {
+  return tf.tidy(() => {
+    const oneHot = tf.cast(tf.oneHot(labels, numClasses), 'float32');
+    const clipped = tf.clipByValue(probs, 1e-7, 1 - 1e-7);
+    const perExample = tf.neg(tf.sum(tf.mul(oneHot, tf.log(clipped)), -1));
+    if (!classWeights) return tf.mean(perExample) as TfCore.Scalar;
+    const weights = tf.gather(classWeights, labels);
+    return tf.div(tf.sum(tf.mul(perExample, weights)), tf.sum(weights)) as TfCore.Scalar;
+  });
+}
+
+/** Loss and accuracy of the model on a source, in inference mode. */
+export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSource, numClasses: number): Promise<{ loss: number; acc: number }> {
+  let lossSum = 0;
+  let correct = 0;
+  let count = 0;
+  for await (const batch of source.batches(0, { shuffle: false })) {
+    const [loss, hits] = tf.tidy(() => {
+      const x = tf.tensor(batch.x, batch.shape);
+      const y = tf.tensor1d(batch.y, 'int32');
+      const probs = model.predict(x) as TfCore.Tensor;
+      const l = tf.mul(crossEntropy(tf, probs, y, numClasses), batch.count);
+      const h = tf.sum(tf.cast(tf.equal(tf.cast(tf.argMax(probs, -1), 'int32'), y), 'int32'));
+      return [l, h];
+    });
+    lossSum += (await loss.data())[0];
+    correct += (await hits.data())[0];
+    loss.dispose();
+    hits.dispose();
+    count += batch.count;
+  }
+  return { loss: count ? lossSum / count : NaN, acc: count ? correct / count : NaN };
+}
+
+/** Trains `model` on `train`, evaluating on `val` each epoch; returns the full history. */
+export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, val: BatchSource | undefined, options: FitOptions): Promise<EpochLogs[]> {
+  const optimizer = options.existingOptimizer ?? createOptimizer(tf, options.optimizer);
+  const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, history: [...(options.history ?? [])], stop: false };
+  const hooks = options.hooks ?? [];
+  const weights = options.classWeights ? tf.tensor1d(options.classWeights) : undefined;
+  const variables = () => model.trainableWeights.map((w) => (w as unknown as { read(): TfCore.Variable }).read());
+  try {
+    for (const hook of hooks) await hook.onTrainStart?.(state);
+    for (let epoch = state.epoch; epoch < options.epochs && !state.stop; epoch++) {
+      state.epoch = epoch;
+      const t0 = performance.now();
+      const lr = learningRateAt(epoch, options.epochs, options.optimizer.lr, options.schedule);
+      // Optimizers read `learningRate` on every step; TF.js keeps it as a plain field.
+      (optimizer as unknown as { learningRate: number }).learningRate = lr;
+      let lossSum = 0;
+      let correct = 0;
+      let seen = 0;
+      let index = 0;
+      const vars = variables();
+      if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
+      for await (const batch of train.batches(epoch, { shuffle: true })) {
+        if (options.signal?.aborted) return state.history;
+        const hits = tf.tidy(() => {
+          const x = tf.tensor(batch.x, batch.shape);
+          const y = tf.tensor1d(batch.y, 'int32');
+          let accuracy: TfCore.Scalar | undefined;
+          const cost = optimizer.minimize(
+            () => {
+              const probs = model.apply(x, { training: true }) as TfCore.Tensor;
+              accuracy = tf.keep(tf.sum(tf.cast(tf.equal(tf.cast(tf.argMax(probs, -1), 'int32'), y), 'int32'))) as TfCore.Scalar;
+              return crossEntropy(tf, probs, y, options.numClasses, weights);
+            },
+            true,
+            vars,
+          )!;
+          return [tf.keep(cost), accuracy!] as const;
+        });
+        const loss = (await hits[0].data())[0];
+        correct += (await hits[1].data())[0];
+        hits[0].dispose();
+        hits[1].dispose();
+        lossSum += loss * batch.count;
+        seen += batch.count;
+        for (const hook of hooks) await hook.onBatchEnd?.(state, { index, loss });
+        index++;
+      }
+      const logs: EpochLogs = { epoch, loss: lossSum / Math.max(1, seen), acc: correct / Math.max(1, seen), lr, seconds: 0 };
+      if (val && val.count) {
+        const result = await evaluateSource(tf, model, val, options.numClasses);
+        logs.valLoss = result.loss;
+        logs.valAcc = result.acc;
+      }
+      logs.seconds = Math.round(performance.now() - t0) / 1000;
+      state.history.push(logs);
+      for (const hook of hooks) await hook.onEpochEnd?.(state, logs);
+    }
+    for (const hook of hooks) await hook.onTrainEnd?.(state);
+    return state.history;
+  } finally {
+    weights?.dispose();
+    if (!options.existingOptimizer) optimizer.dispose();
+  }
+}
+
+/** Fails the stage on a NaN or infinite loss, naming the epoch and batch. */
+export function nanGuard(): TrainHook {
+  return {
+    onBatchEnd(state, batch) {
+      if (!Number.isFinite(batch.loss))
+        throw new StageError('nan_loss', `the loss became ${batch.loss} at epoch ${state.epoch + 1}, batch ${batch.index + 1}; lower the learning rate or check the data (the last good checkpoint is kept)`, {
+          epoch: state.epoch + 1,
+          batch: batch.index + 1,
+        });
+    },
+  };
+}
+
+/**
+ * Stops when `monitor` (val loss, else train loss) has not improved by `minDelta` for
+ * `patience` epochs, and restores the best weights at the end.
+ */
+export function earlyStopping(options: { patience: number; minDelta?: number; restoreBest?: boolean }): TrainHook & { best(): { epoch: number; value: number } | undefined } {
+  let best: { epoch: number; value: number; weights?: TfCore.Tensor[] } | undefined;
+  return {
+    best: () => (best ? { epoch: best.epoch, value: best.value } : undefined),
+    onEpochEnd(state, logs) {
+      const value = logs.valLoss ?? logs.loss;
+      if (!best || value < best.value - (options.minDelta ?? 0)) {
+        best?.weights?.forEach((w) => w.dispose());
+        best = { epoch: logs.epoch, value, weights: options.restoreBest === false ? undefined : state.model.getWeights().map((w) => state.tf.keep(w.clone())) };
+      } else if (logs.epoch - best.epoch >= options.patience) {
+        state.stop = true;
+      }
+    },
+    onTrainEnd(state) {
+      if (best?.weights && best.epoch !== state.history.at(-1)?.epoch) state.model.setWeights(best.weights);
+      best?.weights?.forEach((w) => w.dispose());
+      if (best) best.weights = undefined;
+    },
+  };
+}
+
+/** Reports each epoch through the stage's progress and log. */
+export function progressHook(report: (logs: EpochLogs, epochs: number) => void): TrainHook {
+  return { onEpochEnd: (state, logs) => report(logs, state.epochs) };
+}

@@ -1,0 +1,49 @@
+/**
+ * `fine-tune`: retrain the unfrozen top block and the head at a lower learning rate (default:
+ * the head's / 10), optionally with warmup and cosine decay. The frozen part's outputs at the
+ * split are cached, so an epoch costs only the top block; per-epoch checkpoints let a killed
+ * run resume from the last finished epoch.
+ */
+import paramsSchema from '../../schemas/stages/fine-tune.schema.json' with { type: 'json' };
+import { openDataset } from '../data/shards.js';
+import { StageError } from '../runtime/errors.js';
+import type { StageDefinition } from '../runtime/types.js';
+import { readModelArtifact } from '../ml/artifact.js';
+import { useTf } from '../ml/backend.js';
+import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+import { checkInputShape } from './train-head.js';
+
+/** `with:` of a `fine-tune` stage (see schemas/stages/fine-tune.schema.json). */
+export interface FineTuneParams extends TrainingParams {
+  /** Learning rate; default head lr / lr_divisor. */
+  lr?: number;
+  lr_divisor: number;
+}
+
+export const fineTune: StageDefinition<FineTuneParams> = {
+  kind: 'fine-tune',
+  version: 1,
+  description: 'Retrain the unfrozen top block and head at a lower learning rate (cached frozen features, resumable)',
+  paramsSchema,
+  consumes: ['shards', 'model'],
+  provides: ['model'],
+  resource: 'tf',
+  async run(ctx, params) {
+    const tf = await useTf(ctx.log);
+    const modelInput = ctx.input('model');
+    const { model, info } = await readModelArtifact(modelInput.dir);
+    if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
+    const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
+    if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
+    const dataset = await openDataset(ctx.input('shards').dir);
+    try {
+      checkInputShape(model, dataset.recordShape);
+      if (dataset.classes.join('\n') !== info.classes.join('\n'))
+        throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
+      const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, modelKey: modelInput.key, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
+      return { metrics };
+    } finally {
+      await dataset.close();
+    }
+  },
+};

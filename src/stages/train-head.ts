@@ -1,0 +1,91 @@
+/**
+ * `train-head`: a classifier head (pooling, optional dense + dropout, softmax) on the base,
+ * trained while the base is frozen. The frozen base's features are computed once (per
+ * augmented view) and cached, so each epoch only runs the head: the feature-extraction
+ * strategy. With nothing frozen (a from-scratch baseline) the whole network trains on images.
+ */
+import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
+import paramsSchema from '../../schemas/stages/train-head.schema.json' with { type: 'json' };
+import { openDataset } from '../data/shards.js';
+import { deriveSeed } from '../data/random.js';
+import { StageError } from '../runtime/errors.js';
+import type { StageDefinition } from '../runtime/types.js';
+import { readModelArtifact } from '../ml/artifact.js';
+import { useLayers, useTf } from '../ml/backend.js';
+import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+
+/** `with:` of a `train-head` stage (see schemas/stages/train-head.schema.json). */
+export interface TrainHeadParams extends TrainingParams {
+  classes: 'auto';
+  pooling: 'avg' | 'max' | 'flatten' | 'none';
+  dense: number[];
+  dropout: number;
+  lr: number;
+}
+
+export const trainHead: StageDefinition<TrainHeadParams> = {
+  kind: 'train-head',
+  version: 1,
+  description: 'Add a softmax head on the (frozen) base and train it; frozen-base features are cached',
+  paramsSchema,
+  consumes: ['shards', 'model'],
+  provides: ['model'],
+  resource: 'tf',
+  async run(ctx, params) {
+    const tf = await useTf(ctx.log);
+    const modelInput = ctx.input('model');
+    const { model: base, info } = await readModelArtifact(modelInput.dir);
+    const dataset = await openDataset(ctx.input('shards').dir);
+    try {
+      checkInputShape(base, dataset.recordShape);
+      const model = await addHead(base, dataset.classes.length, params, ctx.seed);
+      const metrics = await trainAndSave({
+        tf,
+        ctx,
+        model,
+        dataset,
+        params,
+        lr: params.lr,
+        modelKey: modelInput.key,
+        info: { ...info, classes: dataset.classes, preprocess: dataset.spec, headLr: params.lr, lineage: [...info.lineage, 'train-head'] },
+      });
+      return { metrics: { ...metrics, classes: dataset.classes.length } };
+    } finally {
+      await dataset.close();
+    }
+  },
+};
+
+/** The base's expected input must be the shards' record shape (or the error says what to change). */
+export function checkInputShape(model: LayersModel, recordShape: number[]): void {
+  const expected = model.inputs[0].shape.slice(1);
+  if (expected.some((d, i) => d !== null && d !== recordShape[i])) {
+    throw new StageError(
+      'input_shape_mismatch',
+      `the model expects inputs [${expected.join(', ')}] but the shards hold [${recordShape.join(', ')}]; set preprocess size/channels to match, or load-base input_shape: [${recordShape.join(', ')}]`,
+      { model: expected, shards: recordShape },
+    );
+  }
+}
+
+/** base -> pooling -> (dropout, dense)* -> dropout -> dense softmax, with seeded initializers. */
+async function addHead(base: LayersModel, numClasses: number, params: TrainHeadParams, seed: number): Promise<LayersModel> {
+  const tfl = await useLayers();
+  let x = base.outputs[0] as SymbolicTensor;
+  const rank = x.shape.length;
+  if (rank === 4 && params.pooling === 'none') throw new StageError('head_needs_pooling', `the base outputs a feature map [${x.shape.slice(1).join(', ')}]; set pooling to avg, max or flatten`);
+  if (rank === 4) {
+    const pool = params.pooling === 'max' ? tfl.layers.globalMaxPooling2d({ name: 'head_pool' }) : params.pooling === 'flatten' ? tfl.layers.flatten({ name: 'head_pool' }) : tfl.layers.globalAveragePooling2d({ name: 'head_pool' });
+    x = pool.apply(x) as SymbolicTensor;
+  } else if (rank !== 2) {
+    x = tfl.layers.flatten({ name: 'head_pool' }).apply(x) as SymbolicTensor;
+  }
+  const init = (name: string) => tfl.initializers.glorotUniform({ seed: deriveSeed(seed, name) % 2147483647 });
+  params.dense.forEach((units, i) => {
+    if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, seed: deriveSeed(seed, 'drop', i), name: `head_dropout_${i + 1}` }).apply(x) as SymbolicTensor;
+    x = tfl.layers.dense({ units, activation: 'relu', kernelInitializer: init(`head_dense_${i + 1}`), name: `head_dense_${i + 1}` }).apply(x) as SymbolicTensor;
+  });
+  if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, seed: deriveSeed(seed, 'drop', 'out'), name: 'head_dropout' }).apply(x) as SymbolicTensor;
+  const output = tfl.layers.dense({ units: numClasses, activation: 'softmax', kernelInitializer: init('head_output'), name: 'head_output' }).apply(x) as SymbolicTensor;
+  return tfl.model({ inputs: base.inputs, outputs: output, name: `${base.name}_classifier`.replace(/[^A-Za-z0-9_.-]/g, '_') });
+}
