@@ -3,6 +3,9 @@
  * runtime receives it as a value and knows no kind by name.
  */
 import type { StageRegistry } from '../runtime/types.js';
+import { buildModel } from './build-model.js';
+import { evaluate } from './evaluate.js';
+import { exportStage } from './export.js';
 import { fineTune } from './fine-tune.js';
 import { freeze } from './freeze.js';
 import { ingest } from './ingest.js';
@@ -15,8 +18,11 @@ export const stages = {
   ingest,
   preprocess,
   'load-base': loadBase,
+  'build-model': buildModel,
   freeze,
   'train-head': trainHead,
   unfreeze,
   'fine-tune': fineTune,
+  evaluate,
+  export: exportStage,
 } as const satisfies StageRegistry;
