@@ -43,6 +43,31 @@ export async function writeModelArtifact(dir: string, model: LayersModel, info: 
   return summary;
 }
 
+/**
+ * Frees the weights of models and of every layer they hold. tfjs-layers counts references per
+ * layer *application*, not per model, so disposing two models that share a layer (a cut, a
+ * split, a base inside a classifier) either throws or leaks; this frees each distinct weight
+ * once instead. The models must not be used afterwards.
+ */
+export function disposeModels(...models: (LayersModel | null | undefined)[]): void {
+  type LayerLike = { weights: { dispose(): void }[]; layers?: LayerLike[] };
+  const seen = new Set<LayerLike>();
+  const visit = (layer: LayerLike) => {
+    if (seen.has(layer)) return;
+    seen.add(layer);
+    for (const inner of layer.layers ?? []) visit(inner);
+  };
+  for (const model of models) if (model) visit(model as unknown as LayerLike);
+  const weights = new Set([...seen].flatMap((layer) => layer.weights));
+  for (const weight of weights) {
+    try {
+      weight.dispose();
+    } catch {
+      // already disposed
+    }
+  }
+}
+
 /** Loads a model artifact (freeze state restored by `loadModel`). */
 export async function readModelArtifact(dir: string): Promise<ModelArtifact> {
   const model = await loadModel(path.join(dir, 'model.json'));

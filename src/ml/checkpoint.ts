@@ -42,6 +42,8 @@ export function checkpointHook(dir: string, fingerprint: string): TrainHook {
         fingerprint,
       };
       await writeJsonAtomic(path.join(dir, 'checkpoint.json'), meta);
+      // getWeights() makes a fresh scalar for the iteration count; the other slots are live variables.
+      for (const slot of slots) if (slot.name === 'iter') slot.tensor.dispose();
     },
   };
 }
@@ -74,6 +76,7 @@ export async function restoreCheckpoint(tf: Tf, dir: string, fingerprint: string
     if (meta.optimizer.length) {
       const slots = split(slotBytes, meta.optimizer.map((s) => s.shape));
       await optimizer.setWeights(meta.optimizer.map((s, i) => ({ name: s.name, tensor: slots[i] })));
+      slots.forEach((s) => s.dispose()); // setWeights copies them into variables
     }
     return { startEpoch: meta.epochs, history: meta.history };
   } catch {

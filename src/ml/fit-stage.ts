@@ -11,7 +11,7 @@ import { isAugmenting } from '../data/spec.js';
 import { canonicalJson, sha256 } from '../runtime/hash.js';
 import { StageError } from '../runtime/errors.js';
 import type { Metrics, StageContext } from '../runtime/types.js';
-import { writeModelArtifact, type ModelInfo } from './artifact.js';
+import { disposeModels, writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
 import { extractFeatures, splitAtTrainable, viewSource } from './features.js';
@@ -91,7 +91,8 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   }
 
   const optimizer = createOptimizer(tf, { name: params.optimizer, lr, momentum: params.momentum });
-  const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.trainableWeights.map((w) => w.name) }));
+  // Layer names and weight shapes, not weight names: TF.js uniquifies variable names per process.
+  const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.layers.filter((l) => l.trainable && l.weights.length).map((l) => [l.name, l.weights.map((w) => w.shape)]) }));
   const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer);
   if (resumed) ctx.log.info({ epoch: resumed.startEpoch }, 'resuming from checkpoint');
   const stopper = params.early_stopping ? earlyStopping({ patience: params.early_stopping.patience ?? 3, minDelta: params.early_stopping.min_delta ?? 0 }) : undefined;
@@ -122,8 +123,14 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   } finally {
     optimizer.dispose();
   }
-  const final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
-  const summary = await writeModelArtifact(ctx.outDir, model, request.info);
+  let final, summary;
+  try {
+    final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
+    summary = await writeModelArtifact(ctx.outDir, model, request.info);
+  } finally {
+    // The split models share layers with `model`; the caller disposes `model` itself.
+    if (split) disposeModels(split.bottom, split.top === model ? null : split.top);
+  }
   await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
   const last = history.at(-1);
   const epochSeconds = history.filter((h) => h.seconds > 0).map((h) => h.seconds);

@@ -120,8 +120,9 @@ export function learningRateAt(epoch: number, epochs: number, lr: number, schedu
 export function crossEntropy(tf: Tf, probs: TfCore.Tensor, labels: TfCore.Tensor1D, numClasses: number, classWeights?: TfCore.Tensor1D): TfCore.Scalar {
   return tf.tidy(() => {
     const oneHot = tf.cast(tf.oneHot(labels, numClasses), 'float32');
-    const clipped = tf.clipByValue(probs, 1e-7, 1 - 1e-7);
-    const perExample = tf.neg(tf.sum(tf.mul(oneHot, tf.log(clipped)), -1));
+    // An epsilon rather than clipping: clipping can turn NaN probabilities into finite numbers
+    // on some backends, which would hide a diverged model from the NaN guard.
+    const perExample = tf.neg(tf.sum(tf.mul(oneHot, tf.log(tf.add(probs, 1e-7))), -1));
     if (!classWeights) return tf.mean(perExample) as TfCore.Scalar;
     const weights = tf.gather(classWeights, labels);
     return tf.div(tf.sum(tf.mul(perExample, weights)), tf.sum(weights)) as TfCore.Scalar;

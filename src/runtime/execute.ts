@@ -81,10 +81,11 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
-    return (await queue.add(() => execute(planned, base), { signal }).catch((error) => {
-      if (signal.aborted) return { ...base, status: 'skipped' as const, seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
-      throw error;
-    })) as StageSummary;
+    // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
+    // stage still runs; a queued task checks the signal itself when it starts.
+    return (await queue.add(async (): Promise<StageSummary> =>
+      signal.aborted ? { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } } : execute(planned, base),
+    )) as StageSummary;
   };
 
   const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {

@@ -7,7 +7,7 @@ import type { SymbolicTensor } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/build-model.schema.json' with { type: 'json' };
 import { deriveSeed } from '../data/random.js';
 import type { StageDefinition } from '../runtime/types.js';
-import { writeModelArtifact } from '../ml/artifact.js';
+import { disposeModels, writeModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
 
 /** `with:` of a `build-model` stage. */
@@ -46,7 +46,12 @@ export const buildModel: StageDefinition<BuildModelParams> = {
       }
     });
     const model = tfl.model({ inputs: input, outputs: x, name: 'small_cnn' });
-    const summary = await writeModelArtifact(ctx.outDir, model, { base: { source: 'build-model', init: 'random', inputShape: params.input_shape }, lineage: ['build-model'] });
+    let summary;
+    try {
+      summary = await writeModelArtifact(ctx.outDir, model, { base: { source: 'build-model', init: 'random', inputShape: params.input_shape }, lineage: ['build-model'] });
+    } finally {
+      disposeModels(model);
+    }
     return { metrics: { layers: summary.layers, params: summary.params, output_shape: summary.outputShape as number[] } };
   },
 };

@@ -7,9 +7,10 @@
 import paramsSchema from '../../schemas/stages/fine-tune.schema.json' with { type: 'json' };
 import { openDataset } from '../data/shards.js';
 import { StageError } from '../runtime/errors.js';
-import type { StageDefinition } from '../runtime/types.js';
-import { readModelArtifact } from '../ml/artifact.js';
-import { useTf } from '../ml/backend.js';
+import type { StageContext, StageDefinition } from '../runtime/types.js';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import { disposeModels, readModelArtifact, type ModelInfo } from '../ml/artifact.js';
+import { useTf, type Tf } from '../ml/backend.js';
 import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
 import { checkInputShape } from './train-head.js';
 
@@ -32,18 +33,27 @@ export const fineTune: StageDefinition<FineTuneParams> = {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');
     const { model, info } = await readModelArtifact(modelInput.dir);
-    if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
-    const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
-    if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
-    const dataset = await openDataset(ctx.input('shards').dir);
     try {
-      checkInputShape(model, dataset.recordShape);
-      if (dataset.classes.join('\n') !== info.classes.join('\n'))
-        throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
-      const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, modelKey: modelInput.key, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
-      return { metrics };
+      return await tune(ctx, params, model, info, tf, modelInput.key);
     } finally {
-      await dataset.close();
+      disposeModels(model);
     }
   },
 };
+
+/** The checks and the training, with the model loaded (the caller disposes it). */
+async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, model: LayersModel, info: ModelInfo, tf: Tf, modelKey: string) {
+  if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
+  const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
+  if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
+  const dataset = await openDataset(ctx.input('shards').dir);
+  try {
+    checkInputShape(model, dataset.recordShape);
+    if (dataset.classes.join('\n') !== info.classes.join('\n'))
+      throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
+    const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, modelKey, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
+    return { metrics };
+  } finally {
+    await dataset.close();
+  }
+}

@@ -1,7 +1,7 @@
 /** `freeze`: the bottom of the model stops training; frozen BatchNorm stays in inference mode. */
 import paramsSchema from '../../schemas/stages/freeze.schema.json' with { type: 'json' };
 import type { StageDefinition } from '../runtime/types.js';
-import { readModelArtifact, writeModelArtifact } from '../ml/artifact.js';
+import { disposeModels, readModelArtifact, writeModelArtifact } from '../ml/artifact.js';
 import { useTf } from '../ml/backend.js';
 import { freezeLayers } from '../ml/surgery.js';
 
@@ -22,8 +22,13 @@ export const freeze: StageDefinition<FreezeParams> = {
   async run(ctx, params) {
     await useTf(ctx.log);
     const { model, info } = await readModelArtifact(ctx.input('model').dir);
-    const result = freezeLayers(model, { until: params.until });
-    const summary = await writeModelArtifact(ctx.outDir, model, { ...info, lineage: [...info.lineage, 'freeze'] });
+    let result, summary;
+    try {
+      result = freezeLayers(model, { until: params.until });
+      summary = await writeModelArtifact(ctx.outDir, model, { ...info, lineage: [...info.lineage, 'freeze'] });
+    } finally {
+      disposeModels(model);
+    }
     ctx.log.info({ frozen: result.frozen.length, trainable: result.trainable.length }, 'frozen');
     return { metrics: { frozen_layers: result.frozen.length, trainable_layers: result.trainable.length, trainable_params: summary.trainableParams, params: summary.params } };
   },

@@ -8,7 +8,7 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/load-base.schema.json' with { type: 'json' };
 import { deriveSeed } from '../data/random.js';
 import type { StageDefinition } from '../runtime/types.js';
-import { writeModelArtifact } from '../ml/artifact.js';
+import { disposeModels, writeModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
 import { loadModel } from '../ml/io.js';
 import { adaptInput, cutModel } from '../ml/surgery.js';
@@ -47,15 +47,22 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   },
   async run(ctx, params) {
     await useTf(ctx.log);
-    let model: LayersModel = await loadModel(params.model, { baseDir: ctx.baseDir, signal: ctx.signal, log: ctx.log });
-    const original = { layers: model.layers.length, inputShape: model.inputs[0].shape.slice(1) };
-    if (params.cut) model = await cutModel(model, params.cut);
-    if (params.input_shape) model = await adaptInput(model, { inputShape: params.input_shape });
-    if (params.init === 'random') model = await reinitialize(model, ctx.seed);
-    const summary = await writeModelArtifact(ctx.outDir, model, {
-      base: { source: params.model, cut: params.cut, init: params.init, inputShape: params.input_shape },
-      lineage: ['load-base'],
-    });
+    const loaded = await loadModel(params.model, { baseDir: ctx.baseDir, signal: ctx.signal, log: ctx.log });
+    const made: LayersModel[] = [loaded];
+    const original = { layers: loaded.layers.length, inputShape: loaded.inputs[0].shape.slice(1) };
+    let summary;
+    try {
+      let model = loaded;
+      if (params.cut) made.push((model = await cutModel(model, params.cut)));
+      if (params.input_shape) made.push((model = await adaptInput(model, { inputShape: params.input_shape })));
+      if (params.init === 'random') made.push((model = await reinitialize(model, ctx.seed)));
+      summary = await writeModelArtifact(ctx.outDir, model, {
+        base: { source: params.model, cut: params.cut, init: params.init, inputShape: params.input_shape },
+        lineage: ['load-base'],
+      });
+    } finally {
+      disposeModels(...made);
+    }
     return {
       metrics: {
         layers: summary.layers,

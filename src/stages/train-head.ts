@@ -10,7 +10,7 @@ import { openDataset } from '../data/shards.js';
 import { deriveSeed } from '../data/random.js';
 import { StageError } from '../runtime/errors.js';
 import type { StageDefinition } from '../runtime/types.js';
-import { readModelArtifact } from '../ml/artifact.js';
+import { disposeModels, readModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
 import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
 
@@ -36,9 +36,10 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
     const modelInput = ctx.input('model');
     const { model: base, info } = await readModelArtifact(modelInput.dir);
     const dataset = await openDataset(ctx.input('shards').dir);
+    let model: LayersModel | undefined;
     try {
       checkInputShape(base, dataset.recordShape);
-      const model = await addHead(base, dataset.classes.length, params, ctx.seed);
+      model = await addHead(base, dataset.classes.length, params, ctx.seed);
       const metrics = await trainAndSave({
         tf,
         ctx,
@@ -51,6 +52,7 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
       });
       return { metrics: { ...metrics, classes: dataset.classes.length } };
     } finally {
+      disposeModels(model, base);
       await dataset.close();
     }
   },

@@ -1,7 +1,7 @@
 /** `unfreeze`: the top block (from a layer, or the top N blocks) becomes trainable for fine-tuning. */
 import paramsSchema from '../../schemas/stages/unfreeze.schema.json' with { type: 'json' };
 import type { StageDefinition } from '../runtime/types.js';
-import { readModelArtifact, writeModelArtifact } from '../ml/artifact.js';
+import { disposeModels, readModelArtifact, writeModelArtifact } from '../ml/artifact.js';
 import { useTf } from '../ml/backend.js';
 import { unfreezeLayers } from '../ml/surgery.js';
 
@@ -31,9 +31,14 @@ export const unfreeze: StageDefinition<UnfreezeParams> = {
   async run(ctx, params) {
     await useTf(ctx.log);
     const { model, info } = await readModelArtifact(ctx.input('model').dir);
-    const result = unfreezeLayers(model, { from: params.from, blocks: params.blocks, keepBatchNormInference: params.batchnorm === 'frozen' });
-    const summary = await writeModelArtifact(ctx.outDir, model, { ...info, lineage: [...info.lineage, 'unfreeze'] });
-    const firstTrainable = model.layers.find((l) => l.trainable && l.weights.length > 0)?.name ?? null;
+    let result, summary, firstTrainable;
+    try {
+      result = unfreezeLayers(model, { from: params.from, blocks: params.blocks, keepBatchNormInference: params.batchnorm === 'frozen' });
+      summary = await writeModelArtifact(ctx.outDir, model, { ...info, lineage: [...info.lineage, 'unfreeze'] });
+      firstTrainable = model.layers.find((l) => l.trainable && l.weights.length > 0)?.name ?? null;
+    } finally {
+      disposeModels(model);
+    }
     return { metrics: { trainable_layers: result.trainable.length, frozen_layers: result.frozen.length, trainable_params: summary.trainableParams, first_trainable: firstTrainable } };
   },
 };
