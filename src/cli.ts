@@ -44,6 +44,8 @@ commands:
   status          the latest run of each pipeline, its stages and metrics
   runs            recent runs
   gc              remove cache entries no recent run uses (--keep N runs, default 10)
+  predict DIR IMAGE...
+                  classify images with an exported model folder (--top K classes, default 1)
 
 options:
   --json               print one JSON object on stdout (progress and logs go to stderr)
@@ -68,6 +70,7 @@ const OPTIONS = {
   backend: { type: 'string' },
   wait: { type: 'boolean' },
   keep: { type: 'string' },
+  top: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -118,6 +121,18 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         } finally {
           await release();
         }
+        return EXIT.ok;
+      }
+      case 'predict': {
+        const [dir, ...images] = rest;
+        if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image');
+        const top = positiveInt(values.top ?? '1', '--top');
+        io.backend?.configure(backendOf(values.backend ?? 'auto'));
+        // Imported here so that the other commands never load TF.js or sharp.
+        const { predictImages } = await import('./predict.js');
+        const predictions = await predictImages(dir, images, { top });
+        if (values.json) io.stdout(JSON.stringify({ backend: io.backend?.describe() ?? 'none', predictions }) + '\n');
+        else for (const p of predictions) for (const t of p.top) io.stdout(`${p.image}\t${t.label} ${t.probability.toFixed(4)}\n`);
         return EXIT.ok;
       }
       default:

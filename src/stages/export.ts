@@ -1,0 +1,170 @@
+/**
+ * `export`: turns a trained `model` into a self-contained inference folder that
+ * `pipeline predict` (src/predict.ts) and any TF.js app can load:
+ * ```
+ * model.json + weights.bin   the layers model (tf.loadLayersModel reads it as is)
+ * labels.json                class names in output order
+ * preprocess.json            the exact PreprocessSpec of training, augmentation off
+ * export.json                what was exported, when, from which artifact, and a summary
+ * summary.json               layers and parameter counts
+ * ```
+ * With `dir`, the folder is also copied there, replacing a previous export atomically-ish.
+ */
+import { cp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import paramsSchema from '../../schemas/stages/export.schema.json' with { type: 'json' };
+import { NO_AUGMENT, type PreprocessSpec } from '../data/spec.js';
+import { readModelArtifact, writeModelArtifact, type ModelInfo } from '../ml/artifact.js';
+import { MODEL_FILE, WEIGHTS_FILE } from '../ml/io.js';
+import { StageError } from '../runtime/errors.js';
+import type { StageDefinition } from '../runtime/types.js';
+
+/** `with:` of an `export` stage (see schemas/stages/export.schema.json). */
+export interface ExportParams {
+  /** Also copy the folder here (relative to the pipeline file). Default: only the artifact. */
+  dir?: string;
+}
+
+/** Class names in output order. */
+export const LABELS_FILE = 'labels.json';
+/** The inference preprocessing (a `PreprocessSpec` with augmentation off). */
+export const PREPROCESS_FILE = 'preprocess.json';
+/** The export's manifest; its presence marks a folder `export` may replace. */
+export const EXPORT_FILE = 'export.json';
+/** `format` of `export.json`. */
+export const EXPORT_FORMAT = 'finetune-export';
+
+/** `export.json`. */
+export interface ExportManifest {
+  format: typeof EXPORT_FORMAT;
+  version: 1;
+  /** ISO 8601 time the export was written. */
+  created: string;
+  /** Files of the folder, relative to it. */
+  files: string[];
+  /** Class names (as labels.json). */
+  classes: string[];
+  /** `[height, width, channels]` the model takes (as preprocess.json's size and channels). */
+  inputShape: [number, number, number];
+  /** The model artifact exported: its stage id, kind and cache key. */
+  source: { stage: string; kind: string; key: string };
+  /** Stage kinds that produced the model, oldest first, ending in `export`. */
+  lineage: string[];
+  /** Where the base came from, when known. */
+  base?: ModelInfo['base'];
+  /** Size facts. */
+  summary: { layers: number; params: number; trainableParams: number; weightBytes: number };
+}
+
+export const exportStage: StageDefinition<ExportParams> = {
+  kind: 'export',
+  version: 1,
+  description: 'Write model.json + weights, labels.json and preprocess.json into a folder for inference',
+  paramsSchema,
+  consumes: ['model'],
+  provides: ['export'],
+  resource: 'tf',
+
+  async run(ctx, params) {
+    const source = ctx.input('model');
+    const { model, info } = await readModelArtifact(source.dir);
+    try {
+      const classes = info.classes;
+      if (!classes?.length || !info.preprocess) {
+        throw new StageError('model_has_no_head', `the model from '${source.id}' has no ${classes?.length ? 'preprocessing spec' : 'classes'} recorded; export a model after train-head (or fine-tune)`, {
+          stage: source.id,
+          lineage: info.lineage,
+        });
+      }
+      const units = model.outputs[0]?.shape.at(-1);
+      if (units !== classes.length) {
+        throw new StageError('output_shape_mismatch', `the model has ${units ?? 'no'} outputs but ${classes.length} classes are recorded`, { outputs: units ?? null, classes: classes.length });
+      }
+      const inputShape = (model.inputs[0]?.shape ?? []).slice(1);
+      const [height, width] = info.preprocess.size;
+      if (inputShape.length !== 3 || [height, width, info.preprocess.channels].some((size, i) => inputShape[i] !== null && inputShape[i] !== size)) {
+        throw new StageError('input_shape_mismatch', `the model takes [${inputShape.map((s) => s ?? '?').join(', ')}] but its preprocessing makes [${height}, ${width}, ${info.preprocess.channels}]`, {
+          modelInput: inputShape,
+          size: info.preprocess.size,
+          channels: info.preprocess.channels,
+        });
+      }
+      // Inference never augments; keep the field (with everything off) so the file is a full spec.
+      const spec: PreprocessSpec = { ...info.preprocess, augment: { ...NO_AUGMENT } };
+      const lineage = [...info.lineage, 'export'];
+      const written = await writeModelArtifact(ctx.outDir, model, { ...info, preprocess: spec, lineage });
+      await writeJson(join(ctx.outDir, LABELS_FILE), classes);
+      await writeJson(join(ctx.outDir, PREPROCESS_FILE), spec);
+      const manifest: ExportManifest = {
+        format: EXPORT_FORMAT,
+        version: 1,
+        created: new Date().toISOString(),
+        files: [MODEL_FILE, WEIGHTS_FILE, LABELS_FILE, PREPROCESS_FILE, 'summary.json', EXPORT_FILE],
+        classes,
+        inputShape: [spec.size[0], spec.size[1], spec.channels],
+        source: { stage: source.id, kind: source.kind, key: source.key },
+        lineage,
+        ...(info.base ? { base: info.base } : {}),
+        summary: { layers: written.layers, params: written.params, trainableParams: written.trainableParams, weightBytes: written.weightBytes },
+      };
+      await writeJson(join(ctx.outDir, EXPORT_FILE), manifest);
+
+      let target: string | undefined;
+      if (params.dir !== undefined) {
+        target = resolve(ctx.baseDir, params.dir);
+        await replaceFolder(ctx.outDir, target);
+        ctx.log.info({ dir: target }, 'export copied');
+      }
+      return {
+        metrics: { classes: classes.length, params: written.params, weightBytes: written.weightBytes, ...(target ? { dir: target } : {}) },
+      };
+    } finally {
+      model.dispose();
+    }
+  },
+};
+
+/**
+ * Copies `from` to `target` through a sibling temp folder and renames, so `target` is at every
+ * moment either the old export or the complete new one (there is a short window between the two
+ * renames where it is absent). Refuses a non-empty `target` that is not an export.
+ */
+export async function replaceFolder(from: string, target: string): Promise<void> {
+  const existing = await stat(target).catch(() => null);
+  if (existing && !existing.isDirectory()) {
+    throw new StageError('export_dir_not_a_folder', `${target} exists and is not a folder; choose another export dir`, { dir: target });
+  }
+  if (existing && (await readdir(target)).length > 0 && !(await isExport(target))) {
+    throw new StageError('export_dir_not_empty', `${target} is not empty and holds no ${EXPORT_FILE}, so it is not a previous export; refusing to replace it (empty it or choose another dir)`, { dir: target });
+  }
+  const suffix = `${process.pid}-${Date.now().toString(36)}`;
+  const temp = join(dirname(target), `.${basename(target)}.tmp-${suffix}`);
+  const old = join(dirname(target), `.${basename(target)}.old-${suffix}`);
+  try {
+    await cp(from, temp, { recursive: true });
+    if (existing) await rename(target, old);
+    try {
+      await rename(temp, target);
+    } catch (error) {
+      if (existing) await rename(old, target).catch(() => {});
+      throw error;
+    }
+  } catch (error) {
+    await rm(temp, { recursive: true, force: true });
+    throw new StageError('export_copy_failed', `cannot write the export to ${target}: ${(error as Error).message}`, { dir: target }, { cause: error });
+  }
+  await rm(old, { recursive: true, force: true });
+}
+
+async function isExport(dir: string): Promise<boolean> {
+  try {
+    const manifest = JSON.parse(await readFile(join(dir, EXPORT_FILE), 'utf8')) as { format?: unknown };
+    return manifest.format === EXPORT_FORMAT;
+  } catch {
+    return false;
+  }
+}
+
+async function writeJson(file: string, value: unknown): Promise<void> {
+  await writeFile(file, JSON.stringify(value, null, 1) + '\n');
+}
