@@ -48,7 +48,14 @@ function stageLine(summary: StageSummary): string {
   const mark = { ran: '✓', cached: '=', failed: '✗', skipped: '-' }[summary.status];
   const detail = summary.error ? `${summary.error.message} [${summary.error.code}]` : formatMetrics(summary.metrics);
   const time = summary.status === 'ran' || summary.status === 'failed' ? ` ${summary.seconds.toFixed(1)}s` : '';
-  return `${mark} ${summary.id} ${summary.status}${time}  ${detail}`;
+  const changes = Object.entries(summary.changes ?? {})
+    .slice(0, 4)
+    .map(([name, c]) => `${name} ${fmt(c.before)} -> ${fmt(c.after)}`);
+  return `${mark} ${summary.id} ${summary.status}${time}  ${detail}${changes.length ? `  (vs previous run: ${changes.join(', ')})` : ''}`;
+}
+
+function fmt(value: number): string {
+  return Number.isInteger(value) ? String(value) : value.toFixed(4);
 }
 
 export function renderSummary(summary: RunSummary): string {

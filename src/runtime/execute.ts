@@ -25,6 +25,11 @@ export interface StageSummary {
   /** Why it ran (or `inputs unchanged`). */
   reasons?: string[];
   error?: { code: string; message: string; details?: Record<string, unknown> };
+  /**
+   * Numeric metrics that differ from the previous run of the same pipeline:
+   * `{ accuracy: { before: 0.91, after: 0.93 } }`, with that run's id in `RunSummary.previous`.
+   */
+  changes?: Record<string, { before: number; after: number }>;
 }
 
 export interface RunSummary {
@@ -35,6 +40,8 @@ export interface RunSummary {
   started: string;
   seconds: number;
   stages: StageSummary[];
+  /** The previous run of the same pipeline that `changes` compare against. */
+  previous?: string;
 }
 
 /** Hooks the CLI uses to show progress; all optional. */

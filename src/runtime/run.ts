@@ -8,7 +8,7 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { ValidationError } from './errors.js';
 import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
-import { writeJsonAtomic } from './fsutil.js';
+import { readJsonMaybe, writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
 import { loadPipeline, type ResolvedPipeline } from './load.js';
@@ -81,6 +81,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
     });
+    await compareWithPrevious(store, runId, summary);
     await writeJsonAtomic(path.join(runDir, 'summary.json'), summary);
     await writeJsonAtomic(
       path.join(runDir, 'artifacts.json'),
@@ -91,6 +92,29 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
     return summary;
   } finally {
     await release();
+  }
+}
+
+/**
+ * Adds, per stage, the numeric metrics that changed since the previous run of the same
+ * pipeline (a regression shows without digging through old runs).
+ */
+async function compareWithPrevious(store: ArtifactStore, runId: string, summary: RunSummary): Promise<void> {
+  for (const id of await store.listRuns()) {
+    if (id >= runId) continue;
+    const previous = await readJsonMaybe<RunSummary>(path.join(store.runDir(id), 'summary.json'));
+    if (previous?.pipeline !== summary.pipeline) continue;
+    summary.previous = id;
+    for (const stage of summary.stages) {
+      const before = previous.stages?.find((s) => s.id === stage.id)?.metrics ?? {};
+      const changes: Record<string, { before: number; after: number }> = {};
+      for (const [name, after] of Object.entries(stage.metrics)) {
+        const old = before[name];
+        if (typeof after === 'number' && typeof old === 'number' && old !== after && !/seconds|per_second|imagesPerSecond|latency/i.test(name)) changes[name] = { before: old, after };
+      }
+      if (Object.keys(changes).length) stage.changes = changes;
+    }
+    return;
   }
 }
 

@@ -61,6 +61,15 @@ describe('runPipeline', () => {
     expect(plan.stages.find((p) => p.stage.id === 'side')!.action).toBe('cached');
   });
 
+  it('compares metrics with the previous run of the same pipeline', async () => {
+    const first = await run();
+    expect(first.previous).toBeUndefined();
+    const second = await run(['stages.double.with.factor=4']);
+    expect(second.previous).toBe(first.run);
+    expect(second.stages.find((s) => s.id === 'double')!.changes).toEqual({ value: { before: 6, after: 12 } });
+    expect(second.stages.find((s) => s.id === 'src')!.changes).toBeUndefined();
+  });
+
   it('re-runs a stage whose external input content changed, and only then', async () => {
     await run();
     calls.length = 0;
