@@ -5,7 +5,14 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import sharp from 'sharp';
+import type Sharp from 'sharp';
+
+/** sharp (libvips) is loaded on first use: a fully cached run must not pay ~130 ms to import it. */
+let sharpModule: Promise<typeof Sharp> | undefined;
+function loadSharp(): Promise<typeof Sharp> {
+  sharpModule ??= import('sharp').then((m) => m.default);
+  return sharpModule;
+}
 import { normalizePixels, type PreprocessSpec } from './spec.js';
 
 /**
@@ -39,6 +46,7 @@ export async function decodeImage(source: ImageSource, spec: DecodeSpec): Promis
   const [r, g, b] = spec.background;
   const background = { r, g, b, alpha: 1 };
   const input = typeof source === 'string' ? source : Buffer.from(source.buffer, source.byteOffset, source.byteLength);
+  const sharp = await loadSharp();
   const { data, info } = await sharp(input, { failOn: FAIL_ON, pages: 1 })
     .rotate()
     .flatten({ background })
@@ -85,6 +93,7 @@ export async function inspectImageFile(file: string): Promise<ImageInspection> {
   const size = bytes.byteLength;
   if (size === 0) return { ok: false, sha256, size, reason: 'empty file' };
   try {
+    const sharp = await loadSharp();
     const image = sharp(bytes, { failOn: FAIL_ON, pages: 1 });
     const metadata = await image.metadata();
     // Decoding to a small thumbnail still reads all of the compressed data (so truncation and

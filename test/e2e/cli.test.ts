@@ -53,7 +53,7 @@ describe('pipeline validate/run on bad files', () => {
       expect(result.stderr).toMatch(message);
       expect(result.stderr).toContain(line ? `${file}:${line}:` : file);
       expect(result.stderr).not.toMatch(/\n\s+at .*:\d+:\d+\)?\n/);
-      expect(result.ms).toBeLessThan(3000); // generous for a loaded CI box; the bench tracks the real figure
+      expect(result.ms).toBeLessThan(10_000); // a loaded CI box; `npm run bench runtime` measures the real figure (~0.2 s)
       expect(existsSync(dir.path('artifacts'))).toBe(false);
     }
   });
