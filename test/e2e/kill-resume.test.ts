@@ -54,3 +54,21 @@ it('resumes after kill -9: finished stages cached, the killed one re-runs, no ha
   expect(summary.stages[2].metrics).toEqual({ value: 8 });
   expect(readFileSync(dir.path('calls.txt'), 'utf8').trim().split('\n')).toEqual(['first', 'slow', 'slow', 'after']);
 });
+
+it('SIGTERM stops cleanly: exit 130, finished stages kept, the summary says interrupted', async () => {
+  const env = { ...process.env, FAKE_CALLS: dir.path('calls.txt') };
+  const child = spawn(process.execPath, [...cli, 'run', 'p.yaml', '--json'], { cwd: dir.root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && !(existsSync(dir.path('calls.txt')) && readFileSync(dir.path('calls.txt'), 'utf8').includes('slow'))) await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGTERM');
+  const code = await new Promise((r) => child.on('exit', r));
+  expect(code).toBe(130);
+  const summary = JSON.parse(stdout);
+  expect(summary.status).toBe('interrupted');
+  expect(summary.stages.map((s: { status: string }) => s.status)).toEqual(['ran', 'failed', 'skipped']);
+  expect(existsSync(dir.path('artifacts/lock'))).toBe(false);
+  const rerun = spawnSync(process.execPath, [...cli, 'run', 'p.yaml', '--json', '--set', 'stages.slow.with.sleepMs=0'], { cwd: dir.root, env, encoding: 'utf8' });
+  expect(JSON.parse(rerun.stdout).stages.map((s: { status: string }) => s.status)).toEqual(['cached', 'ran', 'ran']);
+});

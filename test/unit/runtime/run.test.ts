@@ -159,6 +159,16 @@ describe('runPipeline', () => {
     expect(calls.sort()).toEqual(['double', 'triple']);
   });
 
+  it('--wait waits for a live lock to be released instead of failing', async () => {
+    const store = new ArtifactStore(dir.path('artifacts'));
+    const release = await store.lock();
+    setTimeout(() => void release(), 300);
+    const t0 = Date.now();
+    const summary = await run([], { wait: true });
+    expect(summary.status).toBe('succeeded');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+  });
+
   it('gc removes entries that no kept run uses', async () => {
     await run();
     await run(['stages.side.with.factor=11']);
