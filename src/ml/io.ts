@@ -17,6 +17,7 @@ import type { Json } from '../runtime/types.js';
 import { AbortedError, StageError } from '../runtime/errors.js';
 import { useLayers, useTf } from './backend.js';
 import { applyFreezeState, captureFreezeState, FREEZE_METADATA_KEY, readFreezeState } from './surgery.js';
+import { decodeSparseWeights, encodeSparseWeights, isMarkedSparse, markSparse, SPARSE_ENCODING } from './prune/sparse-format.js';
 
 /** File name of the topology + manifest. */
 export const MODEL_FILE = 'model.json';
@@ -37,7 +38,7 @@ export interface SavedModel {
   modelPath: string;
   /** Absolute path of weights.bin. */
   weightsPath: string;
-  /** Size of weights.bin in bytes. */
+  /** Size of weights.bin in bytes (as written: after the sparse encoding, when used). */
   weightBytes: number;
 }
 
@@ -57,6 +58,11 @@ export interface LoadModelOptions {
  * Writes `dir/model.json` and `dir/weights.bin` (creating `dir`). The weights are written first,
  * so a model.json on disk always has its weights. The freeze state (BN layers held in inference
  * mode) is recorded in userDefinedMetadata for `loadModel` to restore.
+ *
+ * Pruned models: when `isMarkedSparse(model)` (the prune stage marks magnitude-pruned models;
+ * `loadModel` marks models it read from a sparse file), weights.bin is written in the lossless
+ * sparse encoding of `./prune/sparse-format.ts` and the manifest group says
+ * `"encoding": "finetune-sparse-v1"`, so the zeros of pruned kernels cost no bytes on disk.
  */
 export async function saveModel(model: LayersModel, dir: string, extra: SaveModelExtra = {}): Promise<SavedModel> {
   const tf = await useTf();
@@ -65,7 +71,9 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
   await mkdir(path.dirname(modelPath), { recursive: true });
   let weightBytes = 0;
   const handler = tf.io.withSaveHandler(async (artifacts) => {
-    const data = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
+    const dense = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
+    const sparse = isMarkedSparse(model);
+    const data = sparse ? encodeSparseWeights(new Uint8Array(dense), artifacts.weightSpecs ?? []) : new Uint8Array(dense);
     weightBytes = data.byteLength;
     const userDefinedMetadata = { ...(artifacts.userDefinedMetadata ?? {}), ...(extra.metadata ?? {}), [FREEZE_METADATA_KEY]: captureFreezeState(model) };
     const modelJson: io.ModelJSON = {
@@ -73,11 +81,11 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
       format: artifacts.format ?? 'layers-model',
       generatedBy: artifacts.generatedBy ?? `TensorFlow.js tfjs-layers v${tf.version_core}`,
       convertedBy: artifacts.convertedBy ?? null,
-      weightsManifest: [{ paths: [WEIGHTS_FILE], weights: artifacts.weightSpecs ?? [] }],
+      weightsManifest: [{ paths: [WEIGHTS_FILE], weights: artifacts.weightSpecs ?? [], ...(sparse ? { encoding: SPARSE_ENCODING } : {}) }],
       userDefinedMetadata,
     };
     if (artifacts.trainingConfig) modelJson.trainingConfig = artifacts.trainingConfig;
-    await writeFile(weightsPath, new Uint8Array(data));
+    await writeFile(weightsPath, data);
     await writeFile(modelPath, JSON.stringify(modelJson));
     return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
   });
@@ -89,7 +97,9 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
  * Loads a layers model from a local `model.json` (or a folder holding one), a `file:` URL, or an
  * http(s) URL of a model.json; weight files are read relative to it. Restores the freeze state
  * `saveModel` recorded. Errors are `StageError`s: `model_not_found`, `model_fetch_failed`
- * (with `url` and `status`), `model_bad_manifest`, `model_bad_topology`.
+ * (with `url` and `status`), `model_bad_manifest`, `model_bad_topology`, `model_bad_weights`.
+ * A manifest group with `"encoding": "finetune-sparse-v1"` is decoded (see saveModel) and the
+ * model is marked so that saving it again keeps the sparse encoding.
  */
 export async function loadModel(source: string, options: LoadModelOptions = {}): Promise<LayersModel> {
   const location = await resolveSource(source, options.baseDir);
@@ -103,10 +113,17 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
   checkTopology(json, location);
   const weightSpecs: io.WeightsManifestEntry[] = [];
   const buffers: Uint8Array[] = [];
+  let sparse = false;
   for (const [groupIndex, group] of (json.weightsManifest ?? []).entries()) {
     const expected = groupBytes(group, groupIndex, location);
     const urls = group.paths.map((p) => resolveWeightUrl(p, location));
-    const parts = await Promise.all(urls.map((url) => readResource(url, 'weights', options)));
+    let parts = await Promise.all(urls.map((url) => readResource(url, 'weights', options)));
+    const encoding = (group as { encoding?: unknown }).encoding;
+    if (encoding !== undefined) {
+      if (encoding !== SPARSE_ENCODING) throw badManifest(location, `weight group ${groupIndex} has encoding ${JSON.stringify(encoding)}; this program reads only "${SPARSE_ENCODING}"`, { group: groupIndex });
+      parts = [decodeSparseWeights(concat(parts), group.weights, `${display(location)} weight group ${groupIndex}`)];
+      sparse = true;
+    }
     const actual = parts.reduce((sum, part) => sum + part.byteLength, 0);
     if (actual !== expected) {
       throw badManifest(location, `weight group ${groupIndex} (${group.paths.join(', ')}) has ${actual} bytes but its ${group.weights.length} weights need ${expected}; the files are truncated or do not belong to this model.json`, {
@@ -137,6 +154,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
     throw new StageError('model_bad_topology', `cannot build the model in ${display(location)}: ${(error as Error).message.split('\n')[0]}`, { url: display(location) }, { cause: error });
   }
   applyFreezeState(model, readFreezeState(model.getUserDefinedMetadata()));
+  if (sparse) markSparse(model);
   return model;
 }
 

@@ -11,6 +11,7 @@ import { freeze } from './freeze.js';
 import { ingest } from './ingest.js';
 import { loadBase } from './load-base.js';
 import { preprocess } from './preprocess.js';
+import { prune } from './prune.js';
 import { trainHead } from './train-head.js';
 import { unfreeze } from './unfreeze.js';
 
@@ -23,6 +24,7 @@ export const stages = {
   'train-head': trainHead,
   unfreeze,
   'fine-tune': fineTune,
+  prune,
   evaluate,
   export: exportStage,
 } as const satisfies StageRegistry;

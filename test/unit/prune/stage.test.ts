@@ -1,0 +1,122 @@
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type * as TfCore from '@tensorflow/tfjs-core';
+import { readModelArtifact } from '../../../src/ml/artifact.js';
+import { loadModel, WEIGHTS_FILE } from '../../../src/ml/io.js';
+import { compileStageValidator } from '../../../src/runtime/schema.js';
+import { GateError } from '../../../src/runtime/errors.js';
+import type { StageInput } from '../../../src/runtime/types.js';
+import { exportStage } from '../../../src/stages/export.js';
+import { checkAccuracyDrop, prune, type PruneParams } from '../../../src/stages/prune.js';
+import { testdir, type TestDir } from '../../fixtures/testdir.js';
+import { buildTinyShards, inputFrom, makeTinyModelArtifact, runStage, useTestBackend, type TinyShards } from '../stages/helpers.js';
+import type { Tf } from '../../../src/ml/backend.js';
+
+let tf: Tf;
+let dir: TestDir;
+let shards: TinyShards;
+let model: StageInput;
+
+const DEFAULTS: PruneParams = {
+  method: 'magnitude',
+  sparsity: 0.5,
+  scope: 'per-layer',
+  layers: 'trainable',
+  exclude: [],
+  importance: 'l1',
+  schedule: { initial_sparsity: 0, power: 3, end_fraction: 0.75, frequency: 4 },
+  epochs: 2,
+  lr_divisor: 100,
+  batch: 8,
+  augment_views: 1,
+  max_accuracy_drop: 1,
+  latency_batch: 1,
+  latency_runs: 3,
+};
+
+beforeAll(async () => {
+  ({ tf } = await useTestBackend());
+  dir = testdir();
+  shards = await buildTinyShards(dir.root);
+  model = await makeTinyModelArtifact(dir.root, { classes: shards.classes, preprocess: shards.spec, train: { shards: shards.shards, epochs: 30 } });
+});
+afterAll(() => dir.cleanup());
+
+function predict(m: LayersModel): Float32Array {
+  return tf.tidy(() => (m.predict(tf.randomUniform([4, 8, 8, 3], -2, 2, 'float32', 5)) as TfCore.Tensor).dataSync() as Float32Array);
+}
+
+async function runPrune(params: Partial<PruneParams>) {
+  return runStage(prune, { root: dir.root, params: { ...DEFAULTS, ...params }, inputs: [inputFrom({ kind: 'preprocess', provides: ['shards'] }, shards.shards.dir), model] });
+}
+
+describe('prune stage', () => {
+  it('schema defaults validate and fill every param', () => {
+    const validate = compileStageValidator(prune);
+    const params: Record<string, unknown> = {};
+    expect(validate(params)).toBe(true);
+    const { lr: _lr, ...withDefaults } = { ...DEFAULTS, batch: 32, latency_runs: 7 };
+    expect(params).toEqual(withDefaults);
+    expect(validate({ schedule: { power: 2 } })).toBe(true);
+    expect(validate({ schedule: 'linear' })).toBe(false);
+  });
+
+  for (const scope of ['per-layer', 'global'] as const) {
+    it(`magnitude (${scope}): reaches the target exactly, shrinks the bytes, and the export reloads to the same predictions`, async () => {
+      const { result, ctx } = await runPrune({ scope, sparsity: 0.75, layers: 'all', lr: 0.001 });
+      const m = result.metrics!;
+      const kernelScalars = m.kernel_scalars as number;
+      expect(m.pruned_scalars).toBe(Math.round(0.75 * kernelScalars));
+      expect(m.sparsity).toBeCloseTo(0.75, 2);
+      expect(m.bytes_after).toBeLessThan(m.bytes_before as number);
+      expect(m.bytes_after).toBe(statSync(join(ctx.outDir, WEIGHTS_FILE)).size);
+      expect(m.epochs_run).toBe(2);
+      for (const key of ['params_before', 'macs_before', 'latency_ms_before', 'latency_ms_after', 'val_acc_before', 'val_acc_after']) expect(typeof m[key]).toBe('number');
+      expect(m.nonzero_macs_after).toBeLessThan(m.macs_after as number);
+
+      const pruned = await readModelArtifact(ctx.outDir);
+      expect(pruned.info.lineage.at(-1)).toBe('prune');
+      expect(pruned.info.notes?.pruning).toMatchObject({ method: 'magnitude', target: 0.75 });
+      const exported = await runStage(exportStage, { root: dir.root, params: {}, inputs: [inputFrom({ kind: 'prune', provides: ['model'] }, ctx.outDir)] });
+      expect(statSync(join(exported.ctx.outDir, WEIGHTS_FILE)).size).toBe(m.bytes_after);
+      const reloaded = await loadModel(exported.ctx.outDir);
+      const [a, b] = [predict(pruned.model), predict(reloaded)];
+      a.forEach((v, i) => expect(Math.abs(v - b[i])).toBeLessThan(1e-5));
+      pruned.model.dispose();
+      reloaded.dispose();
+    });
+  }
+
+  it('structured: an ordinary smaller model with fewer MACs, loadable by loadModel', async () => {
+    const { result, ctx } = await runPrune({ method: 'structured', sparsity: 0.5, importance: 'bn', epochs: 1 });
+    const m = result.metrics!;
+    expect(m).toMatchObject({ kept_channel_ratio: 0.5, channels_before: 4, channels_after: 2, l1_fallback_groups: 1 });
+    expect(m.params_after).toBeLessThan(m.params_before as number);
+    expect(m.macs_after).toBeLessThan(m.macs_before as number);
+    expect(m.bytes_after).toBeLessThan(m.bytes_before as number);
+    const reloaded = await loadModel(ctx.outDir);
+    expect((reloaded.getLayer('conv').getWeights()[0] as TfCore.Tensor).shape).toEqual([3, 3, 3, 2]);
+    expect(reloaded.outputs[0].shape).toEqual([null, 3]);
+    reloaded.dispose();
+  });
+
+  it('max_accuracy_drop fails the stage with a GateError that carries the metrics', async () => {
+    const error = await runPrune({ sparsity: 0.95, layers: 'all', epochs: 0, max_accuracy_drop: 0 }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(GateError);
+    const details = (error as GateError).details as { metrics: Record<string, number>; drop: number };
+    expect(details.drop).toBeGreaterThan(0);
+    expect(details.metrics.val_acc_after).toBeLessThan(details.metrics.val_acc_before);
+    expect(() => checkAccuracyDrop(0.8, 0.75, 0.05, {})).not.toThrow();
+    expect(() => checkAccuracyDrop(0.8, 0.74, 0.05, {})).toThrow(GateError);
+    expect(() => checkAccuracyDrop(0.8, 0.1, 1, {})).not.toThrow();
+  });
+
+  it('names an unknown excluded layer', async () => {
+    await expect(runPrune({ exclude: ['hed'] })).rejects.toThrow(/did you mean "head"/);
+  });
+});
