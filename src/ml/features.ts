@@ -9,8 +9,6 @@ import type { ShardDataset } from '../data/shards.js';
 import { AbortedError } from '../runtime/errors.js';
 import { useLayers, type Tf } from './backend.js';
 import type { ArrayData } from './sources.js';
-import type { BatchSource } from './train.js';
-import { createRandom, deriveSeed } from '../data/random.js';
 
 type Layer = LayersModel['layers'][number];
 
@@ -99,31 +97,4 @@ export async function extractFeatures(tf: Tf, model: LayersModel, dataset: Shard
     }
   }
   return { x, y, recordShape };
-}
-
-/**
- * Training batches over cached features with `views` stacked augmented passes: epoch `e`
- * trains on view `e % views`, shuffled with a per-epoch seed.
- */
-export function viewSource(data: ArrayData, views: number, batchSize: number, seed: number): BatchSource {
-  const size = data.recordShape.reduce((a, b) => a * b, 1);
-  const perView = data.y.length / views;
-  return {
-    count: perView,
-    async *batches(epoch, { shuffle }) {
-      const base = (epoch % views) * perView;
-      const order = Int32Array.from({ length: perView }, (_, i) => base + i);
-      if (shuffle) createRandom(deriveSeed(seed, 'epoch', epoch)).shuffle(order);
-      for (let start = 0; start < perView; start += batchSize) {
-        const rows = order.subarray(start, Math.min(perView, start + batchSize));
-        const x = new Float32Array(rows.length * size);
-        const y = new Int32Array(rows.length);
-        rows.forEach((row, i) => {
-          x.set(data.x.subarray(row * size, (row + 1) * size), i * size);
-          y[i] = data.y[row];
-        });
-        yield { x, y, count: rows.length, shape: [rows.length, ...data.recordShape] };
-      }
-    },
-  };
 }

@@ -14,8 +14,8 @@ import type { Metrics, StageContext } from '../runtime/types.js';
 import { disposeModels, writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
-import { extractFeatures, splitAtTrainable, viewSource } from './features.js';
-import { arraySource, loadArrayData, saveArrayData, shardSource } from './sources.js';
+import { extractFeatures, splitAtTrainable } from './features.js';
+import { arraySource, loadArrayData, saveArrayData, shardSource, viewSource } from './sources.js';
 import { summarizeModel } from './surgery.js';
 import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type BatchSource, type OptimizerSpec, type TrainHook } from './train.js';
 

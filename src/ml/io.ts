@@ -18,6 +18,7 @@ import { AbortedError, StageError } from '../runtime/errors.js';
 import { useLayers, useTf } from './backend.js';
 import { applyFreezeState, captureFreezeState, FREEZE_METADATA_KEY, readFreezeState } from './surgery.js';
 import { decodeSparseWeights, encodeSparseWeights, isMarkedSparse, markSparse, SPARSE_ENCODING } from './prune/sparse-format.js';
+import { concatBytes } from './bytes.js';
 
 /** File name of the topology + manifest. */
 export const MODEL_FILE = 'model.json';
@@ -121,7 +122,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
     const encoding = (group as { encoding?: unknown }).encoding;
     if (encoding !== undefined) {
       if (encoding !== SPARSE_ENCODING) throw badManifest(location, `weight group ${groupIndex} has encoding ${JSON.stringify(encoding)}; this program reads only "${SPARSE_ENCODING}"`, { group: groupIndex });
-      parts = [decodeSparseWeights(concat(parts), group.weights, `${display(location)} weight group ${groupIndex}`)];
+      parts = [decodeSparseWeights(concatBytes(parts), group.weights, `${display(location)} weight group ${groupIndex}`)];
       sparse = true;
     }
     const actual = parts.reduce((sum, part) => sum + part.byteLength, 0);
@@ -135,7 +136,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
     weightSpecs.push(...group.weights);
     buffers.push(...parts);
   }
-  const weightData = concat(buffers);
+  const weightData = concatBytes(buffers);
   const artifacts: io.ModelArtifacts = {
     modelTopology: json.modelTopology,
     format: json.format,
@@ -274,14 +275,4 @@ function badManifest(location: URL, why: string, details: Record<string, unknown
 /** Local files as paths (what the user typed), URLs as URLs. */
 function display(url: URL): string {
   return url.protocol === 'file:' ? fileURLToPath(url) : url.href;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
 }

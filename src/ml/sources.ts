@@ -18,15 +18,24 @@ export interface ArrayData {
 }
 
 export function arraySource(data: ArrayData, batchSize: number, seed: number): BatchSource {
+  return viewSource(data, 1, batchSize, seed);
+}
+
+/**
+ * Batches over in-memory records holding `views` stacked passes of a split (e.g. augmented
+ * views of cached features): epoch `e` uses view `e % views`, shuffled with a per-epoch seed.
+ */
+export function viewSource(data: ArrayData, views: number, batchSize: number, seed: number): BatchSource {
   const size = data.recordShape.reduce((a, b) => a * b, 1);
-  const count = data.y.length;
+  const perView = data.y.length / views;
   return {
-    count,
+    count: perView,
     async *batches(epoch, { shuffle }) {
-      const order = Int32Array.from({ length: count }, (_, i) => i);
+      const base = (epoch % views) * perView;
+      const order = Int32Array.from({ length: perView }, (_, i) => base + i);
       if (shuffle) createRandom(deriveSeed(seed, 'epoch', epoch)).shuffle(order);
-      for (let start = 0; start < count; start += batchSize) {
-        const rows = order.subarray(start, Math.min(count, start + batchSize));
+      for (let start = 0; start < perView; start += batchSize) {
+        const rows = order.subarray(start, Math.min(perView, start + batchSize));
         const x = new Float32Array(rows.length * size);
         const y = new Int32Array(rows.length);
         rows.forEach((row, i) => {

@@ -12,8 +12,8 @@ import { AbortedError, StageError } from '../../runtime/errors.js';
 import { canonicalJson, sha256 } from '../../runtime/hash.js';
 import type { StageContext } from '../../runtime/types.js';
 import type { Tf } from '../backend.js';
-import { extractFeatures, splitAtTrainable, viewSource } from '../features.js';
-import { arraySource, loadArrayData, saveArrayData, shardSource } from '../sources.js';
+import { extractFeatures, splitAtTrainable } from '../features.js';
+import { arraySource, loadArrayData, saveArrayData, shardSource, viewSource } from '../sources.js';
 import { evaluateSource, fitModel, nanGuard, progressHook, type BatchSource, type EpochLogs, type TrainHook } from '../train.js';
 
 /** Where recovery batches come from. */

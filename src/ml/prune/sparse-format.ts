@@ -26,6 +26,7 @@
  * each weight falls back to raw bytes when the bitmap would not be smaller.
  */
 import { StageError } from '../../runtime/errors.js';
+import { concatBytes } from '../bytes.js';
 
 /** Value of a manifest group's `encoding` for this format. */
 export const SPARSE_ENCODING = 'finetune-sparse-v1';
@@ -172,14 +173,4 @@ export function decodeSparseWeights(data: Uint8Array, specs: SparseWeightSpec[],
   }
   if (at !== data.byteLength) throw fail(`it has ${data.byteLength - at} bytes after the last weight`);
   return dense;
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
 }
