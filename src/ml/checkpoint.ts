@@ -8,11 +8,15 @@ import path from 'node:path';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { readJsonMaybe, writeJsonAtomic } from '../runtime/fsutil.js';
 import type { Tf } from './backend.js';
-import type { EpochLogs, TrainHook } from './train.js';
+import type { EarlyStopping, EpochLogs, TrainHook } from './train.js';
 
 interface CheckpointMeta {
   /** Epochs finished (the next one to run). */
   epochs: number;
+  /** Early stopping had decided to stop: resuming only restores the best weights. */
+  stopped?: boolean;
+  /** Early stopping's best epoch so far; its weights are in best.bin. */
+  best?: { epoch: number; value: number; shapes: number[][] };
   history: EpochLogs[];
   weights: { shape: number[] }[];
   optimizer: { name: string; shape: number[] }[];
@@ -21,21 +25,31 @@ interface CheckpointMeta {
 }
 
 async function writeTensors(file: string, tensors: TfCore.Tensor[]): Promise<void> {
-  const parts = await Promise.all(tensors.map(async (t) => Buffer.from(((await t.data()) as Float32Array).buffer)));
+  // Respect each view's offset and length: a tensor's data can be a view into a larger buffer.
+  const parts = await Promise.all(
+    tensors.map(async (t) => {
+      const data = (await t.data()) as Float32Array;
+      return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    }),
+  );
   await writeFile(`${file}.tmp`, Buffer.concat(parts));
   await rename(`${file}.tmp`, file);
 }
 
-/** Saves after every epoch. */
-export function checkpointHook(dir: string, fingerprint: string): TrainHook {
+/** Saves after every epoch (with early stopping's best weights and decision, when given). */
+export function checkpointHook(dir: string, fingerprint: string, stopper?: EarlyStopping): TrainHook {
   return {
     async onEpochEnd(state) {
       const weights = state.model.getWeights();
       const slots = await state.optimizer.getWeights();
       await writeTensors(path.join(dir, 'weights.bin'), weights);
       await writeTensors(path.join(dir, 'optimizer.bin'), slots.map((s) => s.tensor));
+      const best = stopper?.snapshot();
+      if (best?.weights) await writeTensors(path.join(dir, 'best.bin'), best.weights);
       const meta: CheckpointMeta = {
         epochs: state.epoch + 1,
+        stopped: state.stop,
+        ...(best ? { best: { epoch: best.epoch, value: best.value, shapes: (best.weights ?? []).map((w) => w.shape) } } : {}),
         history: state.history,
         weights: weights.map((w) => ({ shape: w.shape })),
         optimizer: slots.map((s) => ({ name: s.name, shape: s.tensor.shape })),
@@ -52,7 +66,14 @@ export function checkpointHook(dir: string, fingerprint: string): TrainHook {
  * Restores model weights and optimizer slots from the last checkpoint, if there is one for
  * this fingerprint. Returns the epoch to continue from and the history so far.
  */
-export async function restoreCheckpoint(tf: Tf, dir: string, fingerprint: string, model: { getWeights(): TfCore.Tensor[]; setWeights(w: TfCore.Tensor[]): void }, optimizer: TfCore.Optimizer): Promise<{ startEpoch: number; history: EpochLogs[] } | undefined> {
+export async function restoreCheckpoint(
+  tf: Tf,
+  dir: string,
+  fingerprint: string,
+  model: { getWeights(): TfCore.Tensor[]; setWeights(w: TfCore.Tensor[]): void },
+  optimizer: TfCore.Optimizer,
+  stopper?: EarlyStopping,
+): Promise<{ startEpoch: number; history: EpochLogs[]; stopped: boolean } | undefined> {
   const meta = await readJsonMaybe<CheckpointMeta>(path.join(dir, 'checkpoint.json'));
   if (!meta || meta.fingerprint !== fingerprint) return undefined;
   try {
@@ -62,10 +83,12 @@ export async function restoreCheckpoint(tf: Tf, dir: string, fingerprint: string
     if (current.length !== meta.weights.length || current.some((w, i) => w.shape.join() !== meta.weights[i].shape.join())) return undefined;
     const split = (bytes: Buffer, shapes: number[][]) => {
       const all = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+      const expected = shapes.reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
+      if (all.length !== expected) throw new Error(`checkpoint holds ${all.length} values, expected ${expected}`);
       let offset = 0;
       return shapes.map((shape) => {
         const size = shape.reduce((a, b) => a * b, 1);
-        const tensor = tf.tensor(all.subarray(offset, offset + size), shape);
+        const tensor = tf.tensor(all.slice(offset, offset + size), shape); // a copy, not a view
         offset += size;
         return tensor;
       });
@@ -78,7 +101,11 @@ export async function restoreCheckpoint(tf: Tf, dir: string, fingerprint: string
       await optimizer.setWeights(meta.optimizer.map((s, i) => ({ name: s.name, tensor: slots[i] })));
       slots.forEach((s) => s.dispose()); // setWeights copies them into variables
     }
-    return { startEpoch: meta.epochs, history: meta.history };
+    if (stopper && meta.best) {
+      const bestWeights = meta.best.shapes.length ? split(await readFile(path.join(dir, 'best.bin')), meta.best.shapes) : undefined;
+      stopper.resume({ epoch: meta.best.epoch, value: meta.best.value, weights: bestWeights?.map((w) => tf.keep(w)) });
+    }
+    return { startEpoch: meta.epochs, history: meta.history, stopped: meta.stopped ?? false };
   } catch {
     return undefined; // an unreadable checkpoint only costs the epochs it held
   }

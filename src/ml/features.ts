@@ -6,7 +6,7 @@
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { ShardDataset } from '../data/shards.js';
-import { AbortedError } from '../runtime/errors.js';
+import { AbortedError, StageError } from '../runtime/errors.js';
 import { useLayers, type Tf } from './backend.js';
 import type { ArrayData } from './sources.js';
 
@@ -66,26 +66,31 @@ export async function splitAtTrainable(model: LayersModel): Promise<SplitModel |
 export interface ExtractOptions {
   split: string;
   batchSize: number;
-  /** Augmented passes over the split (1 = the plain images, no augmentation). */
+  /** Passes over the split (stacked view after view). */
   views: number;
+  /** Apply the shards' augmentation (train with augmenting shards); each view differs. */
+  augment: boolean;
   seed: number;
   signal?: AbortSignal;
   onProgress?(done: number, total: number): void;
 }
 
 /**
- * Runs `model` (inference mode) over a split; with `views > 1` over that many augmented
- * passes, stacked view after view. Returns records of the model's output shape.
+ * Runs `model` (inference mode) over a split, `views` times (augmented passes differ per
+ * view), stacked view after view. Returns records of the model's output shape.
  */
 export async function extractFeatures(tf: Tf, model: LayersModel, dataset: ShardDataset, options: ExtractOptions): Promise<ArrayData> {
   const count = dataset.splits[options.split]?.count ?? 0;
-  const recordShape = (model.outputs[0].shape.slice(1) as number[]).map((d) => d ?? 1);
+  const outputShape = model.outputs[0].shape.slice(1);
+  if (outputShape.some((d) => d === null))
+    throw new StageError('dynamic_shape', `the frozen part outputs [${outputShape.join(', ')}]: its size depends on the input; give load-base an input_shape so features have a fixed size`, { outputShape });
+  const recordShape = outputShape as number[];
   const size = recordShape.reduce((a, b) => a * b, 1);
   const x = new Float32Array(count * options.views * size);
   const y = new Int32Array(count * options.views);
   let offset = 0;
   for (let view = 0; view < options.views; view++) {
-    const augment = options.views > 1;
+    const augment = options.augment;
     for await (const batch of dataset.batches(options.split, { batchSize: options.batchSize, shuffle: false, seed: options.seed, epoch: view, augment })) {
       if (options.signal?.aborted) throw new AbortedError();
       const out = tf.tidy(() => model.predict(tf.tensor(batch.x, batch.shape)) as TfCore.Tensor);

@@ -61,7 +61,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   let features: 'cached' | 'computed' | 'none' = 'none';
   if (split?.bottom) {
     const bottom = split.bottom;
-    const parts = { model: request.modelKey, shards: ctx.input('shards').key, split: split.splitLayer, views, seed: ctx.seed };
+    const parts = { model: request.modelKey, shards: ctx.input('shards').key, split: split.splitLayer, views, augment, seed: ctx.seed };
     let computed = false;
     const dir = await ctx.memo('features', parts, async (out) => {
       computed = true;
@@ -74,6 +74,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
           split: name,
           batchSize: params.batch,
           views: n,
+          augment: augment && name === 'train',
           seed: ctx.seed,
           signal: ctx.signal,
           onProgress: (d) => ctx.progress({ unit: 'features', done: (done = before + d), total }),
@@ -93,13 +94,13 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   const optimizer = createOptimizer(tf, { name: params.optimizer, lr, momentum: params.momentum });
   // Layer names and weight shapes, not weight names: TF.js uniquifies variable names per process.
   const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.layers.filter((l) => l.trainable && l.weights.length).map((l) => [l.name, l.weights.map((w) => w.shape)]) }));
-  const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer);
-  if (resumed) ctx.log.info({ epoch: resumed.startEpoch }, 'resuming from checkpoint');
   const stopper = params.early_stopping ? earlyStopping({ patience: params.early_stopping.patience ?? 3, minDelta: params.early_stopping.min_delta ?? 0 }) : undefined;
+  const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer, stopper);
+  if (resumed) ctx.log.info({ epoch: resumed.startEpoch, stopped: resumed.stopped }, 'resuming from checkpoint');
   const hooks: TrainHook[] = [
     nanGuard(),
     ...(stopper ? [stopper] : []),
-    checkpointHook(ctx.workDir, fingerprint),
+    checkpointHook(ctx.workDir, fingerprint, stopper),
     progressHook((logs, epochs) => {
       ctx.log.info({ ...logs }, 'epoch done');
       ctx.progress({ unit: 'epoch', done: logs.epoch + 1, total: epochs, info: { loss: logs.loss, acc: logs.acc, ...(logs.valAcc !== undefined ? { val_acc: logs.valAcc, val_loss: logs.valLoss! } : {}) } });
@@ -116,7 +117,9 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
       numClasses,
       hooks,
       signal: ctx.signal,
-      startEpoch: resumed?.startEpoch,
+      // A run killed after early stopping decided to stop trains no further epochs.
+      startEpoch: resumed?.stopped ? params.epochs : resumed?.startEpoch,
+      seed: ctx.seed,
       history: resumed?.history,
       existingOptimizer: optimizer,
     });

@@ -10,6 +10,7 @@
  */
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
+import { deriveSeed, mulberry32 } from '../data/random.js';
 import { StageError } from '../runtime/errors.js';
 import type { Tf } from './backend.js';
 
@@ -92,6 +93,8 @@ export interface FitOptions {
   history?: EpochLogs[];
   /** An optimizer to continue with (resume); otherwise one is made from `optimizer`. */
   existingOptimizer?: TfCore.Optimizer;
+  /** Seeds TF.js's own randomness (Dropout masks) per step. Default 0. */
+  seed?: number;
 }
 
 export function createOptimizer(tf: Tf, spec: OptimizerSpec): TfCore.Optimizer {
@@ -105,10 +108,20 @@ export function createOptimizer(tf: Tf, spec: OptimizerSpec): TfCore.Optimizer {
   }
 }
 
-/** Learning rate for an epoch under the schedule. */
+/**
+ * Sets an optimizer's learning rate for the next steps. SGD/momentum bake it into a constant
+ * (`setLearningRate` rebuilds it); Adam and RMSprop read the plain field on every step.
+ */
+export function setLearningRate(optimizer: TfCore.Optimizer, lr: number): void {
+  const target = optimizer as unknown as { learningRate: number; setLearningRate?(lr: number): void };
+  if (typeof target.setLearningRate === 'function') target.setLearningRate(lr);
+  else target.learningRate = lr;
+}
+
+/** Learning rate for an epoch under the schedule: warmup from lr/10 rising linearly to lr. */
 export function learningRateAt(epoch: number, epochs: number, lr: number, schedule?: ScheduleSpec): number {
   const warmup = schedule?.warmup ?? 0;
-  if (epoch < warmup) return lr * (0.1 + (0.9 * (epoch + 1)) / (warmup + 1));
+  if (epoch < warmup) return lr * (0.1 + (0.9 * epoch) / warmup);
   if (!schedule?.cosine) return lr;
   const span = Math.max(1, epochs - warmup);
   return lr * 0.5 * (1 + Math.cos((Math.PI * (epoch - warmup)) / span));
@@ -124,8 +137,9 @@ export function crossEntropy(tf: Tf, probs: TfCore.Tensor, labels: TfCore.Tensor
     // on some backends, which would hide a diverged model from the NaN guard.
     const perExample = tf.neg(tf.sum(tf.mul(oneHot, tf.log(tf.add(probs, 1e-7))), -1));
     if (!classWeights) return tf.mean(perExample) as TfCore.Scalar;
-    const weights = tf.gather(classWeights, labels);
-    return tf.div(tf.sum(tf.mul(perExample, weights)), tf.sum(weights)) as TfCore.Scalar;
+    // Keras semantics: weighted per-example losses averaged over the batch (not over the
+    // weights, which would cancel them out in a single-class batch).
+    return tf.mean(tf.mul(perExample, tf.gather(classWeights, labels))) as TfCore.Scalar;
   });
 }
 
@@ -165,8 +179,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
       state.epoch = epoch;
       const t0 = performance.now();
       const lr = learningRateAt(epoch, options.epochs, options.optimizer.lr, options.schedule);
-      // Optimizers read `learningRate` on every step; TF.js keeps it as a plain field.
-      (optimizer as unknown as { learningRate: number }).learningRate = lr;
+      setLearningRate(optimizer, lr);
       let lossSum = 0;
       let correct = 0;
       let seen = 0;
@@ -175,7 +188,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
       if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
       for await (const batch of train.batches(epoch, { shuffle: true })) {
         if (options.signal?.aborted) return state.history;
-        const hits = tf.tidy(() => {
+        const hits = withSeededRandom(deriveSeed(options.seed ?? 0, 'step', epoch, index), () => tf.tidy(() => {
           const x = tf.tensor(batch.x, batch.shape);
           const y = tf.tensor1d(batch.y, 'int32');
           let accuracy: TfCore.Scalar | undefined;
@@ -189,7 +202,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
             vars,
           )!;
           return [tf.keep(cost), accuracy!] as const;
-        });
+        }));
         const loss = (await hits[0].data())[0];
         correct += (await hits[1].data())[0];
         hits[0].dispose();
@@ -217,9 +230,32 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
   }
 }
 
+/**
+ * Runs `fn` with `Math.random` replaced by a generator seeded from `seed`. TF.js draws the seed
+ * of every unseeded random op (Dropout's mask) from `Math.random`; a fixed `seed` on the
+ * Dropout layer would instead repeat the same mask on every step. This keeps masks different
+ * per step and still reproducible.
+ */
+export function withSeededRandom<T>(seed: number, fn: () => T): T {
+  const original = Math.random;
+  Math.random = mulberry32(seed);
+  try {
+    return fn();
+  } finally {
+    Math.random = original;
+  }
+}
+
 /** Fails the stage on a NaN or infinite loss, naming the epoch and batch. */
 export function nanGuard(): TrainHook {
   return {
+    onEpochEnd(_state, logs) {
+      // The batch losses are computed before each update: the last update, or the validation
+      // pass, can still produce NaN weights or outputs.
+      for (const [name, value] of [['loss', logs.loss], ['validation loss', logs.valLoss]] as const)
+        if (value !== undefined && !Number.isFinite(value))
+          throw new StageError('nan_loss', `the ${name} became ${value} at the end of epoch ${logs.epoch + 1}; lower the learning rate or check the data (the last good checkpoint is kept)`, { epoch: logs.epoch + 1 });
+    },
     onBatchEnd(state, batch) {
       if (!Number.isFinite(batch.loss))
         throw new StageError('nan_loss', `the loss became ${batch.loss} at epoch ${state.epoch + 1}, batch ${batch.index + 1}; lower the learning rate or check the data (the last good checkpoint is kept)`, {
@@ -234,13 +270,27 @@ export function nanGuard(): TrainHook {
  * Stops when `monitor` (val loss, else train loss) has not improved by `minDelta` for
  * `patience` epochs, and restores the best weights at the end.
  */
-export function earlyStopping(options: { patience: number; minDelta?: number; restoreBest?: boolean }): TrainHook & { best(): { epoch: number; value: number } | undefined } {
+export interface EarlyStopping extends TrainHook {
+  /** The best epoch (0-based) and its monitored value so far. */
+  best(): { epoch: number; value: number } | undefined;
+  /** The best epoch with its weights, for a checkpoint (the tensors stay owned by the hook). */
+  snapshot(): { epoch: number; value: number; weights?: TfCore.Tensor[] } | undefined;
+  /** Continues from a checkpoint's snapshot (takes ownership of `weights`). */
+  resume(best: { epoch: number; value: number; weights?: TfCore.Tensor[] }): void;
+}
+
+export function earlyStopping(options: { patience: number; minDelta?: number; restoreBest?: boolean }): EarlyStopping {
   let best: { epoch: number; value: number; weights?: TfCore.Tensor[] } | undefined;
   return {
     best: () => (best ? { epoch: best.epoch, value: best.value } : undefined),
+    snapshot: () => best,
+    resume(snapshot) {
+      best?.weights?.forEach((w) => w.dispose());
+      best = snapshot;
+    },
     onEpochEnd(state, logs) {
       const value = logs.valLoss ?? logs.loss;
-      if (!best || value < best.value - (options.minDelta ?? 0)) {
+      if (!best || value < best.value - (options.minDelta ?? 0) || (!Number.isFinite(best.value) && Number.isFinite(value))) {
         best?.weights?.forEach((w) => w.dispose());
         best = { epoch: logs.epoch, value, weights: options.restoreBest === false ? undefined : state.model.getWeights().map((w) => state.tf.keep(w.clone())) };
       } else if (logs.epoch - best.epoch >= options.patience) {

@@ -9,6 +9,7 @@ import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { canonicalJson, sha256 } from './hash.js';
+import { seedFor } from './seed.js';
 import type { Plan, PlannedStage } from './plan.js';
 import type { ArtifactStore } from './store.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
@@ -198,11 +199,6 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
 
 function toInput(planned: PlannedStage, dir: string, metrics: Metrics): StageInput {
   return { id: planned.stage.id, kind: planned.stage.kind, key: planned.key, dir, provides: planned.stage.definition.provides, metrics };
-}
-
-/** A 32-bit seed from the pipeline seed and the stage id: stable across runs and machines. */
-export function seedFor(seed: number, stageId: string): number {
-  return parseInt(sha256(`${seed}:${stageId}`).slice(0, 8), 16);
 }
 
 function round(seconds: number): number {

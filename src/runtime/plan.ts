@@ -9,6 +9,7 @@ import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import type { ArtifactStore, EntryMeta, StageRecord } from './store.js';
 import type { Json } from './types.js';
+import { seedFor } from './seed.js';
 
 export interface PlannedStage {
   stage: ResolvedStage;
@@ -51,12 +52,15 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
       external[input] = await hashExternal(input, pipeline.baseDir, statCache);
     }
     // The key covers content, not names: the upstream keys (sorted) rather than the ids.
+    // The seed is derived from the pipeline seed and the stage id: it drives initialization,
+    // shuffling, augmentation and splits, so a new seed must not reuse results.
+    const seed = seedFor(pipeline.seed, stage.id);
     const key = sha256(
-      canonicalJson({ kind: stage.kind, version: stage.definition.version, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort() }),
+      canonicalJson({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort() }),
     );
     keys.set(stage.id, key);
     if (!included.has(stage.id)) continue;
-    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, params: stage.params as Json, upstream, external };
+    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external };
     const check = await store.checkEntry(key);
     const reasons: string[] = [];
     let action: 'run' | 'cached' = 'cached';
@@ -100,6 +104,7 @@ export function explainChange(previous: StageRecord | undefined, next: StageReco
   const reasons: string[] = [];
   if (previous.kind !== next.kind) reasons.push(`kind changed (${previous.kind} -> ${next.kind})`);
   if (previous.version !== next.version) reasons.push(`implementation version changed (${previous.version} -> ${next.version})`);
+  if (previous.seed !== undefined && previous.seed !== next.seed) reasons.push('seed changed (pipeline seed or stage id)');
   for (const change of diffJson(previous.params, next.params, '')) reasons.push(`param ${change}`);
   for (const [id, key] of Object.entries(next.upstream)) {
     if (previous.upstream[id] !== key) reasons.push(previous.upstream[id] ? `upstream '${id}' changed` : `new upstream '${id}'`);

@@ -41,6 +41,8 @@ export interface StageRecord {
   key: string;
   kind: string;
   version: number;
+  /** The stage's derived seed (pipeline seed + stage id): it drives init, shuffling, splits. */
+  seed?: number;
   params: Json;
   upstream: Record<string, string>;
   external: Record<string, string>;

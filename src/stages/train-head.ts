@@ -84,10 +84,12 @@ async function addHead(base: LayersModel, numClasses: number, params: TrainHeadP
   }
   const init = (name: string) => tfl.initializers.glorotUniform({ seed: deriveSeed(seed, name) % 2147483647 });
   params.dense.forEach((units, i) => {
-    if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, seed: deriveSeed(seed, 'drop', i), name: `head_dropout_${i + 1}` }).apply(x) as SymbolicTensor;
+    // No `seed` on Dropout: TF.js would reuse one mask on every step; the training loop seeds
+    // each step's randomness instead (withSeededRandom).
+    if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, name: `head_dropout_${i + 1}` }).apply(x) as SymbolicTensor;
     x = tfl.layers.dense({ units, activation: 'relu', kernelInitializer: init(`head_dense_${i + 1}`), name: `head_dense_${i + 1}` }).apply(x) as SymbolicTensor;
   });
-  if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, seed: deriveSeed(seed, 'drop', 'out'), name: 'head_dropout' }).apply(x) as SymbolicTensor;
+  if (params.dropout > 0) x = tfl.layers.dropout({ rate: params.dropout, name: 'head_dropout' }).apply(x) as SymbolicTensor;
   const output = tfl.layers.dense({ units: numClasses, activation: 'softmax', kernelInitializer: init('head_output'), name: 'head_output' }).apply(x) as SymbolicTensor;
   return tfl.model({ inputs: base.inputs, outputs: output, name: `${base.name}_classifier`.replace(/[^A-Za-z0-9_.-]/g, '_') });
 }

@@ -60,13 +60,13 @@ export async function prepareRecovery(tf: Tf, ctx: StageContext<unknown>, model:
   }
   const bottom = split.bottom;
   const views = augment ? options.augmentViews : 1;
-  const parts = { bottom: await fingerprintModel(bottom), shards: ctx.input('shards').key, views, seed: ctx.seed };
+  const parts = { bottom: await fingerprintModel(bottom), shards: ctx.input('shards').key, views, augment, seed: ctx.seed };
   let computed = false;
   const dir = await ctx.memo('features', parts, async (out) => {
     computed = true;
     for (const [name, n] of [['train', views], ['val', 1]] as const) {
       if (!dataset.splits[name]?.count) continue;
-      const data = await extractFeatures(tf, bottom, dataset, { split: name, batchSize: options.batch, views: n, seed: ctx.seed, signal: ctx.signal, onProgress: (done, total) => ctx.progress({ unit: `${name} features`, done, total }) });
+      const data = await extractFeatures(tf, bottom, dataset, { split: name, batchSize: options.batch, views: n, augment: augment && name === 'train', seed: ctx.seed, signal: ctx.signal, onProgress: (done, total) => ctx.progress({ unit: `${name} features`, done, total }) });
       await saveArrayData(out, name, data);
     }
   });
@@ -98,6 +98,7 @@ export async function runRecovery(tf: Tf, ctx: StageContext<unknown>, sources: R
     optimizer: { name: 'adam', lr: options.lr },
     numClasses: options.numClasses,
     signal: ctx.signal,
+    seed: ctx.seed,
     hooks: [
       ...options.hooks,
       nanGuard(),

@@ -61,6 +61,16 @@ describe('runPipeline', () => {
     expect(plan.stages.find((p) => p.stage.id === 'side')!.action).toBe('cached');
   });
 
+  it('a new pipeline seed re-runs every stage and says why', async () => {
+    await run();
+    calls.length = 0;
+    const plan = await planPipeline({ file: dir.path('p.yaml'), registry: fakeRegistry, artifacts: dir.path('artifacts'), overrides: ['seed=7'] });
+    expect(plan.stages.every((p) => p.action === 'run')).toBe(true);
+    expect(plan.stages[0].reasons.join()).toContain('seed changed');
+    await run(['seed=7']);
+    expect(calls.sort()).toEqual(['double', 'side', 'src', 'triple']);
+  });
+
   it('compares metrics with the previous run of the same pipeline', async () => {
     const first = await run();
     expect(first.previous).toBeUndefined();
