@@ -3,6 +3,7 @@
  * 0 success; 1 a stage or a gate failed; 2 invalid file or command line (nothing run or
  * written); 3 the artifact store is locked by another live run; 130 interrupted.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
@@ -49,7 +50,7 @@ commands:
 
 options:
   --json               print one JSON object on stdout (progress and logs go to stderr)
-  --set path=value     override a value of the file (read as YAML), e.g. stages.tune.with.lr=1e-5
+  --set path=value     override a value of the file (read as YAML), e.g. stages.fine-tune.with.lr=1e-5
   --force STAGE        re-run STAGE even if cached (repeatable)
   --from STAGE         re-run STAGE and everything downstream of it
   --only STAGE         run just STAGE (its upstream must be cached)
@@ -95,7 +96,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case 'run':
         return await commandRun(requireFile(rest, command), values, artifacts, io);
       case 'validate': {
-        const pipeline = resolvePipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set });
+        const pipeline = resolvePipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set, selection: selectionOf(values) });
         if (values.json) io.stdout(JSON.stringify({ valid: true, pipeline: pipeline.name, stages: pipeline.stages.map((s) => ({ id: s.id, uses: s.kind, needs: s.needs, with: s.params })) }) + '\n');
         else io.stdout(`${pipeline.file}: valid (${pipeline.stages.length} stages: ${pipeline.stages.map((s) => s.id).join(' -> ')})\n`);
         return EXIT.ok;
@@ -112,6 +113,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await commandRuns(command, values.json ?? false, artifacts, io);
       case 'gc': {
         const keep = positiveInt(values.keep ?? '10', '--keep');
+        if (!existsSync(artifacts)) {
+          io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0 }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
+          return EXIT.ok;
+        }
         const store = new ArtifactStore(artifacts);
         const release = await store.lock({ wait: values.wait });
         try {

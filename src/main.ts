@@ -3,6 +3,10 @@ import { main } from './cli.js';
 import { configureBackend, describeBackend, predictBackend, type BackendPreference } from './ml/backend.js';
 import { stages } from './stages/index.js';
 
+// A reader that goes away (`pipeline run … | head -1`) must not kill a run halfway: output to a
+// closed pipe is dropped, the run finishes and its summary is still written to the store.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+
 process.exitCode = await main(process.argv.slice(2), {
   registry: stages,
   stdout: (text) => process.stdout.write(text),

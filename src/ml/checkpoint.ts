@@ -19,17 +19,19 @@ interface CheckpointMeta {
   best?: { epoch: number; value: number; shapes: number[][] };
   history: EpochLogs[];
   weights: { shape: number[] }[];
-  optimizer: { name: string; shape: number[] }[];
+  optimizer: { name: string; shape: number[]; dtype?: string }[];
   /** Identifies the training setup; a checkpoint from other params is ignored. */
   fingerprint: string;
 }
 
 async function writeTensors(file: string, tensors: TfCore.Tensor[]): Promise<void> {
-  // Respect each view's offset and length: a tensor's data can be a view into a larger buffer.
+  // Everything is stored as float32 (an int32 slot, like Adam's step count, is converted: its
+  // raw bits read back as a float would be garbage). `Float32Array.from` also copies out of a
+  // view into a larger buffer.
   const parts = await Promise.all(
     tensors.map(async (t) => {
-      const data = (await t.data()) as Float32Array;
-      return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      const data = Float32Array.from((await t.data()) as ArrayLike<number>);
+      return Buffer.from(data.buffer);
     }),
   );
   await writeFile(`${file}.tmp`, Buffer.concat(parts));
@@ -52,7 +54,7 @@ export function checkpointHook(dir: string, fingerprint: string, stopper?: Early
         ...(best ? { best: { epoch: best.epoch, value: best.value, shapes: (best.weights ?? []).map((w) => w.shape) } } : {}),
         history: state.history,
         weights: weights.map((w) => ({ shape: w.shape })),
-        optimizer: slots.map((s) => ({ name: s.name, shape: s.tensor.shape })),
+        optimizer: slots.map((s) => ({ name: s.name, shape: s.tensor.shape, dtype: s.tensor.dtype })),
         fingerprint,
       };
       await writeJsonAtomic(path.join(dir, 'checkpoint.json'), meta);
@@ -81,14 +83,16 @@ export async function restoreCheckpoint(
     const slotBytes = await readFile(path.join(dir, 'optimizer.bin'));
     const current = model.getWeights();
     if (current.length !== meta.weights.length || current.some((w, i) => w.shape.join() !== meta.weights[i].shape.join())) return undefined;
-    const split = (bytes: Buffer, shapes: number[][]) => {
+    const split = (bytes: Buffer, shapes: number[][], dtypes: (string | undefined)[] = []) => {
       const all = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
       const expected = shapes.reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
       if (all.length !== expected) throw new Error(`checkpoint holds ${all.length} values, expected ${expected}`);
       let offset = 0;
-      return shapes.map((shape) => {
+      return shapes.map((shape, i) => {
         const size = shape.reduce((a, b) => a * b, 1);
-        const tensor = tf.tensor(all.slice(offset, offset + size), shape); // a copy, not a view
+        const values = all.slice(offset, offset + size); // a copy, not a view
+        const dtype = dtypes[i] === 'int32' ? 'int32' : 'float32';
+        const tensor = tf.tensor(dtype === 'int32' ? Int32Array.from(values) : values, shape, dtype);
         offset += size;
         return tensor;
       });
@@ -97,7 +101,7 @@ export async function restoreCheckpoint(
     model.setWeights(weights);
     weights.forEach((w) => w.dispose());
     if (meta.optimizer.length) {
-      const slots = split(slotBytes, meta.optimizer.map((s) => s.shape));
+      const slots = split(slotBytes, meta.optimizer.map((s) => s.shape), meta.optimizer.map((s) => s.dtype));
       await optimizer.setWeights(meta.optimizer.map((s, i) => ({ name: s.name, tensor: slots[i] })));
       slots.forEach((s) => s.dispose()); // setWeights copies them into variables
     }

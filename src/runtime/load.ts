@@ -8,7 +8,7 @@ import path from 'node:path';
 import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Document, type Node } from 'yaml';
 import type { ValidationIssue } from './errors.js';
 import { ancestors, findCycle, topologicalOrder } from './graph.js';
-import { compilePipelineValidator, compileStageValidator, describeAjvError } from './schema.js';
+import { compilePipelineValidator, compileStageValidator, describeAjvErrors } from './schema.js';
 import { didYouMean } from './suggest.js';
 import type { ArtifactType, StageDefinition, StageRegistry } from './types.js';
 
@@ -78,7 +78,10 @@ function readSource(file: string): string | ValidationIssue {
 /** Same as `loadPipeline` on text already read (tests use it directly). */
 export function loadPipelineText(text: string, file: string, registry: StageRegistry, overrides: string[] = []): LoadResult {
   const lineCounter = new LineCounter();
-  const doc = YAML.parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
+  if (/[\x00-\x08\x0e-\x1a]/.test(text.slice(0, 8192)))
+    return { ok: false, issues: [{ code: 'binary_file', path: '', file, message: 'this is a binary file, not a YAML pipeline file' }] };
+  // merge: `<<: *defaults` works as users of YAML anchors expect.
+  const doc = YAML.parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false, merge: true });
   const lines = text.split(/\r?\n/);
   const at = (offset: number | undefined): Pick<ValidationIssue, 'line' | 'col' | 'snippet'> => {
     if (offset === undefined) return {};
@@ -88,7 +91,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   const issues: ValidationIssue[] = [];
   for (const error of doc.errors) {
     const first = error.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
-    issues.push({ code: `yaml_${error.code.toLowerCase()}`, path: '', file, message: `YAML: ${first}`, ...at(error.pos[0]) });
+    issues.push({ code: `yaml_${error.code.toLowerCase()}`, path: '', file, message: `YAML: ${explainYamlError(error.code, first, text, error.pos[0])}`, ...at(error.pos[0]) });
   }
   if (issues.length) return { ok: false, issues };
   if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) {
@@ -114,23 +117,32 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   const locate = (instancePath: string[], key = false) => at(offsetOf(doc, instancePath, key));
   const validatePipeline = compilePipelineValidator();
   if (!validatePipeline(data)) {
-    for (const error of validatePipeline.errors ?? []) {
-      if (error.keyword === 'propertyNames') continue; // its inner error (with propertyName) says it better
-      const described = describeAjvError(error, data);
+    for (const described of describeAjvErrors(validatePipeline.errors ?? [], data)) {
       issues.push({ ...stripSegments(described), file, ...locate(described.segments, described.atKey) });
     }
-    return { ok: false, issues };
   }
-  const pipelineFile = data as PipelineFile;
-  const ids = Object.keys(pipelineFile.stages);
+  // Go on checking every stage that is well-formed enough, so that all problems show at once.
+  const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (!isRecord(data) || !isRecord(data.stages)) return { ok: false, issues };
+  const pipelineFile = data as unknown as PipelineFile;
+  const rawStages = data.stages as Record<string, unknown>;
+  const ids = Object.keys(rawStages);
+  let graphComplete = true;
   const needs = new Map<string, string[]>();
   const stages: Omit<ResolvedStage, 'ancestors'>[] = [];
 
   for (const id of ids) {
-    const stage = pipelineFile.stages[id];
+    const raw = rawStages[id];
+    if (!isRecord(raw) || typeof raw.uses !== 'string') {
+      graphComplete = false;
+      continue; // reported by the schema
+    }
+    const stage = raw as PipelineFile['stages'][string];
     const definition = Object.prototype.hasOwnProperty.call(registry, stage.uses) ? registry[stage.uses] : undefined;
-    needs.set(id, stage.needs ?? []);
-    for (const [index, dep] of (stage.needs ?? []).entries()) {
+    const stageNeeds = Array.isArray(stage.needs) && stage.needs.every((n) => typeof n === 'string') ? stage.needs : undefined;
+    if (stage.needs !== undefined && !stageNeeds) graphComplete = false;
+    needs.set(id, stageNeeds ?? []);
+    for (const [index, dep] of (stageNeeds ?? []).entries()) {
       if (dep === id) issues.push({ code: 'self_need', path: `stages.${id}.needs.${index}`, file, message: `stage '${id}' cannot need itself`, ...locate(['stages', id, 'needs', String(index)]) });
       else if (!ids.includes(dep))
         issues.push({
@@ -149,13 +161,14 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
         message: `unknown stage kind '${stage.uses}'${didYouMean(stage.uses, Object.keys(registry))}; known kinds: ${Object.keys(registry).join(', ')}`,
         ...locate(['stages', id, 'uses']),
       });
+      graphComplete = false;
       continue;
     }
+    if (stage.with !== undefined && !isRecord(stage.with)) continue; // reported by the schema
     const params = structuredClone(stage.with ?? {});
     const validateParams = compileStageValidator(definition);
     if (!validateParams(params)) {
-      for (const error of validateParams.errors ?? []) {
-        const described = describeAjvError(error, params);
+      for (const described of describeAjvErrors(validateParams.errors ?? [], params)) {
         const segments = ['stages', id, 'with', ...described.segments];
         issues.push({ ...stripSegments(described), path: segments.join('.'), file, ...locate(segments, described.atKey) });
       }
@@ -165,10 +178,10 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
       issues.push({ code: 'invalid_param', path: segments.join('.'), file, message: problem.message, ...locate(segments) });
     }
-    stages.push({ id, kind: stage.uses, definition, params, needs: stage.needs ?? [], line: locate(['stages', id], true).line });
+    stages.push({ id, kind: stage.uses, definition, params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
   }
 
-  const cycle = issues.length ? undefined : findCycle(needs);
+  const cycle = graphComplete ? findCycle(needs) : undefined;
   if (cycle) {
     issues.push({
       code: 'cycle',
@@ -178,13 +191,12 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       ...locate(['stages', cycle[0], 'needs']),
     });
   }
-  if (issues.length) return { ok: false, issues };
-
   const byId = new Map(stages.map((s) => [s.id, s]));
+  if (cycle || !graphComplete) return { ok: false, issues };
   for (const stage of stages) {
     const upstream = ancestors(needs, stage.id);
     for (const type of stage.definition.consumes) {
-      if (!upstream.some((dep) => byId.get(dep)!.definition.provides.includes(type))) {
+      if (!upstream.some((dep) => !byId.has(dep) || byId.get(dep)!.definition.provides.includes(type))) {
         issues.push({
           code: 'missing_input',
           path: `stages.${stage.id}.needs`,
@@ -236,12 +248,29 @@ function applyOverride(doc: Document, override: string): ValidationIssue | undef
   } catch (error) {
     return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: the value is not valid YAML: ${(error as Error).message.split('\n')[0]}` };
   }
+  if (segments[0] === 'stages' && segments.length > 1) {
+    const stagesNode = doc.get('stages', true);
+    const known = isMap(stagesNode) ? stagesNode.items.map((p) => String(isScalar(p.key) ? p.key.value : p.key)) : [];
+    if (!known.includes(segments[1]) && segments.length > 2)
+      return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: no stage '${segments[1]}' in the file${didYouMean(segments[1], known)}; stages: ${known.join(', ')}` };
+  }
   try {
     doc.setIn(segments, doc.createNode(value));
   } catch {
     return { code: 'bad_set', path: dotted, file: '--set', message: `--set ${override}: ${dotted} goes through a value that is not a map` };
   }
   return undefined;
+}
+
+/** A YAML parser message in the user's terms. */
+function explainYamlError(code: string, message: string, text: string, offset: number): string {
+  if (code === 'DUPLICATE_KEY') {
+    const key = /^\s*([^:#\n]+?)\s*:/.exec(text.slice(offset))?.[1];
+    return `the key ${key ? `'${key}' ` : ''}appears twice in the same map; keep one`;
+  }
+  if (code === 'MULTIPLE_DOCS') return 'the file holds several YAML documents (separated by ---); a pipeline file is one document';
+  if (code === 'TAB_AS_INDENT') return 'tabs cannot indent YAML; use spaces';
+  return message;
 }
 
 /** Source offset of a path in the document (the key when `key` is set), or of its deepest existing parent. */

@@ -10,6 +10,7 @@ import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import type { ArtifactStore, EntryMeta, StageRecord } from './store.js';
 import type { Json } from './types.js';
 import { seedFor } from './seed.js';
+import { didYouMean } from './suggest.js';
 
 export interface PlannedStage {
   stage: ResolvedStage;
@@ -34,10 +35,7 @@ export interface Plan {
  * `ValidationError` (exit 2) that names the stage to run first.
  */
 export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, selection: Selection, statCache: StatCache): Promise<Plan> {
-  const issues: ValidationIssue[] = [];
-  for (const id of [selection.from, selection.only, ...(selection.force ?? [])]) {
-    if (id && !pipeline.needs.has(id)) issues.push({ code: 'unknown_stage', path: '', file: pipeline.file, message: `no stage '${id}' in ${pipeline.file}; stages: ${[...pipeline.needs.keys()].join(', ')}` });
-  }
+  const issues = checkSelection(pipeline, selection);
   if (issues.length) throw new ValidationError(issues);
   const { included, forced } = selectStages(pipeline.needs, selection);
   const keys = new Map<string, string>();
@@ -83,6 +81,15 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
+}
+
+/** `--from`, `--only` and `--force` must name stages of the file. */
+export function checkSelection(pipeline: ResolvedPipeline, selection: Selection): ValidationIssue[] {
+  const ids = [...pipeline.needs.keys()];
+  const flags: [string, string | undefined][] = [['--from', selection.from], ['--only', selection.only], ...(selection.force ?? []).map((id): [string, string] => ['--force', id])];
+  return flags
+    .filter(([, id]) => id !== undefined && !pipeline.needs.has(id))
+    .map(([flag, id]) => ({ code: 'unknown_stage', path: '', file: flag, message: `${flag} ${id}: no stage '${id}' in ${pipeline.file}${didYouMean(id!, ids)}; stages: ${ids.join(', ')}` }));
 }
 
 /** Hash of an external input: a local file/folder's content, or a URL's text. */

@@ -5,14 +5,14 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import pino, { type Logger } from 'pino';
+import pino from 'pino';
 import { ValidationError } from './errors.js';
 import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
 import { readJsonMaybe, writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
 import { loadPipeline, type ResolvedPipeline } from './load.js';
-import { planRun, type Plan } from './plan.js';
+import { checkSelection, planRun, type Plan } from './plan.js';
 import { ArtifactStore } from './store.js';
 import type { StageRegistry } from './types.js';
 
@@ -33,15 +33,17 @@ export interface RunOptions extends PipelineOptions {
   signal?: AbortSignal;
   observer?: ExecutionObserver;
   /** Called with the resolved pipeline before planning (the CLI picks the backend here). */
-  prepare?(pipeline: ResolvedPipeline, log: Logger): void;
+  prepare?(pipeline: ResolvedPipeline): void;
   /** The backend's name for the summary, asked when the run ends. */
   backend?: () => string;
 }
 
 /** Loads and validates, or throws `ValidationError` with every issue found. */
-export function resolvePipeline(options: Pick<PipelineOptions, 'file' | 'registry' | 'overrides'>): ResolvedPipeline {
+export function resolvePipeline(options: Pick<PipelineOptions, 'file' | 'registry' | 'overrides' | 'selection'>): ResolvedPipeline {
   const result = loadPipeline(options.file, options.registry, options.overrides ?? []);
   if (!result.ok) throw new ValidationError(result.issues);
+  const issues = checkSelection(result.pipeline, options.selection ?? {});
+  if (issues.length) throw new ValidationError(issues);
   return result.pipeline;
 }
 
@@ -58,19 +60,23 @@ export async function planPipeline(options: PipelineOptions): Promise<Plan> {
 export async function runPipeline(options: RunOptions): Promise<RunSummary> {
   const pipeline = resolvePipeline(options);
   const store = new ArtifactStore(options.artifacts);
+  options.prepare?.(pipeline);
   const release = await store.lock({ wait: options.wait });
   try {
+    // With the lock held no other run can be writing: leftovers of a killed run go.
+    await store.clearTemp();
+    const statCache = new StatCache(store.statCacheFile());
+    await statCache.load();
+    // Plan before writing anything: a selection error (`--only` with an upstream not cached)
+    // leaves the store as it was.
+    const plan = await planRun(pipeline, store, options.selection ?? {}, statCache);
+    await statCache.save();
     const runId = newRunId();
     const runDir = store.runDir(runId);
     await mkdir(runDir, { recursive: true });
     const destination = pino.destination({ dest: path.join(runDir, 'log.jsonl'), sync: true });
     const log = pino({ base: undefined, level: 'debug' }, destination).child({ run: runId, pipeline: pipeline.name });
     log.info({ file: path.resolve(pipeline.file), selection: options.selection ?? {} }, 'run start');
-    options.prepare?.(pipeline, log);
-    const statCache = new StatCache(store.statCacheFile());
-    await statCache.load();
-    const plan = await planRun(pipeline, store, options.selection ?? {}, statCache);
-    await statCache.save();
     for (const planned of plan.stages) if (planned.action === 'run') log.info({ stage: planned.stage.id, key: planned.key, reasons: planned.reasons }, 'stage planned');
     const summary = await executePlan(plan, {
       store,

@@ -32,6 +32,25 @@ export function compileStageValidator(definition: StageDefinition): ValidateFunc
   return validator;
 }
 
+type Described = ReturnType<typeof describeAjvError>;
+
+/**
+ * All of a validation's errors as issues, one per problem: the branch errors of a `oneOf`
+ * collapse into one message listing the alternatives, and `propertyNames` wrappers are dropped
+ * (their inner error names the key).
+ */
+export function describeAjvErrors(errors: ErrorObject[], data: unknown): Described[] {
+  const oneOfPaths = new Set(errors.filter((e) => e.keyword === 'oneOf').map((e) => e.instancePath));
+  const out: Described[] = [];
+  for (const error of errors) {
+    if (error.keyword === 'propertyNames') continue;
+    if (oneOfPaths.has(error.instancePath) && error.keyword !== 'oneOf') continue;
+    if (error.schemaPath.includes('/oneOf/') && [...oneOfPaths].some((p) => error.instancePath.startsWith(p + '/'))) continue;
+    out.push(describeAjvError(error, data));
+  }
+  return out;
+}
+
 /** An ajv error as a path (segments inside the validated value), a code and a message with a hint. */
 export function describeAjvError(error: ErrorObject, data: unknown): { code: string; path: string; message: string; segments: string[]; atKey: boolean } {
   const segments = error.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
@@ -63,9 +82,28 @@ export function describeAjvError(error: ErrorObject, data: unknown): { code: str
       return { code: 'not_allowed', path: where, segments, atKey: false, message: `${where} must be ${JSON.stringify(params.allowedValue)}, got ${describeValue(value)}` };
     case 'pattern':
       return { code: 'bad_format', path: where, segments, atKey: false, message: `${where} must match ${params.pattern}, got ${describeValue(value)}` };
+    case 'oneOf': {
+      const options = ((schema?.oneOf as Record<string, any>[]) ?? []).map(describeAlternative).join(', or ');
+      return { code: 'wrong_type', path: where, segments, atKey: false, message: `${where} must be ${options}, got ${describeValue(value)}` };
+    }
+    case 'uniqueItems':
+      return { code: 'duplicate_item', path: where, segments, atKey: false, message: `${where} lists the same value twice (items ${params.j + 1} and ${params.i + 1}); remove one` };
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+    case 'exclusiveMaximum':
+      return { code: 'out_of_range', path: where, segments, atKey: false, message: `${where} ${error.message}, got ${describeValue(value)}` };
     default:
       return { code: `schema_${error.keyword.toLowerCase()}`, path: where, segments, atKey: false, message: `${where || 'the file'} ${error.message ?? 'is invalid'}${value !== undefined ? `, got ${describeValue(value)}` : ''}` };
   }
+}
+
+function describeAlternative(schema: Record<string, any>): string {
+  if (schema.const !== undefined) return JSON.stringify(schema.const);
+  if (schema.enum) return `one of ${(schema.enum as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+  if (schema.type === 'object' && schema.properties) return `a map with ${Object.keys(schema.properties).join(', ')}`;
+  if (schema.type === 'array') return `a list${schema.items?.type ? ` of ${typeName(schema.items.type)}s` : ''}`;
+  return typeName(schema.type);
 }
 
 function typeName(type: unknown): string {
@@ -78,7 +116,7 @@ function describeValue(value: unknown): string {
   if (value === null) return 'nothing (null)';
   if (typeof value === 'object') return 'a map';
   if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
-  return `${typeof value} ${JSON.stringify(value)}`;
+  return `${typeof value} ${typeof value === 'number' ? String(value) : JSON.stringify(value)}`;
 }
 
 function valueAt(data: unknown, segments: string[]): unknown {

@@ -106,6 +106,11 @@ export class ArtifactStore {
     await rm(trash, { recursive: true, force: true });
   }
 
+  /** Removes temp dirs (half-written entries of killed runs). Call with the lock held. */
+  async clearTemp(): Promise<void> {
+    await rm(path.join(this.root, 'tmp'), { recursive: true, force: true });
+  }
+
   /** A fresh, empty directory for a stage to write into. */
   async createTempDir(key: string): Promise<string> {
     const dir = path.join(this.root, 'tmp', `${key}.${randomBytes(4).toString('hex')}`);
@@ -181,22 +186,14 @@ export class ArtifactStore {
   }
 
   /**
-   * Removes cache entries that neither the newest `keep` runs nor the latest record of any
-   * stage use, every temp dir, and work dirs of keys no longer wanted.
+   * Removes cache entries that none of the newest `keep` runs uses (with the memo entries those
+   * were built from), every temp dir, and work dirs of keys no longer wanted.
    */
   async gc(keep: number): Promise<{ removed: string[]; kept: number; freedBytes: number }> {
     const wanted = new Set<string>();
     for (const run of (await this.listRuns()).slice(0, keep)) {
       const summary = await readJsonMaybe<{ stages?: { key?: string }[] }>(path.join(this.runDir(run), 'summary.json'));
       for (const stage of summary?.stages ?? []) if (stage.key) wanted.add(stage.key);
-    }
-    const stateDir = path.join(this.root, 'state');
-    for (const pipeline of await readdir(stateDir, { withFileTypes: true }).catch(() => [])) {
-      if (!pipeline.isDirectory()) continue;
-      for (const name of await readdir(path.join(stateDir, pipeline.name))) {
-        const record = await readJsonMaybe<StageRecord>(path.join(stateDir, pipeline.name, name));
-        if (record?.key) wanted.add(record.key);
-      }
     }
     // Memo entries (cached features) live as long as an entry that was built from them.
     for (const key of [...wanted]) {

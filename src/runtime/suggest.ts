@@ -17,9 +17,13 @@ export function editDistance(a: string, b: string): number {
 
 /** The closest candidate within a third of the name's length (at least 2 edits), if any. */
 export function closest(name: string, candidates: Iterable<string>): string | undefined {
+  const list = [...candidates];
+  // A whole dash-separated part names it (`tune` -> `fine-tune`) before any spelling guess.
+  const byPart = list.filter((c) => c.toLowerCase().split(/[-_]/).includes(name.toLowerCase()));
+  if (byPart.length === 1) return byPart[0];
   let best: string | undefined;
   let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1;
-  for (const candidate of candidates) {
+  for (const candidate of list) {
     const d = editDistance(name.toLowerCase(), candidate.toLowerCase());
     if (d < bestDistance) {
       best = candidate;

@@ -133,6 +133,35 @@ describe('loadPipelineText', () => {
     expect(issuesOf(good, ['nonsense'])[0].code).toBe('bad_set');
   });
 
+  it('reports top-level and stage problems together', () => {
+    const issues = issuesOf(good.replace('seed: 7', 'seed: -1').replace('with: { value: 3 }', 'with: { valeu: 3 }').replace('needs: [a]', 'needs: [zz]'));
+    expect(issues.map((i) => i.code).sort()).toEqual(['out_of_range', 'unknown_key', 'unknown_need']);
+  });
+
+  it('supports YAML merge keys', () => {
+    const ok = load(`name: m\nstages:\n  a: { uses: source, with: &d { value: 4 } }\n  b: { uses: source, with: { <<: *d } }\n`);
+    expect(ok.ok && ok.pipeline.stages[1].params.value).toBe(4);
+  });
+
+  it('--set on a stage that does not exist names the closest one', () => {
+    const [issue] = issuesOf(good, ['stages.bb.with.factor=3']);
+    expect(issue).toMatchObject({ code: 'bad_set', file: '--set' });
+    expect(issue.message).toContain("did you mean 'b'");
+  });
+
+  it('says a oneOf mistake once, listing the alternatives', () => {
+    const issues = loadPipelineText('name: x\nstages:\n  a: { uses: alt, with: { until: 1.5 } }\n', 'p.yaml', { alt: { ...fakeRegistry.source, kind: 'alt', paramsSchema: { type: 'object', additionalProperties: false, properties: { until: { oneOf: [{ type: 'string' }, { type: 'integer' }] } } } } });
+    expect(issues.ok).toBe(false);
+    if (issues.ok) return;
+    expect(issues.issues).toHaveLength(1);
+    expect(issues.issues[0].message).toContain('a string, or a whole number');
+  });
+
+  it('refuses a binary file and several YAML documents', () => {
+    expect(issuesOf('name: x\u0000\u0001\u0002')[0].code).toBe('binary_file');
+    expect(issuesOf('name: x\nstages: {}\n---\nname: y\n')[0].message).toContain('several YAML documents');
+  });
+
   it('requires a provider of every consumed artifact type', () => {
     const [issue] = issuesOf('name: x\nstages:\n  b: { uses: transform }\n');
     expect(issue.code).toBe('missing_input');
