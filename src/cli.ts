@@ -60,6 +60,17 @@ options:
   --wait               wait for a locked store instead of exiting with code 3
 `;
 
+/** Which options each command takes; any other is a usage error (exit 2). */
+const COMMAND_OPTIONS: Record<string, string[]> = {
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait'],
+  validate: ['json', 'set', 'force', 'from', 'only'],
+  plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
+  status: ['json', 'artifacts'],
+  runs: ['json', 'artifacts'],
+  gc: ['json', 'keep', 'artifacts', 'wait'],
+  predict: ['json', 'top', 'backend'],
+};
+
 const OPTIONS = {
   json: { type: 'boolean' },
   set: { type: 'string', multiple: true },
@@ -81,11 +92,13 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
-    io.stderr(`pipeline: ${(error as Error).message}\n\n${USAGE}`);
-    return EXIT.invalid;
+    return reportError(new UsageError((error as Error).message), io, argv.includes('--json'));
   }
   const { values, positionals } = parsed;
   const [command, ...rest] = positionals;
+  const allowed = COMMAND_OPTIONS[command ?? ''];
+  const stray = allowed ? Object.keys(values).filter((name) => name !== 'help' && !allowed.includes(name)) : [];
+  if (stray.length) return reportError(new UsageError(`${stray.map((s) => `--${s}`).join(', ')} does not apply to '${command}'`), io, values.json ?? false);
   if (values.help || !command || command === 'help') {
     (command || values.help ? io.stdout : io.stderr)(USAGE);
     return command || values.help ? EXIT.ok : EXIT.invalid;
@@ -155,13 +168,17 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     interrupts++;
-    if (interrupts > 1) process.exit(EXIT.interrupted);
+    if (interrupts > 1) {
+      if (values.json) io.stdout(JSON.stringify({ status: 'interrupted', error: { code: 'aborted', message: 'interrupted twice: exited without waiting for running stages' } }) + '\n');
+      process.exit(EXIT.interrupted);
+    }
     io.stderr(`\n${signal}: stopping; finished stages are kept (press Ctrl-C again to exit now)\n`);
     controller.abort();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const quiet = values.json || io.env.PIPELINE_QUIET === '1';
+  // With --json, stdout carries only the summary; stage lines still go to stderr (CONTRACT).
+  const quiet = io.env.PIPELINE_QUIET === '1';
   try {
     const summary: RunSummary = await runPipeline({
       file,
@@ -172,7 +189,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       jobs,
       wait: values.wait,
       signal: controller.signal,
-      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true'),
+      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json),
       prepare: (pipeline) => io.backend?.configure(backendOf(values.backend ?? pipeline.backend)),
       backend: () => io.backend?.describe() ?? 'none',
     });
@@ -188,9 +205,11 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
 async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts: string, io: CliIo): Promise<number> {
   const store = new ArtifactStore(artifacts);
   const summaries: RunSummary[] = [];
+  const incomplete: string[] = [];
   for (const id of (await store.listRuns()).slice(0, 50)) {
     const summary = await readJsonMaybe<RunSummary>(path.join(store.runDir(id), 'summary.json'));
     if (summary) summaries.push(summary);
+    else incomplete.push(id); // killed before it could write its summary (kill -9, power loss)
   }
   const chosen = command === 'status' ? summaries.filter((s, i) => summaries.findIndex((t) => t.pipeline === s.pipeline) === i) : summaries;
   if (json) {
@@ -198,6 +217,7 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
     return EXIT.ok;
   }
   if (!chosen.length) io.stdout(`no runs in ${artifacts}\n`);
+  if (command === 'runs') for (const id of incomplete) io.stdout(`${id}  (no summary: the run was killed before it finished; see runs/${id}/log.jsonl)\n`);
   for (const summary of chosen) {
     io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
     if (command === 'status')

@@ -84,6 +84,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
     if (planned.action === 'cached' && planned.entry) {
       outputs.set(stage.id, toInput(planned, store.entryDir(key), planned.entry.metrics));
+      // The record says what the latest run used, so `plan` explains changes against it.
+      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
       log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
       return { ...base, status: 'cached', seconds: 0, metrics: planned.entry.metrics };
     }

@@ -68,8 +68,7 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     } else if (check.state !== 'ok') {
       action = 'run';
       if (check.state === 'corrupt') reasons.push(`cache entry is corrupt (${check.reason}); recomputing`);
-      const previous = await store.readRecord(pipeline.name, stage.id);
-      reasons.push(...explainChange(previous, record));
+      else reasons.push(...explainChange(await store.readRecord(pipeline.name, stage.id), record));
     } else {
       reasons.push('inputs unchanged');
     }
@@ -120,7 +119,7 @@ export function explainChange(previous: StageRecord | undefined, next: StageReco
   for (const [input, hash] of Object.entries(next.external)) {
     if (previous.external[input] !== hash) reasons.push(previous.external[input] ? `input ${input} changed` : `new input ${input}`);
   }
-  return reasons.length ? reasons : ['cache key changed'];
+  return reasons.length ? reasons : ['cache key changed (a new version of the toolkit keys it differently)'];
 }
 
 function diffJson(a: Json | undefined, b: Json | undefined, at: string): string[] {

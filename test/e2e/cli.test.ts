@@ -67,6 +67,18 @@ describe('pipeline validate/run on bad files', () => {
     expect(existsSync(dir.path('artifacts'))).toBe(false);
   });
 
+  it('options that do not apply to a command are refused; --json errors are one JSON object', () => {
+    const file = dir.write('v3.yaml', valid);
+    expect(cli(['validate', file, '--top', '3']).status).toBe(2);
+    expect(cli(['run', file, '--keep', '2']).stderr).toContain("--keep does not apply to 'run'");
+    const bad = cli(['run', file, '--json', '--bogus']);
+    expect(bad.status).toBe(2);
+    expect(JSON.parse(bad.stdout)).toMatchObject({ status: 'error', error: { code: 'usage' } });
+    const invalid = cli(['run', dir.write('bad-json.yaml', 'name: x\n'), '--json']);
+    expect(JSON.parse(invalid.stdout)).toMatchObject({ status: 'invalid' });
+    expect(existsSync(dir.path('artifacts'))).toBe(false);
+  });
+
   it('--set errors point at the command line', () => {
     const result = cli(['validate', dir.write('v2.yaml', valid), '--set', 'stages.data.with.strict=maybe']);
     expect(result.status).toBe(2);
