@@ -86,6 +86,15 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       outputs.set(stage.id, toInput(planned, store.entryDir(key), planned.entry.metrics));
       // The record says what the latest run used, so `plan` explains changes against it.
       await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
+      if (stage.definition.checkout) {
+        try {
+          await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
+        } catch (error) {
+          const described = describeError(error);
+          log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
+          return { ...base, status: 'failed', seconds: 0, metrics: planned.entry.metrics, error: described };
+        }
+      }
       log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
       return { ...base, status: 'cached', seconds: 0, metrics: planned.entry.metrics };
     }

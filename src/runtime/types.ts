@@ -125,6 +125,11 @@ export interface StageDefinition<P = any> {
    * param path relative to `with` (e.g. `split.val`); an empty array means valid.
    */
   check?(params: P): { path: string; message: string }[];
+  /**
+   * Called when the stage's result comes from the cache, to restore what it writes outside the
+   * store (export's copy to `dir`), like DVC's checkout. `dir` is the cached entry (read-only).
+   */
+  checkout?(ctx: { dir: string; baseDir: string; log: Logger }, params: P): Promise<void>;
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

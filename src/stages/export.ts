@@ -122,7 +122,20 @@ export const exportStage: StageDefinition<ExportParams> = {
       model.dispose();
     }
   },
+  async checkout(ctx, params) {
+    // A cached export must still be at `dir`: copy it again when it is missing or another one.
+    if (params.dir === undefined) return;
+    const target = resolve(ctx.baseDir, params.dir);
+    const cached = await readFile(join(ctx.dir, EXPORT_FILE), 'utf8');
+    const present = await readFile(join(target, EXPORT_FILE), 'utf8').catch(() => undefined);
+    if (present === cached) return;
+    await replaceFolder(ctx.dir, target);
+    ctx.log.info({ dir: target }, 'export restored from the cache');
+  },
 };
+
+/** The `_entry.json` the store adds to a cached entry: not part of an export folder. */
+const STORE_FILE = '_entry.json';
 
 /**
  * Copies `from` to `target` through a sibling temp folder and renames, so `target` is at every
@@ -141,7 +154,7 @@ export async function replaceFolder(from: string, target: string): Promise<void>
   const temp = join(dirname(target), `.${basename(target)}.tmp-${suffix}`);
   const old = join(dirname(target), `.${basename(target)}.old-${suffix}`);
   try {
-    await cp(from, temp, { recursive: true });
+    await cp(from, temp, { recursive: true, filter: (src) => basename(src) !== STORE_FILE });
     if (existing) await rename(target, old);
     try {
       await rename(temp, target);

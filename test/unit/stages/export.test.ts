@@ -72,6 +72,20 @@ describe('export', () => {
     expect(await readdir(join(dir.root, 'deploy'))).toEqual(['classifier']);
   });
 
+  it('a cached export is checked out again to dir when the copy there is gone or different', async () => {
+    const run = await runStage(exportStage, { root: dir.root, params: { dir: 'deploy/checkout' }, inputs: [model] });
+    const target = join(dir.root, 'deploy/checkout');
+    await writeFile(join(run.ctx.outDir, '_entry.json'), '{}'); // as the store seals an entry
+    const { rm } = await import('node:fs/promises');
+    await rm(target, { recursive: true });
+    const log = (await import('pino')).default({ level: 'silent' });
+    await exportStage.checkout!({ dir: run.ctx.outDir, baseDir: dir.root, log }, { dir: 'deploy/checkout' });
+    expect((await readdir(target)).sort()).toEqual(['export.json', 'labels.json', 'model.json', 'preprocess.json', 'summary.json', 'weights.bin']);
+    const before = (await readFile(join(target, 'export.json'), 'utf8'));
+    await exportStage.checkout!({ dir: run.ctx.outDir, baseDir: dir.root, log }, { dir: 'deploy/checkout' });
+    expect(await readFile(join(target, 'export.json'), 'utf8')).toBe(before);
+  });
+
   it('exports into an existing empty folder', async () => {
     await mkdir(join(dir.root, 'empty'));
     await runStage(exportStage, { root: dir.root, params: { dir: 'empty' }, inputs: [model] });
