@@ -3,9 +3,9 @@
  * are) plus `files.jsonl` (one entry per image, streamed so a million-image set never has to be
  * parsed as one document) plus `report.json` (what was skipped, ignored or suspicious).
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { StageError } from '../runtime/errors.js';
 
@@ -36,6 +36,11 @@ export interface DatasetHeader {
   version: 1;
   /** Absolute directory that entry paths are relative to. */
   root: string;
+  /**
+   * The same directory relative to the pipeline file's folder, so a project moved with its
+   * artifact store still finds its images (`resolveDatasetRoot`).
+   */
+  rootFromPipeline?: string;
   /** Class names sorted by code point; a label is an index into this list. */
   classes: string[];
   /** Where the split assignment came from (`mixed`: val carved out of a `train/` folder). */
@@ -92,4 +97,14 @@ export async function* readDatasetEntries(dir: string, header?: DatasetHeader): 
       throw new StageError('dataset_unreadable', `${file}:${number}: not a JSON entry`, { file, line: number }, { cause: error });
     }
   }
+}
+
+/**
+ * Where a dataset's images are now: the recorded absolute root, or, when that is gone (the
+ * project moved), the root recorded relative to the pipeline file's folder. Either way each
+ * image's content hash is still checked by whoever reads it.
+ */
+export function resolveDatasetRoot(header: DatasetHeader, baseDir: string): string {
+  if (existsSync(header.root) || header.rootFromPipeline === undefined) return header.root;
+  return resolve(baseDir, header.rootFromPipeline);
 }

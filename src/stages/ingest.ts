@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { dirname, join, resolve, sep } from 'node:path';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import paramsSchema from '../../schemas/stages/ingest.schema.json' with { type: 'json' };
 import { AbortedError, StageError } from '../runtime/errors.js';
@@ -106,7 +106,7 @@ export const ingest: StageDefinition<IngestParams> = {
     }
     if (counts.val === 0) report.notes.push('the val split is empty; evaluation on val will not be possible');
     report.duplicates = findDuplicates(entries);
-    await writeDataset(ctx.outDir, { root: scan.root, classes, splitSource, counts, classCounts }, entries);
+    await writeDataset(ctx.outDir, { root: scan.root, rootFromPipeline: relative(ctx.baseDir, scan.root) || '.', classes, splitSource, counts, classCounts }, entries);
     await writeFile(join(ctx.outDir, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
 
     const duplicatesAcrossSplits = report.duplicates.filter((group) => group.acrossSplits).length;

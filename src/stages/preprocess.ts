@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import paramsSchema from '../../schemas/stages/preprocess.schema.json' with { type: 'json' };
 import { AbortedError, StageError } from '../runtime/errors.js';
 import type { StageDefinition } from '../runtime/types.js';
-import { readDatasetEntries, readDatasetHeader, SPLITS, type DatasetEntry } from '../data/dataset.js';
+import { readDatasetEntries, readDatasetHeader, resolveDatasetRoot, SPLITS, type DatasetEntry } from '../data/dataset.js';
 import { decodeImage, hashBytes } from '../data/image.js';
 import { recordsPerShardFor, shardDirectory, ShardWriter, writeShardIndex } from '../data/shard-writer.js';
 import type { SplitIndex } from '../data/shards.js';
@@ -72,6 +72,7 @@ export const preprocess: StageDefinition<PreprocessParams> = {
       return writer;
     };
     const total = SPLITS.reduce((sum, split) => sum + (header.counts[split] ?? 0), 0);
+    const root = resolveDatasetRoot(header, ctx.baseDir);
     const started = performance.now();
     let done = 0;
     // An ordered window: up to `window` decodes in flight, written strictly in entry order, so
@@ -79,7 +80,7 @@ export const preprocess: StageDefinition<PreprocessParams> = {
     const window = Math.max(2, availableParallelism() * 2);
     const inFlight: { entry: DatasetEntry; pixels: Promise<Uint8Array> }[] = [];
     const decode = async (entry: DatasetEntry): Promise<Uint8Array> => {
-      const file = join(header.root, ...entry.path.split('/'));
+      const file = join(root, ...entry.path.split('/'));
       let bytes: Buffer;
       try {
         bytes = await readFile(file);
