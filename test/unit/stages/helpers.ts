@@ -12,20 +12,20 @@
  *
  * Temp roots come from `testdir()` (test/fixtures/testdir.ts); remove them in `afterAll`.
  */
-import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, stat } from 'node:fs/promises';
+import { cp, mkdtemp } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { pino } from 'pino';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { openDataset } from '../../../src/data/shards.js';
 import type { AugmentSpec, FitMode, NormalizeName, PreprocessSpec } from '../../../src/data/spec.js';
 import { writeModelArtifact, type ModelInfo } from '../../../src/ml/artifact.js';
 import { configureBackend, useLayers, useTf, type BackendPreference, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
-import { StageError } from '../../../src/runtime/errors.js';
-import type { Json, ProgressEvent, StageContext, StageDefinition, StageInput, StageResult } from '../../../src/runtime/types.js';
+import type { StageInput } from '../../../src/runtime/types.js';
 import { ingest, type IngestParams } from '../../../src/stages/ingest.js';
 import { preprocess, specFromParams, type PreprocessParams } from '../../../src/stages/preprocess.js';
+import { inputFrom, runStage } from '../../fixtures/stage-context.js';
+
+export { inputFrom, makeStageContext, runStage, type StageContextOptions, type TestStageContext } from '../../fixtures/stage-context.js';
 
 /** The Fashion-MNIST fixture: class folders `sneaker`, `t-shirt`, `trouser`, 8 PNGs each. */
 export const FASHION = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'fixtures', 'images', 'fashion');
@@ -37,81 +37,6 @@ export const FASHION = join(dirname(fileURLToPath(import.meta.url)), '..', '..',
 export async function useTestBackend(preference: BackendPreference = 'wasm'): Promise<{ tf: Tf; tfl: TfLayersApi }> {
   configureBackend(preference);
   return { tf: await useTf(), tfl: await useLayers() };
-}
-
-/** A `StageContext` that also records the progress events the stage reported. */
-export interface TestStageContext<P> extends StageContext<P> {
-  progressEvents: ProgressEvent[];
-}
-
-/** Options of `makeStageContext`. */
-export interface StageContextOptions<P> {
-  /** Temp root: out, work and memo dirs are created under it; also the default `baseDir`. */
-  root: string;
-  /** Resolved params (apply schema defaults yourself). */
-  params: P;
-  /** Upstream artifacts; `input(type)` returns the first that provides `type`. Default none. */
-  inputs?: StageInput[];
-  /** Stage id and kind. Default `stage`. */
-  id?: string;
-  kind?: string;
-  /** Default 42. */
-  seed?: number;
-  /** Where relative params resolve. Default `root`. */
-  baseDir?: string;
-  /** Abort signal. Default: never aborted. */
-  signal?: AbortSignal;
-}
-
-/**
- * Builds a context like the runtime's: fresh empty `outDir` and `workDir`, a silent pino
- * logger, and a `memo` that computes once per (name, parts) under `root` and reuses it after.
- */
-export async function makeStageContext<P>(options: StageContextOptions<P>): Promise<TestStageContext<P>> {
-  const outDir = await mkdtemp(join(options.root, 'out-'));
-  const workDir = await mkdtemp(join(options.root, 'work-'));
-  const inputs = options.inputs ?? [];
-  const progressEvents: ProgressEvent[] = [];
-  return {
-    id: options.id ?? 'stage',
-    kind: options.kind ?? 'stage',
-    params: options.params,
-    key: 'test-key',
-    seed: options.seed ?? 42,
-    baseDir: options.baseDir ?? options.root,
-    outDir,
-    workDir,
-    inputs,
-    input(type) {
-      const found = inputs.find((input) => input.provides.includes(type));
-      if (!found) throw new StageError('input_missing', `no upstream artifact provides ${type}`, { type });
-      return found;
-    },
-    async memo(name: string, parts: Json, compute: (dir: string) => Promise<void>) {
-      const dir = join(options.root, `memo-${createHash('sha256').update(JSON.stringify([name, parts])).digest('hex').slice(0, 16)}`);
-      if (!(await stat(dir).catch(() => null))) {
-        await mkdir(dir);
-        await compute(dir);
-      }
-      return dir;
-    },
-    log: pino({ level: 'silent' }),
-    progress: (event) => void progressEvents.push(event),
-    signal: options.signal ?? new AbortController().signal,
-    progressEvents,
-  };
-}
-
-/** Runs `stage.run` on a fresh context (id and kind = the stage's kind). */
-export async function runStage<P>(stage: StageDefinition<P>, options: Omit<StageContextOptions<P>, 'id' | 'kind'>): Promise<{ result: StageResult; ctx: TestStageContext<P> }> {
-  const ctx = await makeStageContext({ ...options, id: stage.kind, kind: stage.kind });
-  const result = await stage.run(ctx, options.params);
-  return { result, ctx };
-}
-
-/** An upstream input pointing at a finished artifact dir. `id` defaults to the stage's kind. */
-export function inputFrom(stage: Pick<StageDefinition, 'kind' | 'provides'>, dir: string, metrics: StageResult['metrics'] = {}, id = stage.kind): StageInput {
-  return { id, kind: stage.kind, key: `${id}-key`, dir, provides: stage.provides, metrics: metrics ?? {} };
 }
 
 /** Options of `buildTinyShards`; the rest of the preprocess params are the schema defaults. */
