@@ -20,7 +20,7 @@
 import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StageError } from '../runtime/errors.js';
-import { augmentRecord } from './augment.js';
+import { applyAugmentation, augmentRecord, type AugmentDraw } from './augment.js';
 import { createRandom, deriveSeed } from './random.js';
 import { NO_AUGMENT, type PreprocessSpec } from './spec.js';
 
@@ -88,6 +88,11 @@ export interface BatchOptions {
   augment?: boolean;
   /** Skip a final partial batch. Default false. */
   dropRemainder?: boolean;
+  /**
+   * Apply exactly this draw to every record instead of random ones (null: none), e.g. the
+   * mirrored view of a flip-only augmentation. Overrides `augment`.
+   */
+  draw?: AugmentDraw | null;
 }
 
 /** One batch, ready to wrap in tensors: `tf.tensor4d(x, [count, h, w, c])`, `tf.tensor1d(y, 'int32')`. */
@@ -262,6 +267,10 @@ class Reader implements ShardDataset {
     for (let row = 0; row < count; row++) {
       y[row] = labels[indices[row]];
       const record = raw.subarray(row * recordBytes, (row + 1) * recordBytes);
+      if (options.draw !== undefined) {
+        applyAugmentation(record, this.recordShape, options.draw, this.spec.normalize, x, row * recordBytes);
+        continue;
+      }
       const random = createRandom(deriveSeed(seed, 'augment', epoch, indices[row]));
       augmentRecord(record, this.recordShape, augment, this.spec.normalize, random, x, row * recordBytes);
     }

@@ -7,17 +7,15 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type { ShardDataset } from '../data/shards.js';
-import { isAugmenting } from '../data/spec.js';
 import { canonicalJson, sha256 } from '../runtime/hash.js';
 import { StageError } from '../runtime/errors.js';
 import type { Metrics, StageContext } from '../runtime/types.js';
-import { disposeModels, writeModelArtifact, type ModelInfo } from './artifact.js';
+import { writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
-import { extractFeatures, splitAtTrainable } from './features.js';
-import { arraySource, loadArrayData, saveArrayData, shardSource, viewSource } from './sources.js';
+import { passMetrics, prepareSources } from './sources.js';
 import { summarizeModel } from './surgery.js';
-import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type BatchSource, type OptimizerSpec, type TrainHook } from './train.js';
+import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
 
 /** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
 export interface TrainingParams {
@@ -41,8 +39,6 @@ export interface TrainRequest {
   dataset: ShardDataset;
   params: TrainingParams;
   lr: number;
-  /** Cache key parts that identify the model's frozen bottom (e.g. the upstream model key). */
-  modelKey: string;
   /** Info saved with the trained model. */
   info: ModelInfo;
 }
@@ -52,44 +48,9 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   const { tf, ctx, model, dataset, params, lr } = request;
   const numClasses = dataset.classes.length;
   if (!dataset.splits.train?.count) throw new StageError('no_training_data', `the shards in ${dataset.dir} have no train split`);
-  const augment = isAugmenting(dataset.spec.augment);
-  const views = augment ? params.augment_views : 1;
-  const split = await splitAtTrainable(model);
-  let train: BatchSource;
-  let val: BatchSource | undefined;
-  let trainee = model;
-  let features: 'cached' | 'computed' | 'none' = 'none';
-  if (split?.bottom) {
-    const bottom = split.bottom;
-    const parts = { model: request.modelKey, shards: ctx.input('shards').key, split: split.splitLayer, views, augment, seed: ctx.seed };
-    let computed = false;
-    const dir = await ctx.memo('features', parts, async (out) => {
-      computed = true;
-      const total = (dataset.splits.train?.count ?? 0) * views + (dataset.splits.val?.count ?? 0);
-      let done = 0;
-      for (const [name, n] of [['train', views], ['val', 1]] as const) {
-        if (!dataset.splits[name]?.count) continue;
-        const before = done;
-        const data = await extractFeatures(tf, bottom, dataset, {
-          split: name,
-          batchSize: params.batch,
-          views: n,
-          augment: augment && name === 'train',
-          seed: ctx.seed,
-          signal: ctx.signal,
-          onProgress: (d) => ctx.progress({ unit: 'features', done: (done = before + d), total }),
-        });
-        await saveArrayData(out, name, data);
-      }
-    });
-    features = computed ? 'computed' : 'cached';
-    train = viewSource(await loadArrayData(dir, 'train'), views, params.batch, ctx.seed);
-    if (dataset.splits.val?.count) val = arraySource(await loadArrayData(dir, 'val'), params.batch, ctx.seed);
-    trainee = split.top;
-  } else {
-    train = shardSource(dataset, 'train', params.batch, ctx.seed, augment);
-    if (dataset.splits.val?.count) val = shardSource(dataset, 'val', params.batch, ctx.seed, false);
-  }
+  const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views });
+  const { trainee, val } = sources;
+  const train = sources.train!;
 
   const optimizer = createOptimizer(tf, { name: params.optimizer, lr, momentum: params.momentum });
   // Layer names and weight shapes, not weight names: TF.js uniquifies variable names per process.
@@ -126,14 +87,9 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   } finally {
     optimizer.dispose();
   }
-  let final, summary;
-  try {
-    final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
-    summary = await writeModelArtifact(ctx.outDir, model, request.info);
-  } finally {
-    // The split models share layers with `model`; the caller disposes `model` itself.
-    if (split) disposeModels(split.bottom, split.top === model ? null : split.top);
-  }
+  // The top shares its layers (and weights) with `model`, which the caller disposes.
+  const final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
+  const summary = await writeModelArtifact(ctx.outDir, model, request.info);
   await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
   const last = history.at(-1);
   const epochSeconds = history.filter((h) => h.seconds > 0).map((h) => h.seconds);
@@ -145,7 +101,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     ...(final ? { val_loss: final.loss, val_acc: final.acc } : {}),
     lr,
     seconds_per_epoch: epochSeconds.length ? Math.round((epochSeconds.reduce((a, b) => a + b, 0) / epochSeconds.length) * 1000) / 1000 : null,
-    features,
+    ...passMetrics(sources),
     trainable_params: summarizeModel(trainee).trainableParams,
     params: summary.params,
     ...(resumed ? { resumed_from_epoch: resumed.startEpoch } : {}),

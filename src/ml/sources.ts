@@ -1,14 +1,16 @@
 /**
- * Batch sources for the training loop: in-memory arrays (cached features) and the shard
- * reader (images, optionally augmented). Both shuffle with a seed derived per epoch, never
- * with `Math.random`.
+ * Batch sources for the training loop: cached activations of a frozen bottom (shared by every
+ * stage through `frozen-pass.ts`), in-memory arrays, and the shard reader (images, optionally
+ * augmented). All shuffle with a seed derived per epoch, never with `Math.random`.
  */
-import { readFile, writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { createRandom, deriveSeed } from '../data/random.js';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type { ShardDataset } from '../data/shards.js';
-import { StageError } from '../runtime/errors.js';
-import type { BatchSource, TrainBatch } from './train.js';
+import { isAugmenting } from '../data/spec.js';
+import type { StageContext } from '../runtime/types.js';
+import type { Tf } from './backend.js';
+import { laterTrainable } from './frontier.js';
+import { cachedSource, describeFrontier, frozenActivations, type FrozenPassStats } from './frozen-pass.js';
+import type { BatchSource } from './train.js';
 
 /** Records held in memory: `x` is `count * prod(recordShape)` float32. */
 export interface ArrayData {
@@ -18,34 +20,7 @@ export interface ArrayData {
 }
 
 export function arraySource(data: ArrayData, batchSize: number, seed: number): BatchSource {
-  return viewSource(data, 1, batchSize, seed);
-}
-
-/**
- * Batches over in-memory records holding `views` stacked passes of a split (e.g. augmented
- * views of cached features): epoch `e` uses view `e % views`, shuffled with a per-epoch seed.
- */
-export function viewSource(data: ArrayData, views: number, batchSize: number, seed: number): BatchSource {
-  const size = data.recordShape.reduce((a, b) => a * b, 1);
-  const perView = data.y.length / views;
-  return {
-    count: perView,
-    async *batches(epoch, { shuffle }) {
-      const base = (epoch % views) * perView;
-      const order = Int32Array.from({ length: perView }, (_, i) => base + i);
-      if (shuffle) createRandom(deriveSeed(seed, 'epoch', epoch)).shuffle(order);
-      for (let start = 0; start < perView; start += batchSize) {
-        const rows = order.subarray(start, Math.min(perView, start + batchSize));
-        const x = new Float32Array(rows.length * size);
-        const y = new Int32Array(rows.length);
-        rows.forEach((row, i) => {
-          x.set(data.x.subarray(row * size, (row + 1) * size), i * size);
-          y[i] = data.y[row];
-        });
-        yield { x, y, count: rows.length, shape: [rows.length, ...data.recordShape] } satisfies TrainBatch;
-      }
-    },
-  };
+  return cachedSource({ xs: [data.x], shapes: [data.recordShape], y: data.y, count: data.y.length, views: 1 }, batchSize, seed);
 }
 
 /** Batches of a split straight from the shards (augmented when `augment`). */
@@ -61,21 +36,66 @@ export function shardSource(dataset: ShardDataset, split: string, batchSize: num
   };
 }
 
-/** Writes in-memory records as `<name>.f32` + `<name>.json` (shape, labels). */
-export async function saveArrayData(dir: string, name: string, data: ArrayData): Promise<void> {
-  await writeFile(path.join(dir, `${name}.f32`), Buffer.from(data.x.buffer, data.x.byteOffset, data.x.byteLength));
-  await writeFile(path.join(dir, `${name}.json`), JSON.stringify({ recordShape: data.recordShape, count: data.y.length, labels: Array.from(data.y) }));
+/** What a training or scoring stage runs on. */
+export interface TrainingSources {
+  /** The model that runs: the top above the cached activations, or the whole model. */
+  trainee: LayersModel;
+  train?: BatchSource;
+  val?: BatchSource;
+  /** Other splits (test), by name. */
+  splits: Record<string, BatchSource>;
+  /** `computed`: this stage ran the frozen pass; `cached`: it reused one; `none`: images. */
+  features: 'cached' | 'computed' | 'none';
+  /** The pass's counts and where the frontier is (absent for `none`). */
+  pass?: FrozenPassStats & { frontier: string };
 }
 
-export async function loadArrayData(dir: string, name: string): Promise<ArrayData> {
-  try {
-    const meta = JSON.parse(await readFile(path.join(dir, `${name}.json`), 'utf8')) as { recordShape: number[]; count: number; labels: number[] };
-    const bytes = await readFile(path.join(dir, `${name}.f32`));
-    const x = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-    const expected = meta.count * meta.recordShape.reduce((a, b) => a * b, 1);
-    if (x.length !== expected) throw new Error(`${name}.f32 holds ${x.length} values, expected ${expected}`);
-    return { x: new Float32Array(x), y: Int32Array.from(meta.labels), recordShape: meta.recordShape };
-  } catch (error) {
-    throw new StageError('features_unreadable', `cached features ${path.join(dir, name)} are unreadable: ${(error as Error).message}`, { dir, name }, { cause: error });
+/** Options of `prepareSources`. */
+export interface SourceOptions {
+  batch: number;
+  /** Random views to cache when the shards augment with more than a flip. */
+  augmentViews: number;
+  /** False when the frozen part changes while training (so nothing can be cached). */
+  allowCache?: boolean;
+}
+
+/**
+ * The sources a stage trains or scores on: cached activations of the model's frozen bottom
+ * (computed once per pipeline at the lowest cut that `ctx.downstream` needs) with the top as
+ * the trainee, or the shards and the whole model when nothing is frozen.
+ */
+export async function prepareSources(tf: Tf, ctx: StageContext<unknown>, model: LayersModel, dataset: ShardDataset, options: SourceOptions): Promise<TrainingSources> {
+  const pass =
+    options.allowCache === false
+      ? null
+      : await frozenActivations({ tf, ctx, model, dataset, batch: options.batch, augmentViews: options.augmentViews, lowerFor: laterTrainable(model, ctx.downstream) });
+  const augment = isAugmenting(dataset.spec.augment);
+  const sources: TrainingSources = { trainee: model, splits: {}, features: 'none' };
+  for (const name of Object.keys(dataset.splits)) {
+    const source = pass ? cachedSource(pass.splits[name], options.batch, ctx.seed) : shardSource(dataset, name, options.batch, ctx.seed, name === 'train' && augment);
+    if (name === 'train') sources.train = source;
+    else if (name === 'val') sources.val = source;
+    sources.splits[name] = source;
   }
+  if (pass) {
+    sources.trainee = pass.top;
+    sources.features = pass.stats.images > 0 || pass.stats.derived > 0 ? 'computed' : 'cached';
+    sources.pass = { ...pass.stats, frontier: describeFrontier(pass.frontier) };
+  }
+  return sources;
+}
+
+/** Metrics that name the engine and prove the sharing (one frozen forward per image-view). */
+export function passMetrics(sources: TrainingSources): Record<string, number | string> {
+  const pass = sources.pass;
+  if (!pass) return { features: 'none' };
+  return {
+    features: sources.features,
+    frozen_engine: pass.engine,
+    frozen_forwards: pass.images,
+    frozen_seconds: pass.seconds,
+    ...(pass.images ? { frozen_img_s: Math.round((pass.images / Math.max(1e-3, pass.seconds)) * 10) / 10 } : {}),
+    derived_records: pass.derived,
+    frontier: pass.frontier,
+  };
 }

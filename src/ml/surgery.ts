@@ -210,13 +210,18 @@ export function unfreezeLayers(model: LayersModel, options: UnfreezeOptions = {}
   if (options.from !== undefined && options.blocks !== undefined) {
     throw new StageError('unfreeze_conflicting_options', 'give either "from" or "blocks", not both', { from: options.from, blocks: options.blocks });
   }
-  let start = 0;
-  if (options.from !== undefined) start = layerIndex(model, options.from);
-  if (options.blocks !== undefined) start = topBlocksStart(model, options.blocks);
+  const start = unfreezeStart(model, options);
   model.layers.forEach((layer, i) => {
     if (i >= start) setTrainable(layer, true, options.keepBatchNormInference ?? false);
   });
   return resultOf(model);
+}
+
+/** Index in `model.layers` of the first layer `unfreezeLayers(model, options)` makes trainable. */
+export function unfreezeStart(model: LayersModel, options: Pick<UnfreezeOptions, 'from' | 'blocks'>): number {
+  if (options.from !== undefined) return layerIndex(model, options.from);
+  if (options.blocks !== undefined) return topBlocksStart(model, options.blocks);
+  return 0;
 }
 
 /** The block key of a layer name (see `UnfreezeOptions.blocks`), or null when it has none. */

@@ -21,6 +21,14 @@ export interface TrainBatch {
   shape: number[];
   y: Int32Array;
   count: number;
+  /** Further inputs of a multi-input model (cached activations of several frontier tensors). */
+  more?: { x: Float32Array; shape: number[] }[];
+}
+
+/** The model input(s) of a batch as tensors (call inside `tf.tidy`). */
+export function batchInputs(tf: Tf, batch: TrainBatch): TfCore.Tensor | TfCore.Tensor[] {
+  const first = tf.tensor(batch.x, batch.shape);
+  return batch.more?.length ? [first, ...batch.more.map((m) => tf.tensor(m.x, m.shape))] : first;
 }
 
 /** Where batches come from; `epoch` changes the seeded order (and augmentation). */
@@ -150,7 +158,7 @@ export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSo
   let count = 0;
   for await (const batch of source.batches(0, { shuffle: false })) {
     const [loss, hits] = tf.tidy(() => {
-      const x = tf.tensor(batch.x, batch.shape);
+      const x = batchInputs(tf, batch);
       const y = tf.tensor1d(batch.y, 'int32');
       const probs = model.predict(x) as TfCore.Tensor;
       const l = tf.mul(crossEntropy(tf, probs, y, numClasses), batch.count);
@@ -189,7 +197,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
       for await (const batch of train.batches(epoch, { shuffle: true })) {
         if (options.signal?.aborted) return state.history;
         const hits = withSeededRandom(deriveSeed(options.seed ?? 0, 'step', epoch, index), () => tf.tidy(() => {
-          const x = tf.tensor(batch.x, batch.shape);
+          const x = batchInputs(tf, batch);
           const y = tf.tensor1d(batch.y, 'int32');
           let accuracy: TfCore.Scalar | undefined;
           const cost = optimizer.minimize(

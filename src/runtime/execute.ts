@@ -133,8 +133,9 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         if (!found) throw new StageError('missing_input', `stage '${stage.id}' found no upstream artifact of type '${type}'`);
         return found;
       },
-      async memo(name, parts, compute) {
-        const memoKey = sha256(canonicalJson({ memo: name, kind: stage.kind, version: stage.definition.version, parts }));
+      downstream: planned.downstream,
+      async memo(name, parts, compute, memoOptions) {
+        const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
         memoKeys.push(memoKey);
         const check = await store.checkEntry(memoKey);
         if (check.state === 'ok') {

@@ -4,11 +4,11 @@
  */
 import path from 'node:path';
 import { ValidationError, type ValidationIssue } from './errors.js';
-import { selectStages, type Selection } from './graph.js';
+import { descendants, selectStages, type Selection } from './graph.js';
 import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import type { ArtifactStore, EntryMeta, StageRecord } from './store.js';
-import type { Json } from './types.js';
+import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
 
@@ -22,6 +22,8 @@ export interface PlannedStage {
   record: StageRecord;
   /** The cached entry, when `action` is `cached`. */
   entry?: EntryMeta;
+  /** Hints of the stages downstream of this one (`StageContext.downstream`). */
+  downstream: DownstreamHint[];
 }
 
 export interface Plan {
@@ -53,12 +55,15 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     // The seed is derived from the pipeline seed and the stage id: it drives initialization,
     // shuffling, augmentation and splits, so a new seed must not reuse results.
     const seed = seedFor(pipeline.seed, stage.id);
+    const downstream = downstreamHints(pipeline, stage.id);
+    // Only a stage that plans with its descendants' hints is keyed by them.
+    const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
     const key = sha256(
-      canonicalJson({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort() }),
+      canonicalJson({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort(), ...lookahead }),
     );
     keys.set(stage.id, key);
     if (!included.has(stage.id)) continue;
-    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external };
+    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
     const check = await store.checkEntry(key);
     const reasons: string[] = [];
     let action: 'run' | 'cached' = 'cached';
@@ -76,10 +81,22 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
     if (action === 'run') willRun.add(stage.id);
-    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined });
+    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream });
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
+}
+
+/** The hints of every stage that depends on `id`, in pipeline order. */
+function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint[] {
+  const below = descendants(pipeline.needs, id);
+  const out: DownstreamHint[] = [];
+  for (const stage of pipeline.stages) {
+    if (stage.id === id || !below.has(stage.id)) continue;
+    const hints = stage.definition.hints?.(stage.params as never);
+    if (hints !== undefined) out.push({ id: stage.id, kind: stage.kind, hints });
+  }
+  return out;
 }
 
 /** `--from`, `--only` and `--force` must name stages of the file. */
@@ -119,6 +136,7 @@ export function explainChange(previous: StageRecord | undefined, next: StageReco
   for (const [input, hash] of Object.entries(next.external)) {
     if (previous.external[input] !== hash) reasons.push(previous.external[input] ? `input ${input} changed` : `new input ${input}`);
   }
+  if (canonicalJson(previous.downstream ?? null) !== canonicalJson(next.downstream ?? null)) reasons.push('downstream stages changed what they need from this one');
   return reasons.length ? reasons : ['cache key changed (a new version of the toolkit keys it differently)'];
 }
 

@@ -46,6 +46,8 @@ export interface StageRecord {
   params: Json;
   upstream: Record<string, string>;
   external: Record<string, string>;
+  /** Hints of downstream stages, for stages with `lookahead` (see StageDefinition.hints). */
+  downstream?: Json;
 }
 
 export type EntryCheck = { state: 'ok'; meta: EntryMeta } | { state: 'missing' } | { state: 'corrupt'; reason: string };

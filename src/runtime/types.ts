@@ -80,13 +80,35 @@ export interface StageContext<P = Record<string, unknown>> {
    * writes into an empty dir; the runtime seals it like a stage entry. Returns the entry dir.
    * This lets a stage re-run (new epochs, new lr) without recomputing what did not change.
    */
-  memo(name: string, parts: Json, compute: (dir: string) => Promise<void>): Promise<string>;
+  memo(name: string, parts: Json, compute: (dir: string) => Promise<void>, options?: MemoOptions): Promise<string>;
+  /**
+   * Hints of the stages that depend on this one (transitively), in pipeline order: what they
+   * will do, so this stage can plan shared work (e.g. `unfreeze` says which layers will train,
+   * and train-head's frozen pass stops below them). Only stages with a `hints` function appear.
+   */
+  downstream: DownstreamHint[];
   /** Child logger bound to run, stage and kind. */
   log: Logger;
   /** Reports progress of a long step. */
   progress(event: ProgressEvent): void;
   /** Aborted on SIGINT/SIGTERM; long loops check it between steps. */
   signal: AbortSignal;
+}
+
+/** Options of `StageContext.memo`. */
+export interface MemoOptions {
+  /**
+   * Share the entry across stage kinds: the key is `name` and `parts` alone, so `parts` must
+   * name everything that determines the content (including an implementation version).
+   */
+  shared?: boolean;
+}
+
+/** One downstream stage's hints (`StageDefinition.hints`). */
+export interface DownstreamHint {
+  id: string;
+  kind: string;
+  hints: Json;
 }
 
 /** What `run` returns. */
@@ -130,6 +152,13 @@ export interface StageDefinition<P = any> {
    * store (export's copy to `dir`), like DVC's checkout. `dir` is the cached entry (read-only).
    */
   checkout?(ctx: { dir: string; baseDir: string; log: Logger }, params: P): Promise<void>;
+  /**
+   * What this stage tells the stages upstream of it (`ctx.downstream`), from its params alone;
+   * undefined for none. Part of the upstream stages' keys when they set `lookahead`.
+   */
+  hints?(params: P): Json | undefined;
+  /** The stage reads `ctx.downstream`: its key includes its descendants' hints. */
+  lookahead?: boolean;
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

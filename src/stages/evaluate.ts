@@ -14,6 +14,8 @@ import { openDataset, type ShardDataset } from '../data/shards.js';
 import type { PreprocessSpec } from '../data/spec.js';
 import { readModelArtifact } from '../ml/artifact.js';
 import { useTf } from '../ml/backend.js';
+import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources.js';
+import { batchInputs } from '../ml/train.js';
 import { scoreClassifier, type ClassifierScores } from '../ml/metrics.js';
 import { AbortedError, GateError, StageError } from '../runtime/errors.js';
 import type { Json, Metrics, StageContext, StageDefinition } from '../runtime/types.js';
@@ -34,6 +36,12 @@ export interface EvaluateParams {
   /** Minimum per metric; any metric below fails the stage with a `GateError`. Default none. */
   gate: Partial<Record<GateMetric, number>>;
 }
+
+/**
+ * Random augmented views the training stages cache by default (their `augment_views`): asking
+ * for the same lets evaluate reuse their frozen pass (only the val split is read).
+ */
+const EVALUATE_AUGMENT_VIEWS = 4;
 
 /** File name of the evaluation report in the artifact. */
 export const EVALUATION_FILE = 'evaluation.json';
@@ -66,7 +74,7 @@ export interface GateFailure {
 
 export const evaluate: StageDefinition<EvaluateParams> = {
   kind: 'evaluate',
-  version: 1,
+  version: 2,
   description: 'Score a classifier on a split: accuracy, loss, per-class P/R/F1, confusion, top-k, ROC-AUC; optional gate',
   paramsSchema,
   consumes: ['shards', 'model'],
@@ -92,13 +100,13 @@ export const evaluate: StageDefinition<EvaluateParams> = {
         throw new StageError('gate_metric_unavailable', `gate.roc_auc needs exactly two classes; this dataset has ${classes.length}`, { metric: 'roc_auc', classes: classes.length });
       }
 
-      const probabilities = await predictSplit(ctx, model, dataset, split, params.batch ?? 32);
+      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch ?? 32);
       const labels = await dataset.labels(split);
       const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k ?? 5);
       const files = await splitFiles(ctx, dataset, split);
       const misclassified = listMisclassified(scores, probabilities, labels, classes, files);
       const wrong = scores.count - scores.confusion.reduce((sum, row, c) => sum + row[c], 0);
-      const metrics = summarize(scores, classes);
+      const metrics = { ...summarize(scores, classes), ...passMetrics(sources) };
 
       await writeFile(
         join(ctx.outDir, EVALUATION_FILE),
@@ -177,29 +185,33 @@ function sameDecoding(a: PreprocessSpec, b: PreprocessSpec): boolean {
 }
 
 /** Softmax rows of every record of the split, in record order. */
-async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersModel, dataset: ShardDataset, split: string, batchSize: number): Promise<Float32Array> {
+async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersModel, dataset: ShardDataset, split: string, batchSize: number): Promise<{ probabilities: Float32Array; sources: TrainingSources }> {
   const tf = await useTf();
+  // The frozen bottom's activations are usually cached by the training stages already.
+  const sources = await prepareSources(tf, ctx, model, dataset, { batch: batchSize, augmentViews: EVALUATE_AUGMENT_VIEWS });
   const classCount = dataset.classes.length;
-  const out = new Float32Array(dataset.splits[split].count * classCount);
-  const total = dataset.batchCount(split, { batchSize });
+  const source = sources.splits[split];
+  const out = new Float32Array(source.count * classCount);
+  const total = Math.ceil(source.count / batchSize);
   let done = 0;
-  for await (const batch of dataset.batches(split, { batchSize })) {
+  let index = 0;
+  for await (const batch of source.batches(0, { shuffle: false })) {
     if (ctx.signal.aborted) throw new AbortedError();
-    const rows = tf.tidy(() => (model.predict(tf.tensor4d(batch.x, batch.shape)) as Tensor).dataSync() as Float32Array);
-    for (let row = 0; row < batch.count; row++) {
+    const rows = tf.tidy(() => (sources.trainee.predict(batchInputs(tf, batch)) as Tensor).dataSync() as Float32Array);
+    for (let row = 0; row < batch.count; row++, index++) {
       const values = rows.subarray(row * classCount, (row + 1) * classCount);
       const sum = values.reduce((a, b) => a + b, 0);
       if (!values.every((p) => p >= 0 && p <= 1) || Math.abs(sum - 1) > 1e-3) {
-        throw new StageError('not_probabilities', `the model's outputs for record ${batch.indices[row]} are not probabilities (sum ${sum}); its last layer must be a softmax`, {
-          index: batch.indices[row],
+        throw new StageError('not_probabilities', `the model's outputs for record ${index} are not probabilities (sum ${sum}); its last layer must be a softmax`, {
+          index,
           outputs: Array.from(values),
         });
       }
-      out.set(values, batch.indices[row] * classCount);
+      out.set(values, index * classCount);
     }
     ctx.progress({ unit: 'batches', done: ++done, total });
   }
-  return out;
+  return { probabilities: out, sources };
 }
 
 /**

@@ -23,7 +23,8 @@ export interface FineTuneParams extends TrainingParams {
 
 export const fineTune: StageDefinition<FineTuneParams> = {
   kind: 'fine-tune',
-  version: 1,
+  version: 2,
+  lookahead: true,
   description: 'Retrain the unfrozen top block and head at a lower learning rate (cached frozen features, resumable)',
   paramsSchema,
   consumes: ['shards', 'model'],
@@ -34,7 +35,7 @@ export const fineTune: StageDefinition<FineTuneParams> = {
     const modelInput = ctx.input('model');
     const { model, info } = await readModelArtifact(modelInput.dir);
     try {
-      return await tune(ctx, params, model, info, tf, modelInput.key);
+      return await tune(ctx, params, model, info, tf);
     } finally {
       disposeModels(model);
     }
@@ -42,7 +43,7 @@ export const fineTune: StageDefinition<FineTuneParams> = {
 };
 
 /** The checks and the training, with the model loaded (the caller disposes it). */
-async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, model: LayersModel, info: ModelInfo, tf: Tf, modelKey: string) {
+async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, model: LayersModel, info: ModelInfo, tf: Tf) {
   if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
   const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
   if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
@@ -51,7 +52,7 @@ async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, m
     checkInputShape(model, dataset.recordShape);
     if (dataset.classes.join('\n') !== info.classes.join('\n'))
       throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
-    const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, modelKey, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
+    const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
     return { metrics };
   } finally {
     await dataset.close();

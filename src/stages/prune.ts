@@ -25,7 +25,9 @@ import { useTf, type Tf } from '../ml/backend.js';
 import { WEIGHTS_FILE } from '../ml/io.js';
 import { findPrunableKernels, hasPrunableKernel, measureKernelSparsity, startMaskedPruning, type PolynomialSchedule } from '../ml/prune/magnitude.js';
 import { countMacs, countParams, measureLatency } from '../ml/prune/measure.js';
-import { prepareRecovery, runRecovery, validationAccuracy } from '../ml/prune/recover.js';
+import { runRecovery } from '../ml/prune/recover.js';
+import { scoreValidation, searchSparsity } from '../ml/prune/search.js';
+import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources.js';
 import { markSparse } from '../ml/prune/sparse-format.js';
 import { analyzeChannels, chooseChannels, prunableGroups, rebuildPruned, scoreChannels } from '../ml/prune/structured.js';
 import { allLayers, closestNames } from '../ml/surgery.js';
@@ -38,8 +40,11 @@ export type ScheduleParam = 'constant' | { initial_sparsity?: number; power?: nu
 export interface PruneParams {
   /** magnitude (unstructured masks) or structured (channels removed). Default magnitude. */
   method: 'magnitude' | 'structured';
-  /** Fraction of kernel scalars (magnitude) or channels (structured) removed, in [0, 1). Default 0.5. */
-  sparsity: number;
+  /**
+   * Fraction of kernel scalars (magnitude) or channels (structured) removed, in [0, 1), or
+   * `auto`: the highest sparsity whose accuracy drop stays within `max_accuracy_drop`. Default 0.5.
+   */
+  sparsity: number | 'auto';
   /** One fraction per kernel/group, or one ranking across all. Default per-layer. */
   scope: 'global' | 'per-layer';
   /** Prune trainable layers only, or all conv/dense layers. Default trainable. */
@@ -60,7 +65,7 @@ export interface PruneParams {
   batch: number;
   /** Default 1. */
   augment_views: number;
-  /** Largest allowed drop of validation accuracy (0..1). Default 1 (never fails). */
+  /** Largest allowed drop of validation accuracy (0..1); 1 never fails. Default 0.02. */
   max_accuracy_drop: number;
   /** Batch of the latency measurement. Default 1. */
   latency_batch: number;
@@ -106,11 +111,11 @@ interface Measurement {
   valLoss: number | null;
 }
 
-async function measure(tf: Tf, model: LayersModel, dataset: ShardDataset, params: PruneParams, seed: number): Promise<Measurement> {
+async function measure(tf: Tf, model: LayersModel, sources: TrainingSources, params: PruneParams, seed: number): Promise<Measurement> {
   const counts = await countParams(tf, model);
   const macs = await countMacs(model);
   const latencyMs = await measureLatency(tf, model, { batch: params.latency_batch, runs: params.latency_runs, seed });
-  const val = await validationAccuracy(tf, model, dataset, params.batch, seed);
+  const val = await scoreValidation(tf, sources, model.outputs[0].shape.at(-1) as number);
   return { params: counts.params, nonzeroParams: counts.nonzero, macs: macs.dense, nonzeroMacs: macs.nonzero, latencyMs, valAcc: val?.acc ?? null, valLoss: val?.loss ?? null };
 }
 
@@ -125,7 +130,8 @@ function checkExcluded(model: LayersModel, exclude: string[]): void {
 
 export const prune: StageDefinition<PruneParams> = {
   kind: 'prune',
-  version: 1,
+  version: 2,
+  lookahead: true,
   description: 'Prune a trained model (magnitude masks stored sparsely, or structured channel removal), recover by fine-tuning, and report bytes, MACs, latency and accuracy before/after',
   paramsSchema,
   consumes: ['shards', 'model'],
@@ -145,18 +151,27 @@ export const prune: StageDefinition<PruneParams> = {
       checkExcluded(model, params.exclude);
       const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : 1e-4);
       const bytesBefore = (await stat(path.join(modelInput.dir, WEIGHTS_FILE))).size;
-      const before = await measure(tf, model, dataset, params, ctx.seed);
+      const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views });
+      const before = await measure(tf, model, sources, params, ctx.seed);
       ctx.log.info({ ...before, bytes: bytesBefore }, 'measured before pruning');
-      const run = params.method === 'magnitude' ? await pruneByMagnitude(tf, ctx, model, dataset, params, lr) : await pruneStructured(tf, ctx, model, dataset, params, lr);
-      owned.push(run.model);
-      const after = await measure(tf, run.model, dataset, params, ctx.seed);
-      const notes: Record<string, Json> = { ...(info.notes ?? {}), pruning: { method: params.method, target: params.sparsity, scope: params.scope, ...run.facts } };
+      const once = async (sparsity: number) => {
+        const trial = { ...params, sparsity };
+        const result = params.method === 'magnitude' ? await pruneByMagnitude(tf, ctx, model, dataset, trial, lr) : await pruneStructured(tf, ctx, model, dataset, trial, lr);
+        if (result.model !== model) owned.push(result.model);
+        return result;
+      };
+      const search = params.sparsity === 'auto' ? await searchSparsity(tf, model, before.valAcc, params.max_accuracy_drop, once, (r) => scoreValidation(tf, r.sources, dataset.classes.length), ctx.log) : null;
+      const run = search ? search.best : await once(params.sparsity as number);
+      const after = await measure(tf, run.model, run.sources, params, ctx.seed);
+      const target = run.target;
+      const notes: Record<string, Json> = { ...(info.notes ?? {}), pruning: { method: params.method, target, scope: params.scope, ...run.facts } };
       const pruned: ModelInfo = { ...info, notes, lineage: [...info.lineage, 'prune'] };
       const written = await writeModelArtifact(ctx.outDir, run.model, pruned);
       const metrics: Metrics = {
         method: params.method,
         scope: params.scope,
-        target_sparsity: params.sparsity,
+        target_sparsity: target,
+        ...(search ? { sparsity_search: search.tried as unknown as Json } : {}),
         ...run.facts,
         params_before: before.params,
         params_after: after.params,
@@ -176,7 +191,7 @@ export const prune: StageDefinition<PruneParams> = {
         accuracy_drop: before.valAcc !== null && after.valAcc !== null ? round(before.valAcc - after.valAcc, 6) : null,
         epochs_run: run.epochsRun,
         lr,
-        features: run.features,
+        ...passMetrics(run.sources),
       };
       ctx.log.info({ metrics }, 'pruned');
       checkAccuracyDrop(before.valAcc, after.valAcc, params.max_accuracy_drop, metrics);
@@ -194,14 +209,17 @@ interface PruneRun {
   /** Method-specific metrics (sparsity reached, kept-channel ratio, ...), also saved in the model's notes. */
   facts: Record<string, Json>;
   epochsRun: number;
-  features: string;
+  /** What recovery trained and scored on (cached activations when the bottom was kept). */
+  sources: TrainingSources;
+  /** The sparsity this run aimed at. */
+  target: number;
 }
 
 function stepsPerEpoch(dataset: ShardDataset, batch: number): number {
   return Math.ceil((dataset.splits.train?.count ?? 0) / batch);
 }
 
-async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams, lr: number): Promise<PruneRun> {
+async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number): Promise<PruneRun> {
   const kernels = findPrunableKernels(model, { layers: params.layers, exclude: params.exclude });
   if (!kernels.length) throw new StageError('nothing_to_prune', `no ${params.layers === 'trainable' ? 'trainable ' : ''}conv or dense kernels to prune${params.layers === 'trainable' ? '; set layers: all to prune frozen layers too' : ''}`, { layers: params.layers, exclude: params.exclude });
   const schedule = params.epochs > 0 ? resolveSchedule(params.schedule) : null;
@@ -218,7 +236,7 @@ async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: L
     onUpdate: (step, sparsity) => ctx.log.debug({ step, sparsity }, 'masks updated'),
   });
   try {
-    const sources = await prepareRecovery(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, allowFeatureCache });
+    const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, allowCache: allowFeatureCache });
     const history = await runRecovery(tf, ctx, sources, { epochs: params.epochs, lr, numClasses: dataset.classes.length, hooks: [pruning.hook] });
     await pruning.finish();
     const reached = await measureKernelSparsity(kernels);
@@ -234,14 +252,15 @@ async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: L
         schedule: schedule ? 'polynomial' : 'constant',
       },
       epochsRun: history.length,
-      features: sources.features,
+      sources,
+      target: params.sparsity,
     };
   } finally {
     pruning.dispose();
   }
 }
 
-async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams, lr: number): Promise<PruneRun> {
+async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number): Promise<PruneRun> {
   const plan = analyzeChannels(model, { layers: params.layers, exclude: params.exclude });
   const groups = prunableGroups(plan);
   if (!groups.length) {
@@ -258,7 +277,7 @@ async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: La
   if (scores.l1Fallbacks) ctx.log.info({ groups: scores.l1Fallbacks }, 'groups without a BatchNorm scale scored by l1');
   const pruned = await rebuildPruned(tf, model, plan, kept);
   try {
-    const sources = await prepareRecovery(tf, ctx, pruned, dataset, { batch: params.batch, augmentViews: params.augment_views, allowFeatureCache: true });
+    const sources = await prepareSources(tf, ctx, pruned, dataset, { batch: params.batch, augmentViews: params.augment_views });
     const history = await runRecovery(tf, ctx, sources, { epochs: params.epochs, lr, numClasses: dataset.classes.length, hooks: [] });
     return {
       model: pruned,
@@ -273,7 +292,8 @@ async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: La
         l1_fallback_groups: scores.l1Fallbacks,
       },
       epochsRun: history.length,
-      features: sources.features,
+      sources,
+      target: params.sparsity,
     };
   } catch (error) {
     pruned.dispose();

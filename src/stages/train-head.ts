@@ -25,7 +25,8 @@ export interface TrainHeadParams extends TrainingParams {
 
 export const trainHead: StageDefinition<TrainHeadParams> = {
   kind: 'train-head',
-  version: 1,
+  version: 2,
+  lookahead: true,
   description: 'Add a softmax head on the (frozen) base and train it; frozen-base features are cached',
   paramsSchema,
   consumes: ['shards', 'model'],
@@ -47,7 +48,6 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
         dataset,
         params,
         lr: params.lr,
-        modelKey: modelInput.key,
         info: { ...info, classes: dataset.classes, preprocess: dataset.spec, headLr: params.lr, lineage: [...info.lineage, 'train-head'] },
       });
       return { metrics: { ...metrics, classes: dataset.classes.length } };

@@ -23,6 +23,8 @@ export const unfreeze: StageDefinition<UnfreezeParams> = {
   consumes: ['model'],
   provides: ['model'],
   resource: 'tf',
+  // Stages upstream (train-head) stop their frozen pass below the layers this one will train.
+  hints: (params) => ({ unfreeze: { ...(params.from !== undefined ? { from: params.from } : {}), ...(params.blocks !== undefined ? { blocks: params.blocks } : {}) } }),
   check(params) {
     if (params.from !== undefined && params.blocks !== undefined) return [{ path: 'blocks', message: 'give either `from` or `blocks`, not both' }];
     if (params.from === undefined && params.blocks === undefined) return [{ path: '', message: 'say what to unfreeze: `from: <layer name>` or `blocks: N`' }];

@@ -57,10 +57,13 @@ describe('prune stage', () => {
     const validate = compileStageValidator(prune);
     const params: Record<string, unknown> = {};
     expect(validate(params)).toBe(true);
-    const { lr: _lr, ...withDefaults } = { ...DEFAULTS, batch: 32, latency_runs: 7 };
+    // The schema's own default gate is 0.02 (these tests run with 1 unless they test the gate).
+    const { lr: _lr, ...withDefaults } = { ...DEFAULTS, batch: 32, latency_runs: 7, max_accuracy_drop: 0.02 };
     expect(params).toEqual(withDefaults);
     expect(validate({ schedule: { power: 2 } })).toBe(true);
     expect(validate({ schedule: 'linear' })).toBe(false);
+    expect(validate({ sparsity: 'auto' })).toBe(true);
+    expect(validate({ sparsity: 'most' })).toBe(false);
   });
 
   for (const scope of ['per-layer', 'global'] as const) {
@@ -114,6 +117,28 @@ describe('prune stage', () => {
     expect(() => checkAccuracyDrop(0.8, 0.75, 0.05, {})).not.toThrow();
     expect(() => checkAccuracyDrop(0.8, 0.74, 0.05, {})).toThrow(GateError);
     expect(() => checkAccuracyDrop(0.8, 0.1, 1, {})).not.toThrow();
+  });
+
+  it('sparsity auto: bisects for the highest sparsity within max_accuracy_drop and reports every trial', async () => {
+    const { result } = await runPrune({ sparsity: 'auto', layers: 'all', epochs: 1, max_accuracy_drop: 0.1 });
+    const m = result.metrics!;
+    const tried = m.sparsity_search as unknown as { sparsity: number; val_acc: number; drop: number; within: boolean }[];
+    expect(tried.length).toBeGreaterThanOrEqual(4);
+    expect(tried.length).toBeLessThanOrEqual(5);
+    for (const t of tried) expect(t.within).toBe(t.drop <= 0.1 + 1e-9);
+    const within = tried.filter((t) => t.within).map((t) => t.sparsity);
+    const chosen = m.target_sparsity as number;
+    // the chosen one is the highest passing trial, and every trial above it failed
+    if (within.length) expect(chosen).toBe(Math.max(...within));
+    for (const t of tried) if (t.sparsity > chosen) expect(t.within).toBe(false);
+    // the saved model is the chosen trial's: its sparsity and accuracy are what was reported
+    const trial = tried.find((t) => t.sparsity === chosen)!;
+    expect(m.sparsity as number).toBeCloseTo(chosen, 2);
+    expect(m.val_acc_after).toBeCloseTo(trial.val_acc, 6);
+  });
+
+  it('sparsity auto needs a bound', async () => {
+    await expect(runPrune({ sparsity: 'auto', max_accuracy_drop: 1 })).rejects.toThrow(/max_accuracy_drop/);
   });
 
   it('names an unknown excluded layer', async () => {

@@ -45,6 +45,7 @@ describe('evaluate', () => {
     const { result, ctx } = await run({}, [data.shards, constant, data.dataset]);
     // val: 2 records per class, all predicted sneaker.
     expect(result.metrics).toEqual({
+      features: 'none',
       records: 6,
       accuracy: 0.3333,
       loss: round(-(Math.log(0.5) + Math.log(0.3) + Math.log(0.2)) / 3),
