@@ -13,6 +13,7 @@ import type * as TfCore from '@tensorflow/tfjs-core';
 import { deriveSeed, mulberry32 } from '../data/random.js';
 import { StageError } from '../runtime/errors.js';
 import type { Tf } from './backend.js';
+import { supplyNormalizationConstants } from './surgery.js';
 
 /** One batch of inputs (any rank) and integer labels. */
 export interface TrainBatch {
@@ -168,6 +169,8 @@ export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSo
 
 /** Trains `model` on `train`, evaluating on `val` each epoch; returns the full history. */
 export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, val: BatchSource | undefined, options: FitOptions): Promise<EpochLogs[]> {
+  // First: it throws, before anything is allocated, for a layer TF.js cannot differentiate.
+  const restoreNormalization = supplyNormalizationConstants(tf, model);
   const optimizer = options.existingOptimizer ?? createOptimizer(tf, options.optimizer);
   const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, history: [...(options.history ?? [])], stop: false };
   const hooks = options.hooks ?? [];
@@ -225,6 +228,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
     for (const hook of hooks) await hook.onTrainEnd?.(state);
     return state.history;
   } finally {
+    restoreNormalization();
     weights?.dispose();
     if (!options.existingOptimizer) optimizer.dispose();
   }
