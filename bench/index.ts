@@ -2,12 +2,14 @@
 import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
 import { benchRuntime } from './runtime.js';
+import { benchTrainTop } from './train-top.js';
 
 const only = process.argv[2];
 const benches: Record<string, () => Promise<unknown>> = {
   runtime: benchRuntime,
   preprocess: () => benchPreprocess(),
   prune: () => benchPrune(),
+  'train-top': () => benchTrainTop(),
 };
 for (const [name, bench] of Object.entries(benches)) {
   if (only && only !== name) continue;

@@ -55,7 +55,10 @@ export interface RunnerOptions {
 export async function createFrozenRunner(tf: Tf, model: LayersModel, part: LayersModel, span: ModelSpan, options: RunnerOptions = {}): Promise<FrozenRunner> {
   const preference = options.preference ?? 'auto';
   const gpu = describeBackend()?.name === 'node-gpu';
-  if (preference === 'onnxruntime' || (preference === 'auto' && !gpu)) {
+  // The onnxruntime runner feeds one input; the parts with several (between two multi-tensor
+  // frontiers) are small next to the pass over images and run in TF.js.
+  const singleInput = !span.from || span.from.length === 1;
+  if (singleInput && (preference === 'onnxruntime' || (preference === 'auto' && !gpu))) {
     const onnx = await createOnnxRunner(model, span, options);
     if (onnx) return onnx;
   }
@@ -88,8 +91,9 @@ async function createOnnxRunner(model: LayersModel, span: ModelSpan, options: Ru
   let converted;
   try {
     converted = convertLayersModel(model, { ...(span.from ? { from: span.from } : {}), to: span.to, name: `${model.name}_frozen` });
-  } catch (error) {
-    if (!(error instanceof UnsupportedLayerError)) throw error;
+  } catch (caught) {
+    if (!(caught instanceof UnsupportedLayerError)) throw caught;
+    const error = caught as InstanceType<typeof UnsupportedLayerError>;
     options.log?.info({ layer: error.layer, className: error.className, reason: error.reason }, `frozen part runs in TF.js: layer ${error.layer} (${error.className}) does not convert to ONNX: ${error.reason}`);
     return null;
   }
@@ -97,7 +101,7 @@ async function createOnnxRunner(model: LayersModel, span: ModelSpan, options: Ru
   const runner = await create(converted, { threads: options.threads ?? os.availableParallelism() });
   return {
     engine: 'onnxruntime',
-    run: (inputs) => runner.run(inputs.length === 1 ? inputs[0].x : inputs.map((i) => i.x) as never, inputs[0].shape),
+    run: (inputs) => runner.run(inputs[0].x, inputs[0].shape),
     dispose: () => runner.dispose(),
   };
 }

@@ -15,7 +15,7 @@
  */
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { StageError } from '../runtime/errors.js';
-import { useLayers } from './backend.js';
+import { useLayers, type Tf } from './backend.js';
 
 type Layer = LayersModel['layers'][number];
 
@@ -107,6 +107,73 @@ export function setBatchNormInference(layer: Layer, on: boolean): void {
 /** Whether `setBatchNormInference(layer, true)` is in effect. */
 export function isBatchNormInference(layer: Layer): boolean {
   return (layer as unknown as PatchableLayer)[ORIGINAL_CALL] !== undefined;
+}
+
+/** The fields of tfjs-layers' BatchNormalization / LayerNormalization that `supplyNormalizationConstants` reads and sets. */
+interface NormalizationParts {
+  axis: number | number[];
+  scale: boolean;
+  center: boolean;
+  gamma: { read(): unknown } | null;
+  beta: { read(): unknown } | null;
+  movingMean?: { shape: number[] } | null;
+  built: boolean;
+}
+
+/**
+ * Gives every BatchNormalization layer built without `scale` (Keras' InceptionV3 uses
+ * `scale=False`) or `center`, and every LayerNormalization without `scale`, a constant gamma
+ * of 1 / beta of 0 (the same function) until the returned function is called. TF.js cannot
+ * differentiate these layers as they are: BatchNormalization in training mode calls `read()`
+ * on the missing weight, and in inference mode (like LayerNormalization) passes no scale to
+ * the FusedBatchNorm kernel, whose registered gradient saves its `scale` input all the same,
+ * so under `tf.grad` the engine clones `undefined` ("Cannot read properties of undefined
+ * (reading 'dtype')" in the backend's Identity kernel). Every op of a training step runs on
+ * the tape, so one such layer anywhere in the model, frozen or not, breaks training. The
+ * stand-ins make a new tensor per call inside the layer's `tidy`, so nothing outlives a step;
+ * they are not weights (nothing trains or saves them). Throws `layer_not_differentiable`,
+ * naming the layer, when a stand-in's shape cannot be known (a normalized axis of unknown size).
+ */
+export function supplyNormalizationConstants(tf: Tf, model: LayersModel): () => void {
+  const restores: (() => void)[] = [];
+  const restoreAll = () => restores.forEach((restore) => restore());
+  try {
+    for (const layer of allLayers(model)) {
+      const className = layer.getClassName();
+      if (className !== 'BatchNormalization' && className !== 'LayerNormalization') continue;
+      const parts = layer as unknown as NormalizationParts;
+      const needsScale = !parts.scale;
+      const needsCenter = !parts.center && className === 'BatchNormalization'; // LayerNormalization's missing offset is harmless
+      if (!parts.built || (!needsScale && !needsCenter)) continue; // not built: it has never run, and cannot run in a step either
+      const shape = normalizedShape(layer, parts);
+      const saved = { scale: parts.scale, center: parts.center, gamma: parts.gamma, beta: parts.beta };
+      restores.push(() => Object.assign(parts, saved));
+      // The flags are set too: the broadcasting (not channels-last) paths test them instead of the weights.
+      if (needsScale) Object.assign(parts, { scale: true, gamma: { read: () => tf.ones(shape) } });
+      if (needsCenter) Object.assign(parts, { center: true, beta: { read: () => tf.zeros(shape) } });
+    }
+  } catch (error) {
+    restoreAll();
+    throw error;
+  }
+  return restoreAll;
+}
+
+/** The shape of a normalization layer's gamma/beta, had it been built with them. */
+function normalizedShape(layer: Layer, parts: NormalizationParts): number[] {
+  if (parts.movingMean) return [...parts.movingMean.shape];
+  const input = layer.inboundNodes[0]?.inputShapes;
+  const inputShape = (Array.isArray(input?.[0]) ? input[0] : input) as (number | null)[] | undefined;
+  const axes = (Array.isArray(parts.axis) ? parts.axis : [parts.axis]).map((a) => (a < 0 && inputShape ? a + inputShape.length : a));
+  const shape = axes.map((a) => inputShape?.[a] ?? null);
+  if (!inputShape || shape.some((d) => d === null)) {
+    throw new StageError(
+      'layer_not_differentiable',
+      `cannot train through layer "${layer.name}" (${layer.getClassName()} without scale over an axis of unknown size): TF.js has no gradient for it; give the model a fixed input shape or cut below this layer`,
+      { layer: layer.name, className: layer.getClassName() },
+    );
+  }
+  return shape as number[];
 }
 
 /** The BN layers held in inference mode, for model.json's userDefinedMetadata. */

@@ -11,8 +11,9 @@
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { deriveSeed, mulberry32 } from '../data/random.js';
-import { StageError } from '../runtime/errors.js';
+import { AbortedError, StageError } from '../runtime/errors.js';
 import type { Tf } from './backend.js';
+import { supplyNormalizationConstants } from './surgery.js';
 
 /** One batch of inputs (any rank) and integer labels. */
 export interface TrainBatch {
@@ -76,6 +77,11 @@ export interface TrainState {
   history: EpochLogs[];
   /** A hook sets it to stop after this epoch. */
   stop: boolean;
+  /**
+   * How the run ended, for `onTrainEnd`: `completed` (all epochs, or stopped by a hook),
+   * `aborted` (the signal), `failed` (an error, a hook's included). `running` until then.
+   */
+  outcome: 'running' | 'completed' | 'aborted' | 'failed';
 }
 
 /** Optional async methods, run in the order the hooks are given. */
@@ -83,6 +89,7 @@ export interface TrainHook {
   onTrainStart?(state: TrainState): Promise<void> | void;
   onBatchEnd?(state: TrainState, batch: { index: number; loss: number }): Promise<void> | void;
   onEpochEnd?(state: TrainState, logs: EpochLogs): Promise<void> | void;
+  /** Runs however training ends (see `TrainState.outcome`), also after an abort or an error. */
   onTrainEnd?(state: TrainState): Promise<void> | void;
 }
 
@@ -151,12 +158,19 @@ export function crossEntropy(tf: Tf, probs: TfCore.Tensor, labels: TfCore.Tensor
   });
 }
 
-/** Loss and accuracy of the model on a source, in inference mode. */
-export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSource, numClasses: number): Promise<{ loss: number; acc: number }> {
+/** Options of `evaluateSource`. */
+export interface EvaluateOptions {
+  /** Checked before every batch; an abort throws `AbortedError`. */
+  signal?: AbortSignal;
+}
+
+/** Loss and accuracy of the model on a source, in inference mode. Throws `AbortedError` on an abort. */
+export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSource, numClasses: number, options: EvaluateOptions = {}): Promise<{ loss: number; acc: number }> {
   let lossSum = 0;
   let correct = 0;
   let count = 0;
   for await (const batch of source.batches(0, { shuffle: false })) {
+    throwIfAborted(options.signal);
     const [loss, hits] = tf.tidy(() => {
       const x = batchInputs(tf, batch);
       const y = tf.tensor1d(batch.y, 'int32');
@@ -165,76 +179,133 @@ export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSo
       const h = tf.sum(tf.cast(tf.equal(tf.cast(tf.argMax(probs, -1), 'int32'), y), 'int32'));
       return [l, h];
     });
-    lossSum += (await loss.data())[0];
-    correct += (await hits.data())[0];
-    loss.dispose();
-    hits.dispose();
+    try {
+      lossSum += (await loss.data())[0];
+      correct += (await hits.data())[0];
+    } finally {
+      loss.dispose();
+      hits.dispose();
+    }
     count += batch.count;
   }
   return { loss: count ? lossSum / count : NaN, acc: count ? correct / count : NaN };
 }
 
-/** Trains `model` on `train`, evaluating on `val` each epoch; returns the full history. */
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError();
+}
+
+/**
+ * Trains `model` on `train`, evaluating on `val` each epoch; returns the full history.
+ *
+ * It always ends the same way: every hook's `onTrainEnd` runs (with `state.outcome` saying
+ * why), the optimizer it made and its other tensors are disposed, and the model's layers are
+ * as they were. An abort of `options.signal`, noticed before every batch (validation
+ * included) and before the epoch-end hooks, throws `AbortedError`: callers score and save
+ * nothing, and no checkpoint is written for the interrupted epoch. A hook's error (the NaN
+ * guard's, say) is thrown as it is; an error in `onTrainEnd` only when training itself
+ * succeeded.
+ */
 export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, val: BatchSource | undefined, options: FitOptions): Promise<EpochLogs[]> {
+  // First: it throws, before anything is allocated, for a layer TF.js cannot differentiate.
+  const restoreNormalization = supplyNormalizationConstants(tf, model);
   const optimizer = options.existingOptimizer ?? createOptimizer(tf, options.optimizer);
-  const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, history: [...(options.history ?? [])], stop: false };
+  const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, history: [...(options.history ?? [])], stop: false, outcome: 'running' };
   const hooks = options.hooks ?? [];
   const weights = options.classWeights ? tf.tensor1d(options.classWeights) : undefined;
-  const variables = () => model.trainableWeights.map((w) => (w as unknown as { read(): TfCore.Variable }).read());
   try {
-    for (const hook of hooks) await hook.onTrainStart?.(state);
-    for (let epoch = state.epoch; epoch < options.epochs && !state.stop; epoch++) {
-      state.epoch = epoch;
-      const t0 = performance.now();
-      const lr = learningRateAt(epoch, options.epochs, options.optimizer.lr, options.schedule);
-      setLearningRate(optimizer, lr);
-      let lossSum = 0;
-      let correct = 0;
-      let seen = 0;
-      let index = 0;
-      const vars = variables();
-      if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
-      for await (const batch of train.batches(epoch, { shuffle: true })) {
-        if (options.signal?.aborted) return state.history;
-        const hits = withSeededRandom(deriveSeed(options.seed ?? 0, 'step', epoch, index), () => tf.tidy(() => {
-          const x = batchInputs(tf, batch);
-          const y = tf.tensor1d(batch.y, 'int32');
-          let accuracy: TfCore.Scalar | undefined;
-          const cost = optimizer.minimize(
+    let failure: { error: unknown } | undefined;
+    try {
+      await runEpochs(tf, state, train, val, options, weights);
+      state.outcome = 'completed';
+    } catch (error) {
+      failure = { error };
+      state.outcome = error instanceof AbortedError ? 'aborted' : 'failed';
+    }
+    let endFailure: { error: unknown } | undefined;
+    for (const hook of hooks) {
+      try {
+        await hook.onTrainEnd?.(state);
+      } catch (error) {
+        endFailure ??= { error };
+      }
+    }
+    if (failure) throw failure.error;
+    if (endFailure) throw endFailure.error;
+    return state.history;
+  } finally {
+    restoreNormalization();
+    weights?.dispose();
+    if (!options.existingOptimizer) optimizer.dispose();
+  }
+}
+
+async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: BatchSource | undefined, options: FitOptions, weights: TfCore.Tensor1D | undefined): Promise<void> {
+  const { model, optimizer } = state;
+  const hooks = options.hooks ?? [];
+  const signal = options.signal;
+  const variables = () => model.trainableWeights.map((w) => (w as unknown as { read(): TfCore.Variable }).read());
+  throwIfAborted(signal);
+  for (const hook of hooks) await hook.onTrainStart?.(state);
+  for (let epoch = state.epoch; epoch < options.epochs && !state.stop; epoch++) {
+    throwIfAborted(signal);
+    state.epoch = epoch;
+    const t0 = performance.now();
+    const lr = learningRateAt(epoch, options.epochs, options.optimizer.lr, options.schedule);
+    setLearningRate(optimizer, lr);
+    let lossSum = 0;
+    let correct = 0;
+    let seen = 0;
+    let index = 0;
+    const vars = variables();
+    if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
+    for await (const batch of train.batches(epoch, { shuffle: true })) {
+      throwIfAborted(signal);
+      const [cost, hits] = withSeededRandom(deriveSeed(options.seed ?? 0, 'step', epoch, index), () => tf.tidy(() => {
+        const x = batchInputs(tf, batch);
+        const y = tf.tensor1d(batch.y, 'int32');
+        let accuracy: TfCore.Scalar | undefined;
+        try {
+          const loss = optimizer.minimize(
             () => {
               const probs = model.apply(x, { training: true }) as TfCore.Tensor;
+              // Kept: minimize computes the loss in a scope of its own that frees everything else.
               accuracy = tf.keep(tf.sum(tf.cast(tf.equal(tf.cast(tf.argMax(probs, -1), 'int32'), y), 'int32'))) as TfCore.Scalar;
               return crossEntropy(tf, probs, y, options.numClasses, weights);
             },
             true,
             vars,
           )!;
-          return [tf.keep(cost), accuracy!] as const;
-        }));
-        const loss = (await hits[0].data())[0];
-        correct += (await hits[1].data())[0];
-        hits[0].dispose();
-        hits[1].dispose();
-        lossSum += loss * batch.count;
-        seen += batch.count;
-        for (const hook of hooks) await hook.onBatchEnd?.(state, { index, loss });
-        index++;
+          return [loss, accuracy!] as const;
+        } catch (error) {
+          accuracy?.dispose(); // kept tensors outlive the tidy
+          throw error;
+        }
+      }));
+      let loss: number;
+      try {
+        loss = (await cost.data())[0];
+        correct += (await hits.data())[0];
+      } finally {
+        cost.dispose();
+        hits.dispose();
       }
-      const logs: EpochLogs = { epoch, loss: lossSum / Math.max(1, seen), acc: correct / Math.max(1, seen), lr, seconds: 0 };
-      if (val && val.count) {
-        const result = await evaluateSource(tf, model, val, options.numClasses);
-        logs.valLoss = result.loss;
-        logs.valAcc = result.acc;
-      }
-      logs.seconds = Math.round(performance.now() - t0) / 1000;
-      state.history.push(logs);
-      for (const hook of hooks) await hook.onEpochEnd?.(state, logs);
+      lossSum += loss * batch.count;
+      seen += batch.count;
+      for (const hook of hooks) await hook.onBatchEnd?.(state, { index, loss });
+      index++;
     }
-    for (const hook of hooks) await hook.onTrainEnd?.(state);
-    return state.history;
-  } finally {
-    weights?.dispose();
-    if (!options.existingOptimizer) optimizer.dispose();
+    const logs: EpochLogs = { epoch, loss: lossSum / Math.max(1, seen), acc: correct / Math.max(1, seen), lr, seconds: 0 };
+    if (val && val.count) {
+      const result = await evaluateSource(tf, model, val, options.numClasses, { signal });
+      logs.valLoss = result.loss;
+      logs.valAcc = result.acc;
+    }
+    logs.seconds = Math.round(performance.now() - t0) / 1000;
+    // Before the epoch-end hooks: an interrupted run writes no checkpoint and logs no epoch.
+    throwIfAborted(signal);
+    state.history.push(logs);
+    for (const hook of hooks) await hook.onEpochEnd?.(state, logs);
   }
 }
 
@@ -306,7 +377,8 @@ export function earlyStopping(options: { patience: number; minDelta?: number; re
       }
     },
     onTrainEnd(state) {
-      if (best?.weights && best.epoch !== state.history.at(-1)?.epoch) state.model.setWeights(best.weights);
+      // Only a finished run is scored and saved; after an abort or a failure the snapshot is just freed.
+      if (state.outcome === 'completed' && best?.weights && best.epoch !== state.history.at(-1)?.epoch) state.model.setWeights(best.weights);
       best?.weights?.forEach((w) => w.dispose());
       if (best) best.weights = undefined;
     },

@@ -14,6 +14,14 @@
  * the cpu backend's kernel (which goes through TensorBuffer.get per element), and more precise
  * than a float32 JS loop. Depthwise gradients do no channel mixing, so plain JS loops are cheap.
  *
+ * Two kernels the wasm backend has are replaced where a faster route gives the same numbers
+ * (`WASM_SPEED_KERNELS`), measured on the fine-tuning top of MobileNetV2 (bench/train-top.ts):
+ * Conv2DBackpropInput of a 1×1 stride-1 convolution, which the wasm backend computes with a
+ * plain C loop, is one matrix product dy·Wᵀ on XNNPACK (W transposed in JS first: XNNPACK is
+ * much slower with transposeB); and Tile, element by element in the wasm backend (FusedBatchNorm's
+ * gradient tiles a [C] vector to the whole activation), is block copies. Every other case is
+ * passed on to the wasm backend's own kernel.
+ *
  * Nothing is imported at runtime from tfjs here: the caller passes the tfjs-core instance the
  * wasm backend is registered with (see backend.ts for why the instance matters).
  */
@@ -31,17 +39,25 @@ interface WasmBackend {
   disposeData(dataId: object, force?: boolean): boolean;
 }
 
+type Kernel = (args: KernelArgs) => TensorInfo;
+
 interface KernelArgs {
   inputs: Record<string, TensorInfo>;
   backend: unknown;
   attrs: Record<string, unknown>;
 }
 
-/** Kernel names this module provides for the wasm backend. */
+/** Kernel names this module provides for the wasm backend (missing from tfjs-backend-wasm). */
 export const WASM_TRAINING_KERNELS = ['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput'] as const;
+
+/** Kernels of tfjs-backend-wasm this module replaces by faster ones with the same results (they call the original for cases they do not cover). */
+export const WASM_SPEED_KERNELS = ['Conv2DBackpropInput', 'Tile'] as const;
 
 /** Kernel functions registered by this module, so that unregistering never removes a native one. */
 const ours = new WeakSet<object>();
+
+/** The wasm backend's own configs of the kernels we replaced, to fall back on and to restore. */
+const replaced = new Map<string, TfCore.KernelConfig>();
 
 /** Options of `registerWasmTrainingKernels`. */
 export interface WasmKernelOptions {
@@ -53,14 +69,15 @@ export interface WasmKernelOptions {
 }
 
 /**
- * Registers the missing training kernels for backend `wasm` on the given tfjs-core instance.
- * Idempotent, and skips any kernel the wasm backend already provides (a later tfjs-backend-wasm
- * may add them natively). Returns the names registered by this call. `unregisterWasmTrainingKernels`
- * removes them again (tests use it to register with other options).
+ * Registers the missing training kernels and the faster replacements for backend `wasm` on the
+ * given tfjs-core instance. Idempotent; skips a missing kernel the wasm backend already provides
+ * (a later tfjs-backend-wasm may add them natively). Returns the names registered by this call.
+ * `unregisterWasmTrainingKernels` removes them again, restoring the replaced ones (tests use it
+ * to register with other options, and to compare against the originals).
  */
 export function registerWasmTrainingKernels(tf: Tf, options: WasmKernelOptions = {}): string[] {
   const maxPatchElements = options.maxPatchElements ?? 1 << 23;
-  const kernels: Record<(typeof WASM_TRAINING_KERNELS)[number], (args: KernelArgs) => TensorInfo> = {
+  const missing: Record<(typeof WASM_TRAINING_KERNELS)[number], Kernel> = {
     Conv2DBackpropFilter: (args) => conv2dBackpropFilter(tf, args, maxPatchElements),
     DepthwiseConv2dNativeBackpropFilter: (args) => depthwiseBackpropFilter(tf, args),
     DepthwiseConv2dNativeBackpropInput: (args) => depthwiseBackpropInput(tf, args),
@@ -68,21 +85,42 @@ export function registerWasmTrainingKernels(tf: Tf, options: WasmKernelOptions =
   const added: string[] = [];
   for (const kernelName of WASM_TRAINING_KERNELS) {
     if (tf.getKernel(kernelName, 'wasm') !== undefined) continue;
-    const kernelFunc = kernels[kernelName] as unknown as TfCore.KernelFunc;
+    const kernelFunc = missing[kernelName] as unknown as TfCore.KernelFunc;
     ours.add(kernelFunc);
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc });
+    added.push(kernelName);
+  }
+  const faster: Record<(typeof WASM_SPEED_KERNELS)[number], (args: KernelArgs, original: Kernel) => TensorInfo> = {
+    Conv2DBackpropInput: (args, original) => conv2dBackpropInput(tf, args, original),
+    Tile: (args, original) => tile(tf, args, original),
+  };
+  for (const kernelName of WASM_SPEED_KERNELS) {
+    const native = tf.getKernel(kernelName, 'wasm');
+    if (native === undefined || ours.has(native.kernelFunc)) continue;
+    const original = native.kernelFunc as unknown as Kernel;
+    const kernelFunc = ((args: KernelArgs) => faster[kernelName](args, original)) as unknown as TfCore.KernelFunc;
+    ours.add(kernelFunc);
+    replaced.set(kernelName, native);
+    tf.unregisterKernel(kernelName, 'wasm');
+    // The original's setup (its cwrap of the C function) still has to run when the backend starts.
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc, setupFunc: native.setupFunc, disposeFunc: native.disposeFunc });
     added.push(kernelName);
   }
   return added;
 }
 
-/** Removes the kernels this module registered (those in `names`, default all of them). */
-export function unregisterWasmTrainingKernels(tf: Tf, names: readonly string[] = WASM_TRAINING_KERNELS): void {
+/** Removes the kernels this module registered (those in `names`, default all of them), restoring the replaced originals. */
+export function unregisterWasmTrainingKernels(tf: Tf, names: readonly string[] = [...WASM_TRAINING_KERNELS, ...WASM_SPEED_KERNELS]): void {
   for (const name of names) {
     const kernel = tf.getKernel(name, 'wasm');
     if (kernel && ours.has(kernel.kernelFunc)) {
       ours.delete(kernel.kernelFunc);
       tf.unregisterKernel(name, 'wasm');
+      const native = replaced.get(name);
+      if (native) {
+        replaced.delete(name);
+        tf.registerKernel(native);
+      }
     }
   }
 }
@@ -297,4 +335,88 @@ function depthwiseBackpropInput(tf: Tf, { inputs, backend, attrs }: KernelArgs):
     }
   }
   return output;
+}
+
+/**
+ * dx = dy · Wᵀ for a 1×1 stride-1 unpadded convolution (dy: [pixels, outChannels], W:
+ * [inChannels, outChannels]) on XNNPACK; any other convolution goes to the wasm backend's kernel.
+ */
+function conv2dBackpropInput(tf: Tf, args: KernelArgs, original: Kernel): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const { dy, filter } = inputs;
+  const dataFormat = tf.backend_util.convertConv2DDataFormat((attrs.dataFormat as 'NHWC' | 'NCHW' | undefined) ?? 'NHWC');
+  if (dataFormat !== 'channelsLast' || dy.dtype !== 'float32' || filter.dtype !== 'float32' || filter.shape[0] !== 1 || filter.shape[1] !== 1) return original(args);
+  const info = tf.backend_util.computeConv2DInfo(
+    attrs.inputShape as [number, number, number, number],
+    filter.shape as [number, number, number, number],
+    attrs.strides as [number, number],
+    1,
+    attrs.pad as 'same',
+    attrs.dimRoundingMode as 'floor' | undefined,
+    false,
+    'channelsLast',
+  );
+  const pointwise = info.strideHeight === 1 && info.strideWidth === 1 && info.padInfo.top === 0 && info.padInfo.left === 0 && info.outHeight === info.inHeight && info.outWidth === info.inWidth;
+  if (!pointwise) return original(args);
+  const wasm = backend as WasmBackend;
+  const batchMatMul = tf.getKernel('BatchMatMul', 'wasm')!.kernelFunc as unknown as Kernel;
+  const { inChannels, outChannels } = info;
+  const pixels = info.batchSize * info.inHeight * info.inWidth;
+  const filterT = wasm.makeOutput([1, outChannels, inChannels], 'float32');
+  try {
+    // Views only after the allocation: a growing wasm heap detaches older views.
+    transpose(wasm.typedArrayFromHeap(filter), 0, inChannels, outChannels, wasm.typedArrayFromHeap(filterT));
+    const product = batchMatMul({ inputs: { a: { ...dy, shape: [1, pixels, outChannels] }, b: filterT }, backend, attrs: { transposeA: false, transposeB: false } });
+    return { ...product, shape: [...info.inShape] };
+  } finally {
+    wasm.disposeData(filterT.dataId);
+  }
+}
+
+/**
+ * Tile as block copies: the trailing dimensions that are not repeated are copied as one block
+ * per position, and each repeated dimension copies the part of the output already written.
+ */
+function tile(tf: Tf, args: KernelArgs, original: Kernel): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const { x } = inputs;
+  const reps = attrs.reps as number[];
+  if (x.dtype !== 'float32' && x.dtype !== 'int32' && x.dtype !== 'bool') return original(args);
+  const wasm = backend as WasmBackend;
+  const inShape = x.shape;
+  const rank = inShape.length;
+  const outShape = inShape.map((d, i) => d * reps[i]);
+  const out = wasm.makeOutput(outShape, x.dtype);
+  if (tf.util.sizeFromShape(outShape) === 0) return out;
+  // Views of the dtype's own element type (Int32Array, Uint8Array for bool); typed as Float32Array only for TS.
+  const source = wasm.typedArrayFromHeap(x) as unknown as Float32Array;
+  const target = wasm.typedArrayFromHeap(out) as unknown as Float32Array;
+  const inStrides = stridesOf(inShape);
+  const outStrides = stridesOf(outShape);
+  // The untouched suffix: dimensions from `inner` on are not repeated and copy as one block.
+  let inner = rank;
+  while (inner > 0 && reps[inner - 1] === 1) inner--;
+  const block = inner === 0 ? tf.util.sizeFromShape(inShape) : inStrides[inner - 1];
+  const write = (dim: number, from: number, to: number): void => {
+    if (dim === inner) {
+      target.set(source.subarray(from, from + block), to);
+      return;
+    }
+    for (let i = 0; i < inShape[dim]; i++) write(dim + 1, from + i * inStrides[dim], to + i * outStrides[dim]);
+    const span = inShape[dim] * outStrides[dim];
+    for (let r = 1; r < reps[dim]; r++) target.copyWithin(to + r * span, to, to + span);
+  };
+  write(0, 0, 0);
+  return out;
+}
+
+/** Row-major strides in elements, one per dimension (the last is 1). */
+function stridesOf(shape: number[]): number[] {
+  const strides = new Array<number>(shape.length);
+  let stride = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  return strides;
 }

@@ -41,7 +41,7 @@ stages:
   expect(summary.status, JSON.stringify(summary.stages.map((s) => s.error).filter(Boolean))).toBe('succeeded');
   const head = byId.head.metrics;
   const tune = byId.tune.metrics;
-  console.log(JSON.stringify({ base: byId.base.metrics, head: { val_acc: head.val_acc, val_loss: head.val_loss, seconds: byId.head.seconds }, tune: { val_acc: tune.val_acc, val_loss: tune.val_loss, seconds: byId.tune.seconds, trainable_params: tune.trainable_params } }));
+  console.log(JSON.stringify({ base: byId.base.metrics, head: { val_acc: head.val_acc, val_loss: head.val_loss, seconds: byId.head.seconds, frozen_engine: head.frozen_engine, frozen_forwards: head.frozen_forwards, frozen_img_s: head.frozen_img_s, frontier: head.frontier }, tune: { val_acc: tune.val_acc, val_loss: tune.val_loss, seconds: byId.tune.seconds, seconds_per_epoch: tune.seconds_per_epoch, features: tune.features, trainable_params: tune.trainable_params } }));
   expect(byId.base.metrics.output_shape).toEqual([null, 7, 7, 1280]);
   expect(head.val_acc as number).toBeGreaterThan(0.7);
   // The fine-tuned model must not be worse than the head alone on the same validation split.

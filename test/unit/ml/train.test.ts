@@ -6,7 +6,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { configureBackend, useLayers, useTf, type Tf } from '../../../src/ml/backend.js';
 import { checkpointHook, restoreCheckpoint } from '../../../src/ml/checkpoint.js';
 import { arraySource } from '../../../src/ml/sources.js';
-import { createOptimizer, earlyStopping, fitModel, learningRateAt, nanGuard, setLearningRate, type TrainHook } from '../../../src/ml/train.js';
+import { createOptimizer, earlyStopping, evaluateSource, fitModel, learningRateAt, nanGuard, setLearningRate, type BatchSource, type TrainHook, type TrainState } from '../../../src/ml/train.js';
+import { AbortedError } from '../../../src/runtime/errors.js';
 
 let tf: Tf;
 let tfl: Awaited<ReturnType<typeof useLayers>>;
@@ -37,8 +38,8 @@ function tinyModel() {
   });
 }
 
-const fit = (model: ReturnType<typeof tinyModel>, hooks: TrainHook[] = [], epochs = 3) =>
-  fitModel(tf, model, arraySource(data, 8, 11), arraySource(data, 8, 11), { epochs, optimizer: { name: 'adam', lr: 0.05 }, numClasses: 3, hooks });
+const fit = (model: ReturnType<typeof tinyModel>, hooks: TrainHook[] = [], epochs = 3, signal?: AbortSignal, val: BatchSource = arraySource(data, 8, 11)) =>
+  fitModel(tf, model, arraySource(data, 8, 11), val, { epochs, optimizer: { name: 'adam', lr: 0.05 }, numClasses: 3, hooks, signal });
 
 describe('fitModel', () => {
   it('learns, and the tensor count is flat across epochs and runs', async () => {
@@ -142,6 +143,99 @@ describe('fitModel', () => {
     const meta = JSON.parse((await import('node:fs')).readFileSync(path.join(dir, 'checkpoint.json'), 'utf8'));
     expect(meta.epochs).toBe(2);
     expect(meta.history).toHaveLength(2);
+    model.dispose();
+  });
+});
+
+describe('fitModel ends cleanly', () => {
+  /** Records how onTrainEnd saw the run, and which epochs ended. */
+  function recorder() {
+    const seen = { outcomes: [] as TrainState['outcome'][], epochs: [] as number[] };
+    const hook: TrainHook = { onEpochEnd: (_s, logs) => void seen.epochs.push(logs.epoch), onTrainEnd: (state) => void seen.outcomes.push(state.outcome) };
+    return { seen, hook };
+  }
+
+  /** Runs `run` on a fresh model (with early stopping holding a weight snapshot) and checks that it rejects and leaks no tensor. */
+  async function expectCleanFailure(run: (model: ReturnType<typeof tinyModel>, hooks: TrainHook[]) => Promise<unknown>, expected: object) {
+    const model = tinyModel();
+    const { seen, hook } = recorder();
+    const before = tf.memory().numTensors;
+    await expect(run(model, [earlyStopping({ patience: 5 }), hook])).rejects.toMatchObject(expected);
+    expect(tf.memory().numTensors).toBe(before);
+    model.dispose();
+    return seen;
+  }
+
+  it('an abort mid-epoch throws AbortedError, runs onTrainEnd, leaks nothing and writes no checkpoint', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ckpt-'));
+    const controller = new AbortController();
+    const aborter: TrainHook = { onBatchEnd: (state, batch) => void (state.epoch === 1 && batch.index === 2 && controller.abort()) };
+    const seen = await expectCleanFailure((model, hooks) => fit(model, [...hooks, aborter, checkpointHook(dir, 'fp')], 4, controller.signal), { code: 'aborted' });
+    expect(seen.outcomes).toEqual(['aborted']);
+    expect(seen.epochs).toEqual([0]); // epoch 1 was cut short: no epoch-end hooks for it
+    const meta = JSON.parse((await import('node:fs')).readFileSync(path.join(dir, 'checkpoint.json'), 'utf8'));
+    expect(meta.epochs).toBe(1); // the checkpoint of the last whole epoch, none for the interrupted one
+  });
+
+  it('an abort during validation is noticed before the next validation batch', async () => {
+    const controller = new AbortController();
+    const inner = arraySource(data, 8, 11);
+    let validationBatches = 0;
+    const val: BatchSource = {
+      count: inner.count,
+      async *batches(epoch, options) {
+        for await (const batch of inner.batches(epoch, options)) {
+          if (++validationBatches === 2) controller.abort();
+          yield batch;
+        }
+      },
+    };
+    const seen = await expectCleanFailure((model, hooks) => fit(model, hooks, 3, controller.signal, val), { code: 'aborted' });
+    expect(validationBatches).toBe(2);
+    expect(seen).toEqual({ outcomes: ['aborted'], epochs: [] });
+  });
+
+  it('evaluateSource throws AbortedError when its signal is aborted', async () => {
+    const model = tinyModel();
+    const before = tf.memory().numTensors;
+    await expect(evaluateSource(tf, model, arraySource(data, 8, 11), 3, { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortedError);
+    expect(tf.memory().numTensors).toBe(before);
+    model.dispose();
+  });
+
+  it('a hook throwing in onBatchEnd fails the run, runs onTrainEnd and leaks nothing', async () => {
+    const thrower: TrainHook = { onBatchEnd: (_s, batch) => { if (batch.index === 1) throw new Error('batch hook failed'); } };
+    const seen = await expectCleanFailure((model, hooks) => fit(model, [...hooks, thrower]), { message: 'batch hook failed' });
+    expect(seen).toEqual({ outcomes: ['failed'], epochs: [] });
+  });
+
+  it('a hook throwing in onEpochEnd fails the run, runs onTrainEnd and leaks nothing', async () => {
+    const thrower: TrainHook = { onEpochEnd: (state) => { if (state.epoch === 1) throw new Error('epoch hook failed'); } };
+    const seen = await expectCleanFailure((model, hooks) => fit(model, [...hooks, thrower]), { message: 'epoch hook failed' });
+    expect(seen).toEqual({ outcomes: ['failed'], epochs: [0, 1] });
+  });
+
+  it('the NaN guard firing runs onTrainEnd and leaks nothing', async () => {
+    const seen = await expectCleanFailure(
+      (model, hooks) => {
+        const nan = model.layers[0].getWeights().map((w) => tf.fill(w.shape, NaN));
+        model.layers[0].setWeights(nan);
+        tf.dispose(nan);
+        return fit(model, [nanGuard(), ...hooks]);
+      },
+      { code: 'nan_loss' },
+    );
+    expect(seen.outcomes).toEqual(['failed']);
+  });
+
+  it('every onTrainEnd runs; the training error wins over theirs, and theirs surfaces after a clean run', async () => {
+    const ends: string[] = [];
+    const failingEnd = (name: string): TrainHook => ({ onTrainEnd: () => { ends.push(name); throw new Error(`${name} end failed`); } });
+    const model = tinyModel();
+    const thrower: TrainHook = { onBatchEnd: () => { throw new Error('batch hook failed'); } };
+    await expect(fit(model, [thrower, failingEnd('a'), failingEnd('b')], 1)).rejects.toThrow('batch hook failed');
+    expect(ends).toEqual(['a', 'b']);
+    await expect(fit(model, [failingEnd('c')], 1)).rejects.toThrow('c end failed');
     model.dispose();
   });
 });

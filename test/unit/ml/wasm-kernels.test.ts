@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { configureBackend, useLayers, useTf, type Tf } from '../../../src/ml/backend.js';
-import { registerWasmTrainingKernels, unregisterWasmTrainingKernels, WASM_TRAINING_KERNELS } from '../../../src/ml/wasm-kernels.js';
+import { registerWasmTrainingKernels, unregisterWasmTrainingKernels, WASM_SPEED_KERNELS, WASM_TRAINING_KERNELS } from '../../../src/ml/wasm-kernels.js';
 
 let tf: Tf;
 
@@ -177,4 +177,83 @@ describe('wasm training kernels', () => {
     const { losses } = await trainOn('wasm', true);
     expect(losses.every(Number.isFinite)).toBe(true);
   });
+
+  /** Largest |a − b| / (1 + |b|). */
+  function worstDifference(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+    expect(actual.length).toBe(expected.length);
+    let worst = 0;
+    for (let i = 0; i < actual.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]) / (1 + Math.abs(expected[i])));
+    return worst;
+  }
+
+  /** Runs one kernel on wasm with our replacement, on wasm with the original, and on cpu. */
+  async function threeWays(kernel: string, inputs: Record<string, { shape: number[]; dtype?: 'float32' | 'int32' | 'bool' }>, attrs: Record<string, unknown>) {
+    const run = async (backend: string) => {
+      await tf.setBackend(backend);
+      return tf.tidy(() => {
+        const tensors = Object.fromEntries(
+          Object.entries(inputs).map(([name, { shape, dtype }], i) => {
+            const v = values(size(shape), 31 + i);
+            return [name, dtype === 'int32' ? tf.tensor(Int32Array.from(v, (x) => Math.round(x * 100)), shape, 'int32') : dtype === 'bool' ? tf.tensor(Uint8Array.from(v, (x) => (x > 0 ? 1 : 0)), shape, 'bool') : tf.tensor(v, shape)];
+          }),
+        );
+        const out = tf.engine().runKernel(kernel, tensors, attrs as never) as TfTensor;
+        return { shape: out.shape, dtype: out.dtype, data: Array.from(out.dataSync() as ArrayLike<number>) };
+      });
+    };
+    const ours = await run('wasm');
+    unregisterWasmTrainingKernels(tf, WASM_SPEED_KERNELS);
+    try {
+      const original = await run('wasm');
+      const cpu = await run('cpu');
+      return { ours, original, cpu };
+    } finally {
+      registerWasmTrainingKernels(tf);
+    }
+  }
+
+  it('replaces Conv2DBackpropInput and Tile, and restores the originals when unregistered', async () => {
+    await tf.setBackend('wasm');
+    const replacing = WASM_SPEED_KERNELS.map((name) => tf.getKernel(name, 'wasm')!.kernelFunc);
+    unregisterWasmTrainingKernels(tf, WASM_SPEED_KERNELS);
+    const originals = WASM_SPEED_KERNELS.map((name) => tf.getKernel(name, 'wasm')!.kernelFunc);
+    originals.forEach((kernel, i) => expect(kernel).not.toBe(replacing[i]));
+    expect(registerWasmTrainingKernels(tf)).toEqual([...WASM_SPEED_KERNELS]);
+  });
+
+  const pointwiseCases: { dy: number[]; filter: number[]; pad: 'same' | 'valid'; stride: number; inShape: number[] }[] = [
+    { dy: [2, 5, 5, 7], filter: [1, 1, 6, 7], pad: 'same', stride: 1, inShape: [2, 5, 5, 6] }, // the fast path
+    { dy: [3, 7, 7, 32], filter: [1, 1, 48, 32], pad: 'valid', stride: 1, inShape: [3, 7, 7, 48] }, // the fast path, MobileNetV2-like
+    { dy: [2, 3, 3, 4], filter: [1, 1, 5, 4], pad: 'valid', stride: 2, inShape: [2, 5, 5, 5] }, // strided: the original kernel
+    { dy: [2, 4, 4, 3], filter: [3, 3, 2, 3], pad: 'same', stride: 1, inShape: [2, 4, 4, 2] }, // 3×3: the original kernel
+  ];
+  for (const { dy, filter, pad, stride, inShape } of pointwiseCases) {
+    it(`Conv2DBackpropInput is bit-identical to the wasm original and within 1e-6 of cpu (filter ${filter.join('×')}, stride ${stride}, ${pad})`, async () => {
+      const { ours, original, cpu } = await threeWays('Conv2DBackpropInput', { dy: { shape: dy }, filter: { shape: filter } }, { strides: [stride, stride], pad, dataFormat: 'NHWC', dimRoundingMode: undefined, inputShape: inShape });
+      expect(ours.shape).toEqual(inShape);
+      // XNNPACK sums in the order of the wasm backend's own loop: bit-identical to it. Both
+      // differ from cpu's float32 sums in the last bits.
+      expect(ours.data).toEqual(original.data);
+      expect(worstDifference(ours.data, cpu.data)).toBeLessThanOrEqual(1e-6);
+    });
+  }
+
+  const tileCases: { shape: number[]; reps: number[]; dtype?: 'float32' | 'int32' | 'bool' }[] = [
+    { shape: [1, 1, 1, 5], reps: [2, 3, 4, 1] }, // FusedBatchNorm's gradient: a [C] vector over the activation
+    { shape: [3], reps: [4] },
+    { shape: [2, 3], reps: [1, 1] },
+    { shape: [2, 3], reps: [3, 1] },
+    { shape: [2, 1, 3], reps: [2, 4, 1] },
+    { shape: [2, 3, 2], reps: [2, 1, 3] },
+    { shape: [2, 3], reps: [2, 2], dtype: 'int32' },
+    { shape: [2, 2, 1], reps: [1, 3, 2], dtype: 'bool' },
+    { shape: [2, 0], reps: [3, 2] },
+  ];
+  for (const { shape, reps, dtype } of tileCases) {
+    it(`Tile is bit-identical to cpu ([${shape.join(', ')}] × [${reps.join(', ')}]${dtype ? `, ${dtype}` : ''})`, async () => {
+      const { ours, original, cpu } = await threeWays('Tile', { x: { shape, dtype } }, { reps });
+      expect(ours).toEqual(cpu);
+      expect(original).toEqual(cpu);
+    });
+  }
 });
