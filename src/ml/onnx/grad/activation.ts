@@ -62,11 +62,10 @@ export function emitActivation(ctx: EmitContext, layer: Layer, spec: ActivationS
 
 /** Emits the gradient through `spec` given its input `x`, output `y` and output gradient. */
 export function emitActivationGrad(g: OnnxGraph, spec: ActivationSpec, x: string, y: string, dY: string, hint: string): string {
+  if (spec.kind === 'linear') return dY;
   const zero = g.floats([0]);
-  const one = g.floats([1]);
+  const one = () => g.floats([1]);
   switch (spec.kind) {
-    case 'linear':
-      return dY;
     case 'relu':
       return g.op('Where', [g.op('Greater', [x, zero]), dY, zero], {}, hint);
     case 'clip': {
@@ -76,13 +75,13 @@ export function emitActivationGrad(g: OnnxGraph, spec: ActivationSpec, x: string
     case 'leaky':
       return g.op('Where', [g.op('Greater', [x, zero]), dY, g.op('Mul', [dY, g.floats([spec.alpha!])])], {}, hint);
     case 'sigmoid':
-      return g.op('Mul', [dY, g.op('Mul', [y, g.op('Sub', [one, y])])], {}, hint);
+      return g.op('Mul', [dY, g.op('Mul', [y, g.op('Sub', [one(), y])])], {}, hint);
     case 'tanh':
-      return g.op('Mul', [dY, g.op('Sub', [one, g.op('Mul', [y, y])])], {}, hint);
+      return g.op('Mul', [dY, g.op('Sub', [one(), g.op('Mul', [y, y])])], {}, hint);
     case 'swish': {
       // d/dx x·σ(x) = σ + x·σ·(1-σ)
       const s = g.op('Sigmoid', [x]);
-      const slope = g.op('Add', [s, g.op('Mul', [x, g.op('Mul', [s, g.op('Sub', [one, s])])])]);
+      const slope = g.op('Add', [s, g.op('Mul', [x, g.op('Mul', [s, g.op('Sub', [one(), s])])])]);
       return g.op('Mul', [dY, slope], {}, hint);
     }
     case 'softmax': {
