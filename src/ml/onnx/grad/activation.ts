@@ -63,17 +63,17 @@ export function emitActivation(ctx: EmitContext, layer: Layer, spec: ActivationS
 /** Emits the gradient through `spec` given its input `x`, output `y` and output gradient. */
 export function emitActivationGrad(g: OnnxGraph, spec: ActivationSpec, x: string, y: string, dY: string, hint: string): string {
   if (spec.kind === 'linear') return dY;
-  const zero = g.floats([0]);
+  const zero = () => g.floats([0]);
   const one = () => g.floats([1]);
   switch (spec.kind) {
     case 'relu':
-      return g.op('Where', [g.op('Greater', [x, zero]), dY, zero], {}, hint);
+      return g.op('Where', [g.op('Greater', [x, zero()]), dY, zero()], {}, hint);
     case 'clip': {
-      const inside = g.op('And', [g.op('Greater', [x, zero]), g.op('LessOrEqual', [x, g.floats([spec.max!])])]);
-      return g.op('Where', [inside, dY, zero], {}, hint);
+      const inside = g.op('And', [g.op('Greater', [x, zero()]), g.op('LessOrEqual', [x, g.floats([spec.max!])])]);
+      return g.op('Where', [inside, dY, zero()], {}, hint);
     }
     case 'leaky':
-      return g.op('Where', [g.op('Greater', [x, zero]), dY, g.op('Mul', [dY, g.floats([spec.alpha!])])], {}, hint);
+      return g.op('Where', [g.op('Greater', [x, zero()]), dY, g.op('Mul', [dY, g.floats([spec.alpha!])])], {}, hint);
     case 'sigmoid':
       return g.op('Mul', [dY, g.op('Mul', [y, g.op('Sub', [one(), y])])], {}, hint);
     case 'tanh':
