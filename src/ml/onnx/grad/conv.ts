@@ -1,0 +1,220 @@
+/**
+ * Conv2D, DepthwiseConv2D and SeparableConv2D (channels last in Keras, NCHW in the graph).
+ *
+ * - Padding is explicit: TF's `same` puts the odd pixel at the end (`begin = ⌊total/2⌋`).
+ * - dX is a ConvTranspose with the forward weight, pads and group, plus `output_padding` for
+ *   the rows a strided conv never read (`(in + pads − kernel_extent) mod stride`).
+ * - dW swaps batch and channels: `X` as `[Cin, N, H, W]` convolved with `dY` as a kernel
+ *   `[Cout, N, oh, ow]`, strides and dilations exchanged, gives `[Cin, Cout, kh', kw']`
+ *   (sliced to the kernel when the last strided rows were not read). Depthwise does the same
+ *   with all channels in one batch row, `[1, C·N, H, W]`, and `group = C`. A 1x1 stride-1
+ *   kernel is one MatMul instead.
+ */
+import type { LayerVariable } from '@tensorflow/tfjs-layers';
+import type { OnnxGraph } from '../graph.js';
+import { activationOf, emitActivation, emitActivationGrad } from './activation.js';
+import { fields, reduceSum, type BackwardStep, type EmitContext, type Forward, type Layer, type LayerEmitter, type Value } from './context.js';
+
+/** Spatial geometry of one 2-D convolution or pooling window. */
+export interface ConvGeometry {
+  kernel: [number, number];
+  strides: [number, number];
+  dilations: [number, number];
+  /** ONNX order: [top, left, bottom, right]. */
+  pads: [number, number, number, number];
+  input: [number, number];
+  output: [number, number];
+  /** Rows/columns at the end of the input that no window reads (ConvTranspose output_padding). */
+  outputPadding: [number, number];
+}
+
+/** The geometry of a TF `same`/`valid` window over an input of size `input`. */
+export function convGeometry(padding: string, input: [number, number], kernel: [number, number], strides: [number, number], dilations: [number, number] = [1, 1]): ConvGeometry {
+  const out: number[] = [];
+  const begin: number[] = [];
+  const end: number[] = [];
+  const extra: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const extent = (kernel[i] - 1) * dilations[i] + 1;
+    const size = padding === 'same' ? Math.ceil(input[i] / strides[i]) : Math.ceil((input[i] - extent + 1) / strides[i]);
+    const total = padding === 'same' ? Math.max((size - 1) * strides[i] + extent - input[i], 0) : 0;
+    out.push(size);
+    begin.push(Math.floor(total / 2));
+    end.push(total - Math.floor(total / 2));
+    extra.push((input[i] + total - extent) % strides[i]);
+  }
+  return { kernel, strides, dilations, pads: [begin[0], begin[1], end[0], end[1]], input, output: [out[0], out[1]], outputPadding: [extra[0], extra[1]] };
+}
+
+const pair = (v: unknown): [number, number] => (Array.isArray(v) ? [v[0], v.length > 1 ? v[1] : v[0]] : [v as number, v as number]);
+
+function geometryOf(ctx: EmitContext, layer: Layer, x: Value): ConvGeometry {
+  const f = fields(layer);
+  if (x.layout !== 'nchw') ctx.refuse(layer, 'input is not rank 4');
+  if ((f.dataFormat ?? 'channelsLast') !== 'channelsLast') ctx.refuse(layer, `data format ${String(f.dataFormat)}`);
+  const padding = f.padding as string;
+  if (padding !== 'same' && padding !== 'valid') ctx.refuse(layer, `padding ${padding}`);
+  return convGeometry(padding, [x.shape[1], x.shape[2]], pair(f.kernelSize), pair(f.strides), pair(f.dilationRate ?? 1));
+}
+
+function convAttributes(geometry: ConvGeometry, group: number) {
+  return { kernel_shape: geometry.kernel, strides: geometry.strides, dilations: geometry.dilations, pads: geometry.pads, group };
+}
+
+/** Dense kernel HWIO → ONNX OIHW. */
+const kernelToOnnx = (g: OnnxGraph, kernel: string) => g.op('Transpose', [kernel], { perm: [3, 2, 0, 1] }, 'kernel_oihw');
+
+/** Depthwise kernel `[kh, kw, C, M]` → ONNX `[C·M, 1, kh, kw]`. */
+function depthwiseToOnnx(g: OnnxGraph, kernel: string, channels: number, multiplier: number, geometry: ConvGeometry): string {
+  const chw = g.op('Transpose', [kernel], { perm: [2, 3, 0, 1] }, 'depthwise_cmhw');
+  return g.op('Reshape', [chw, g.int64s([channels * multiplier, 1, ...geometry.kernel])], {}, 'depthwise_oihw');
+}
+
+const isPointwise = (geometry: ConvGeometry) => geometry.kernel.every((k) => k === 1) && geometry.strides.every((s) => s === 1) && geometry.pads.every((p) => p === 0);
+
+/** Gradient of the input of a convolution with ONNX weight `weight`. */
+function inputGradient(g: OnnxGraph, dZ: string, weight: string, geometry: ConvGeometry, group: number, hint: string): string {
+  return g.op('ConvTranspose', [dZ, weight], { ...convAttributes(geometry, group), output_padding: geometry.outputPadding }, hint);
+}
+
+/** Slices a `[…, kh', kw']` filter gradient down to the kernel. */
+function cropKernel(g: OnnxGraph, grad: string, geometry: ConvGeometry): string {
+  const full = geometry.kernel.map((k, i) => geometry.input[i] + geometry.pads[i] + geometry.pads[i + 2] - (geometry.output[i] - 1) * geometry.strides[i]);
+  const wide = full.map((f, i) => Math.floor((f - 1) / geometry.dilations[i]) + 1);
+  if (wide[0] === geometry.kernel[0] && wide[1] === geometry.kernel[1]) return grad;
+  return g.op('Slice', [grad, g.int64s([0, 0]), g.int64s(geometry.kernel), g.int64s([2, 3])], {}, 'crop_kernel');
+}
+
+/** dW of a dense convolution in TF layout `[kh, kw, Cin, Cout]`. */
+function filterGradient(g: OnnxGraph, x: Value, dZ: string, cout: number, geometry: ConvGeometry, hint: string): string {
+  const cin = x.shape[0];
+  if (isPointwise(geometry)) {
+    const xs = g.op('Reshape', [g.op('Transpose', [x.name], { perm: [1, 0, 2, 3] }), g.int64s([cin, -1])]);
+    const dys = g.op('Reshape', [g.op('Transpose', [dZ], { perm: [0, 2, 3, 1] }), g.int64s([-1, cout])]);
+    return g.op('Reshape', [g.op('MatMul', [xs, dys]), g.int64s([1, 1, cin, cout])], {}, hint);
+  }
+  const xt = g.op('Transpose', [x.name], { perm: [1, 0, 2, 3] }, `${hint}/x_cnhw`);
+  const dyt = g.op('Transpose', [dZ], { perm: [1, 0, 2, 3] }, `${hint}/dy_cnhw`);
+  const swapped = { kernel_shape: geometry.output, strides: geometry.dilations, dilations: geometry.strides, pads: geometry.pads, group: 1 };
+  const grad = cropKernel(g, g.op('Conv', [xt, dyt], swapped, `${hint}/io_hw`), geometry);
+  return g.op('Transpose', [grad], { perm: [2, 3, 0, 1] }, hint);
+}
+
+/** dW of a depthwise convolution in TF layout `[kh, kw, C, M]`. */
+function depthwiseFilterGradient(g: OnnxGraph, x: Value, dZ: string, multiplier: number, geometry: ConvGeometry, hint: string): string {
+  const [channels, height, width] = x.shape;
+  const [oh, ow] = geometry.output;
+  const rows = g.op('Reshape', [g.op('Transpose', [x.name], { perm: [1, 0, 2, 3] }), g.int64s([1, -1, height, width])], {}, `${hint}/x_1cnhw`);
+  let kernel: string;
+  if (multiplier === 1) kernel = g.op('Transpose', [dZ], { perm: [1, 0, 2, 3] }, `${hint}/dy_cnhw`);
+  else {
+    const split = g.op('Reshape', [dZ, g.int64s([0, channels, multiplier, oh, ow])]);
+    kernel = g.op('Reshape', [g.op('Transpose', [split], { perm: [1, 2, 0, 3, 4] }), g.int64s([channels * multiplier, -1, oh, ow])], {}, `${hint}/dy_cmnhw`);
+  }
+  const swapped = { kernel_shape: geometry.output, strides: geometry.dilations, dilations: geometry.strides, pads: geometry.pads, group: channels };
+  const grad = cropKernel(g, g.op('Conv', [rows, kernel], swapped, `${hint}/cm_hw`), geometry);
+  const cmhw = g.op('Reshape', [grad, g.int64s([channels, multiplier, ...geometry.kernel])]);
+  return g.op('Transpose', [cmhw], { perm: [2, 3, 0, 1] }, hint);
+}
+
+function biasOf(ctx: EmitContext, layer: Layer): LayerVariable | null {
+  const f = fields(layer);
+  return f.useBias ? (f.bias as LayerVariable) : null;
+}
+
+function outputValue(ctx: EmitContext, layer: Layer, channels: number, geometry: ConvGeometry): Value {
+  return { name: '', shape: [channels, ...geometry.output], layout: 'nchw' };
+}
+
+/** Emits bias gradient and activation backward; returns dZ (gradient before the activation). */
+function headBackward(ctx: EmitContext, step: BackwardStep): string {
+  const { layer, saved } = step;
+  const dZ = emitActivationGrad(ctx.g, activationOf(ctx, layer), saved.z, step.output.name, step.dOutput, `${layer.name}/d_z`);
+  const bias = biasOf(ctx, layer);
+  if (bias && ctx.wantsGradient(bias)) ctx.addGradient(bias, reduceSum(ctx.g, dZ, [0, 2, 3], false, `${layer.name}/d_bias`));
+  return dZ;
+}
+
+function forwardWith(ctx: EmitContext, layer: Layer, x: Value, weight: string, group: number, channels: number, geometry: ConvGeometry): Forward {
+  const bias = biasOf(ctx, layer);
+  const inputs = [x.name, weight, ...(bias ? [ctx.weight(bias)] : [])];
+  const z = ctx.g.op('Conv', inputs, convAttributes(geometry, group), `${layer.name}/conv`);
+  const output = outputValue(ctx, layer, channels, geometry);
+  output.name = emitActivation(ctx, layer, activationOf(ctx, layer), { ...output, name: z });
+  return { output, saved: { z, weight } };
+}
+
+export const conv2d: LayerEmitter = {
+  forward(ctx, layer, [x]) {
+    const geometry = geometryOf(ctx, layer, x);
+    const kernel = fields(layer).kernel as LayerVariable;
+    return forwardWith(ctx, layer, x, kernelToOnnx(ctx.g, ctx.weight(kernel)), 1, fields(layer).filters as number, geometry);
+  },
+  backward(ctx, step) {
+    const { layer, inputs: [x], saved } = step;
+    const g = ctx.g;
+    const geometry = geometryOf(ctx, layer, x);
+    const dZ = headBackward(ctx, step);
+    const kernel = fields(layer).kernel as LayerVariable;
+    if (ctx.wantsGradient(kernel)) ctx.addGradient(kernel, filterGradient(g, x, dZ, step.output.shape[0], geometry, `${layer.name}/d_kernel`));
+    if (!step.needInput[0]) return [null];
+    if (isPointwise(geometry)) {
+      const transposed = g.op('Transpose', [ctx.weight(kernel)], { perm: [2, 3, 0, 1] }, `${layer.name}/kernel_iohw`);
+      return [g.op('Conv', [dZ, transposed], { kernel_shape: [1, 1] }, `${layer.name}/d_input`)];
+    }
+    return [inputGradient(g, dZ, saved.weight, geometry, 1, `${layer.name}/d_input`)];
+  },
+};
+
+export const depthwiseConv2d: LayerEmitter = {
+  forward(ctx, layer, [x]) {
+    const geometry = geometryOf(ctx, layer, x);
+    const multiplier = fields(layer).depthMultiplier as number;
+    const kernel = fields(layer).depthwiseKernel as LayerVariable;
+    const weight = depthwiseToOnnx(ctx.g, ctx.weight(kernel), x.shape[0], multiplier, geometry);
+    return forwardWith(ctx, layer, x, weight, x.shape[0], x.shape[0] * multiplier, geometry);
+  },
+  backward(ctx, step) {
+    const { layer, inputs: [x], saved } = step;
+    const geometry = geometryOf(ctx, layer, x);
+    const dZ = headBackward(ctx, step);
+    const kernel = fields(layer).depthwiseKernel as LayerVariable;
+    const multiplier = fields(layer).depthMultiplier as number;
+    if (ctx.wantsGradient(kernel)) ctx.addGradient(kernel, depthwiseFilterGradient(ctx.g, x, dZ, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
+    if (!step.needInput[0]) return [null];
+    return [inputGradient(ctx.g, dZ, saved.weight, geometry, x.shape[0], `${layer.name}/d_input`)];
+  },
+};
+
+/** SeparableConv2D: depthwise (no bias), then a pointwise conv with the bias and activation. */
+export const separableConv2d: LayerEmitter = {
+  forward(ctx, layer, [x]) {
+    const f = fields(layer);
+    const geometry = geometryOf(ctx, layer, x);
+    const multiplier = f.depthMultiplier as number;
+    const depthwise = depthwiseToOnnx(ctx.g, ctx.weight(f.depthwiseKernel as LayerVariable), x.shape[0], multiplier, geometry);
+    const mid = ctx.g.op('Conv', [x.name, depthwise], convAttributes(geometry, x.shape[0]), `${layer.name}/depthwise`);
+    const midValue: Value = { name: mid, shape: [x.shape[0] * multiplier, ...geometry.output], layout: 'nchw' };
+    const pointwise = kernelToOnnx(ctx.g, ctx.weight(f.pointwiseKernel as LayerVariable));
+    const forward = forwardWith(ctx, layer, midValue, pointwise, 1, f.filters as number, convGeometry('valid', geometry.output, [1, 1], [1, 1]));
+    return { output: forward.output, saved: { ...forward.saved, depthwise, mid } };
+  },
+  backward(ctx, step) {
+    const { layer, inputs: [x], saved } = step;
+    const f = fields(layer);
+    const g = ctx.g;
+    const geometry = geometryOf(ctx, layer, x);
+    const multiplier = f.depthMultiplier as number;
+    const dZ = headBackward(ctx, step);
+    const mid: Value = { name: saved.mid, shape: [x.shape[0] * multiplier, ...geometry.output], layout: 'nchw' };
+    const pointwiseGeometry = convGeometry('valid', geometry.output, [1, 1], [1, 1]);
+    const pointwise = f.pointwiseKernel as LayerVariable;
+    const depthwise = f.depthwiseKernel as LayerVariable;
+    if (ctx.wantsGradient(pointwise)) ctx.addGradient(pointwise, filterGradient(g, mid, dZ, step.output.shape[0], pointwiseGeometry, `${layer.name}/d_pointwise_kernel`));
+    const transposed = g.op('Transpose', [ctx.weight(pointwise)], { perm: [2, 3, 0, 1] });
+    const dMid = g.op('Conv', [dZ, transposed], { kernel_shape: [1, 1] }, `${layer.name}/d_mid`);
+    if (ctx.wantsGradient(depthwise)) ctx.addGradient(depthwise, depthwiseFilterGradient(g, x, dMid, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
+    if (!step.needInput[0]) return [null];
+    return [inputGradient(g, dMid, saved.depthwise, geometry, x.shape[0], `${layer.name}/d_input`)];
+  },
+};
