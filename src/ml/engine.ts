@@ -11,6 +11,7 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { Logger } from 'pino';
 import { describeBackend, type Tf } from './backend.js';
+import type { TrainStepper } from './train.js';
 
 /** Which engine runs a frozen part. */
 export type EngineName = 'onnxruntime' | 'tfjs';
@@ -104,4 +105,24 @@ async function createOnnxRunner(model: LayersModel, span: ModelSpan, options: Ru
     run: (inputs) => runner.run(inputs[0].x, inputs[0].shape),
     dispose: () => runner.dispose(),
   };
+}
+
+/**
+ * Training steps for a top through onnxruntime's forward+backward graph (see
+ * `onnx/trainer.ts`), or null — logged with the layer that has no backward there — when TF.js
+ * autodiff must do it: a GPU backend, a multi-input top, an unsupported layer.
+ */
+export async function createTrainStepper(tf: Tf, top: LayersModel, options: { numClasses: number; classWeights?: number[]; preference?: EnginePreference; log?: Logger }): Promise<(TrainStepper & { dispose(): Promise<void> }) | null> {
+  const preference = options.preference ?? 'auto';
+  if (preference === 'tfjs' || (preference === 'auto' && describeBackend()?.name === 'node-gpu')) return null;
+  const { createOnnxStep } = await import('./onnx/trainer.js');
+  const { UnsupportedLayerError } = await import('./onnx/train-graph.js');
+  try {
+    const step = await createOnnxStep(tf, top, { numClasses: options.numClasses, classWeights: options.classWeights, threads: os.availableParallelism() });
+    return { step: (batch, optimizer) => step.step(batch, optimizer), evaluate: (batch) => step.evaluate(batch), dispose: () => step.dispose() };
+  } catch (caught) {
+    if (!(caught instanceof UnsupportedLayerError)) throw caught;
+    options.log?.info({ layer: caught.layer, className: caught.className, reason: caught.reason }, `training steps run in TF.js: layer ${caught.layer} (${caught.className}) has no onnxruntime backward: ${caught.reason}`);
+    return null;
+  }
 }

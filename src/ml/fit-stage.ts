@@ -12,6 +12,7 @@ import { StageError } from '../runtime/errors.js';
 import type { Metrics, StageContext } from '../runtime/types.js';
 import { writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
+import { createTrainStepper } from './engine.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
 import { passMetrics, prepareSources } from './sources.js';
 import { summarizeModel } from './surgery.js';
@@ -68,6 +69,8 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     }),
   ];
   const classWeights = await classWeightsFor(params.class_weights, dataset, numClasses);
+  // Made after the checkpoint is restored: the stepper reads the weights it starts from.
+  const stepper = await createTrainStepper(tf, trainee, { numClasses, classWeights, log: ctx.log });
   let history;
   try {
     history = await fitModel(tf, trainee, train, val, {
@@ -83,9 +86,11 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
       seed: ctx.seed,
       history: resumed?.history,
       existingOptimizer: optimizer,
+      stepper: stepper ?? undefined,
     });
   } finally {
     optimizer.dispose();
+    await stepper?.dispose();
   }
   // The top shares its layers (and weights) with `model`, which the caller disposes.
   const final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
@@ -102,6 +107,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     lr,
     seconds_per_epoch: epochSeconds.length ? Math.round((epochSeconds.reduce((a, b) => a + b, 0) / epochSeconds.length) * 1000) / 1000 : null,
     ...passMetrics(sources),
+    train_engine: stepper ? 'onnxruntime' : 'tfjs',
     trainable_params: summarizeModel(trainee).trainableParams,
     params: summary.params,
     ...(resumed ? { resumed_from_epoch: resumed.startEpoch } : {}),

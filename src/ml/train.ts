@@ -110,6 +110,19 @@ export interface FitOptions {
   existingOptimizer?: TfCore.Optimizer;
   /** Seeds TF.js's own randomness (Dropout masks) per step. Default 0. */
   seed?: number;
+  /**
+   * Computes each step's gradients elsewhere (the onnxruntime training graph) and applies them
+   * with `optimizer`, instead of TF.js autodiff. Default: `optimizer.minimize`.
+   */
+  stepper?: TrainStepper;
+}
+
+/** A replacement for `optimizer.minimize` (see `src/ml/onnx/trainer.ts`). */
+export interface TrainStepper {
+  /** One step on a batch; `seed` seeds the step's dropout masks. Returns the loss before the update and the hits. */
+  step(batch: TrainBatch & { seed: number }, optimizer: TfCore.Optimizer): Promise<{ loss: number; correct: number }>;
+  /** Loss and hits in inference mode. */
+  evaluate(batch: TrainBatch): Promise<{ loss: number; correct: number }>;
 }
 
 export function createOptimizer(tf: Tf, spec: OptimizerSpec): TfCore.Optimizer {
@@ -261,6 +274,15 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
     if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
     for await (const batch of train.batches(epoch, { shuffle: true })) {
       throwIfAborted(signal);
+      if (options.stepper) {
+        const result = await options.stepper.step({ ...batch, seed: deriveSeed(options.seed ?? 0, 'step', epoch, index) }, optimizer);
+        correct += result.correct;
+        lossSum += result.loss * batch.count;
+        seen += batch.count;
+        for (const hook of hooks) await hook.onBatchEnd?.(state, { index, loss: result.loss });
+        index++;
+        continue;
+      }
       const [cost, hits] = withSeededRandom(deriveSeed(options.seed ?? 0, 'step', epoch, index), () => tf.tidy(() => {
         const x = batchInputs(tf, batch);
         const y = tf.tensor1d(batch.y, 'int32');
@@ -297,7 +319,7 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
     }
     const logs: EpochLogs = { epoch, loss: lossSum / Math.max(1, seen), acc: correct / Math.max(1, seen), lr, seconds: 0 };
     if (val && val.count) {
-      const result = await evaluateSource(tf, model, val, options.numClasses, { signal });
+      const result = options.stepper ? await evaluateStepper(options.stepper, val, signal) : await evaluateSource(tf, model, val, options.numClasses, { signal });
       logs.valLoss = result.loss;
       logs.valAcc = result.acc;
     }
@@ -307,6 +329,21 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
     state.history.push(logs);
     for (const hook of hooks) await hook.onEpochEnd?.(state, logs);
   }
+}
+
+/** Loss and accuracy over a source through a stepper's inference graph. */
+async function evaluateStepper(stepper: TrainStepper, source: BatchSource, signal?: AbortSignal): Promise<{ loss: number; acc: number }> {
+  let lossSum = 0;
+  let correct = 0;
+  let count = 0;
+  for await (const batch of source.batches(0, { shuffle: false })) {
+    throwIfAborted(signal);
+    const result = await stepper.evaluate(batch);
+    lossSum += result.loss * batch.count;
+    correct += result.correct;
+    count += batch.count;
+  }
+  return { loss: count ? lossSum / count : NaN, acc: count ? correct / count : NaN };
 }
 
 /**
