@@ -119,7 +119,7 @@ export async function createTrainStepper(tf: Tf, top: LayersModel, options: { nu
   const { UnsupportedLayerError } = await import('./onnx/train-graph.js');
   try {
     const step = await createOnnxStep(tf, top, { numClasses: options.numClasses, classWeights: options.classWeights, threads: os.availableParallelism() });
-    return { step: (batch, optimizer) => step.step(batch, optimizer), evaluate: (batch) => step.evaluate(batch), dispose: () => step.dispose() };
+    return { step: (batch, optimizer) => step.step(batch, optimizer), evaluate: (batch) => step.evaluate(batch), refresh: () => step.refresh(), dispose: () => step.dispose() };
   } catch (caught) {
     if (!(caught instanceof UnsupportedLayerError)) throw caught;
     options.log?.info({ layer: caught.layer, className: caught.className, reason: caught.reason }, `training steps run in TF.js: layer ${caught.layer} (${caught.className}) has no onnxruntime backward: ${caught.reason}`);

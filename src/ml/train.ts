@@ -91,6 +91,8 @@ export interface TrainHook {
   onEpochEnd?(state: TrainState, logs: EpochLogs): Promise<void> | void;
   /** Runs however training ends (see `TrainState.outcome`), also after an abort or an error. */
   onTrainEnd?(state: TrainState): Promise<void> | void;
+  /** The hook writes the model's weights in `onBatchEnd` (pruning masks): a stepper re-reads them. */
+  changesWeights?: boolean;
 }
 
 export interface FitOptions {
@@ -123,6 +125,8 @@ export interface TrainStepper {
   step(batch: TrainBatch & { seed: number }, optimizer: TfCore.Optimizer): Promise<{ loss: number; correct: number }>;
   /** Loss and hits in inference mode. */
   evaluate(batch: TrainBatch): Promise<{ loss: number; correct: number }>;
+  /** Re-reads the weights after something other than `step` changed them. */
+  refresh(): Promise<void>;
 }
 
 export function createOptimizer(tf: Tf, spec: OptimizerSpec): TfCore.Optimizer {
@@ -280,6 +284,7 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
         lossSum += result.loss * batch.count;
         seen += batch.count;
         for (const hook of hooks) await hook.onBatchEnd?.(state, { index, loss: result.loss });
+        if (hooks.some((h) => h.changesWeights)) await options.stepper.refresh();
         index++;
         continue;
       }

@@ -247,6 +247,7 @@ export async function startMaskedPruning(options: MaskedPruningOptions): Promise
   };
   return {
     hook: {
+      changesWeights: true,
       async onBatchEnd() {
         step++;
         if (isMaskUpdateStep(schedule, step, endStep)) await update(scheduledSparsity(schedule, target, step, endStep));

@@ -8,7 +8,8 @@ import { AbortedError, StageError } from '../../runtime/errors.js';
 import type { StageContext } from '../../runtime/types.js';
 import type { Tf } from '../backend.js';
 import type { TrainingSources } from '../sources.js';
-import { fitModel, nanGuard, progressHook, type EpochLogs, type TrainHook } from '../train.js';
+import { createTrainStepper } from '../engine.js';
+import { fitModel, nanGuard, progressHook, type EpochLogs, type TrainHook, type TrainStepper } from '../train.js';
 
 /** Options of `runRecovery`. */
 export interface RunRecoveryOptions {
@@ -25,7 +26,17 @@ export async function runRecovery(tf: Tf, ctx: StageContext<unknown>, sources: T
   if (!sources.trainee.trainableWeights.length) {
     throw new StageError('nothing_trainable', 'recovery fine-tuning needs trainable layers, but the model has none; unfreeze some layers first or set epochs: 0', {});
   }
+  const stepper = await createTrainStepper(tf, sources.trainee, { numClasses: options.numClasses, log: ctx.log });
+  try {
+    return await recover(tf, ctx, sources, options, stepper ?? undefined);
+  } finally {
+    await stepper?.dispose();
+  }
+}
+
+async function recover(tf: Tf, ctx: StageContext<unknown>, sources: TrainingSources, options: RunRecoveryOptions, stepper: TrainStepper | undefined): Promise<EpochLogs[]> {
   const history = await fitModel(tf, sources.trainee, sources.train!, sources.val, {
+    stepper,
     epochs: options.epochs,
     optimizer: { name: 'adam', lr: options.lr },
     numClasses: options.numClasses,
