@@ -41,6 +41,11 @@ export interface RunSummary {
   started: string;
   seconds: number;
   stages: StageSummary[];
+  /**
+   * Which engine computed what, per stage: every string metric named `<part>_engine`
+   * (`frozen_engine: onnxruntime`, `train_engine: tfjs`), so a run says where its time went.
+   */
+  engines?: Record<string, Record<string, string>>;
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
 }
@@ -206,7 +211,20 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     seconds: round((Date.now() - started) / 1000),
     stages,
   };
+  const engines = collectEngines(stages);
+  if (Object.keys(engines).length) summary.engines = engines;
   return summary;
+}
+
+function collectEngines(stages: StageSummary[]): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const stage of stages) {
+    for (const [key, value] of Object.entries(stage.metrics ?? {})) {
+      if (!key.endsWith('_engine') || typeof value !== 'string') continue;
+      (out[stage.id] ??= {})[key.slice(0, -'_engine'.length)] = value;
+    }
+  }
+  return out;
 }
 
 function toInput(planned: PlannedStage, dir: string, metrics: Metrics): StageInput {

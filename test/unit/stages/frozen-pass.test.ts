@@ -52,7 +52,9 @@ describe('one frozen pass per pipeline', () => {
     // train-head's own frontier is the pooled vector above the cut: it ran the frozen block between
     expect(head.frontier).toBe('head_pool');
     expect(head.derived_records).toBe(2 * train + val);
-    expect(head.frozen_engine).toMatch(/^(onnxruntime|tfjs)$/);
+    // the tiny conv/BN/ReLU base converts to ONNX, and so does the head's backward
+    expect(first.engines?.head).toEqual({ frozen: 'onnxruntime', train: 'onnxruntime' });
+    expect(first.engines?.tune).toEqual({ frozen: 'cached', train: 'onnxruntime' });
     for (const id of ['tune', 'prune', 'evaluate']) {
       expect(metricsOf(first, id).features, id).toBe('cached');
       expect(metricsOf(first, id).frontier, id).toBe('block_2_relu');
