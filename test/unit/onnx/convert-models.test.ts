@@ -67,6 +67,24 @@ describe('convertLayersModel: whole models', () => {
     expect(top.relative).toBeLessThanOrEqual(1e-5);
   });
 
+  it('an input of unknown height and width ("same" padding left to onnxruntime as SAME_UPPER)', async () => {
+    const input = tfl.input({ shape: [null, null, 3], name: 'any_size' });
+    let y = tfl.layers.conv2d({ filters: 4, kernelSize: 3, strides: 2, padding: 'same', activation: 'relu' }).apply(input) as never;
+    y = tfl.layers.averagePooling2d({ poolSize: 3, strides: 2, padding: 'same' }).apply(y) as never;
+    y = tfl.layers.maxPooling2d({ poolSize: 2, strides: 2, padding: 'same' }).apply(y) as never;
+    y = tfl.layers.globalAveragePooling2d({}).apply(y) as never;
+    const model = tfl.model({ inputs: input, outputs: tfl.layers.dense({ units: 2 }).apply(y) as never });
+    await randomizeWeights(model, 2);
+    const converted = convertLayersModel(model);
+    expect(converted.inputs[0].shape).toEqual([null, null, null, 3]);
+    for (const [h, w] of [[9, 11], [8, 8]]) {
+      const input0: Value = { data: Float32Array.from({ length: 2 * h * w * 3 }, (_, i) => Math.cos(i * 0.37)), dims: [2, h, w, 3] };
+      const [expected] = await predictTf(model, [input0]);
+      const [out] = await runOnnx(converted.graph.toBytes(), { any_size: input0 });
+      expect(compare(out.data, expected.data).relative).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
   it('a Sequential model converts too', async () => {
     const model = tfl.sequential({
       layers: [tfl.layers.conv2d({ inputShape: [6, 6, 2], filters: 3, kernelSize: 3, padding: 'same', activation: 'relu' }), tfl.layers.flatten(), tfl.layers.dense({ units: 2 })],
