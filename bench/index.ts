@@ -1,4 +1,9 @@
-/** `npm run bench [name]`: every benchmark; figures are reported against a baseline measured in the same run. */
+/**
+ * `npm run bench [name]`: the quick benchmarks (runtime, preprocess, prune) by default; the ones
+ * that need the real MobileNetV2 (onnx, train-top, finetune) by name. Figures are reported
+ * against a baseline measured in the same run.
+ */
+import { benchOnnx } from './onnx.js';
 import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
 import { benchRuntime } from './runtime.js';
@@ -10,8 +15,14 @@ const benches: Record<string, () => Promise<unknown>> = {
   preprocess: () => benchPreprocess(),
   prune: () => benchPrune(),
   'train-top': () => benchTrainTop(),
+  onnx: () => benchOnnx(),
 };
+const onDemand = new Set(['train-top', 'onnx']);
+if (only && !(only in benches)) {
+  console.error(`no benchmark '${only}'; choose one of: ${Object.keys(benches).join(', ')}`);
+  process.exit(2);
+}
 for (const [name, bench] of Object.entries(benches)) {
-  if (only && only !== name) continue;
+  if (only ? only !== name : onDemand.has(name)) continue;
   await bench();
 }

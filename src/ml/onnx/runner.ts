@@ -11,6 +11,12 @@ import type { ConvertedGraph, Shape } from './types.js';
 export interface OnnxRunnerOptions {
   /** Intra-op threads (one op's work split across cores). Default `os.availableParallelism()`. */
   threads?: number;
+  /**
+   * Let idle pool threads spin-wait for work instead of sleeping. Default false: spinning burns
+   * the cores that image decoding and TF.js share with us; measured on a loaded 2-core machine,
+   * MobileNetV2 at batch 16 ran 18 img/s spinning vs 22-25 img/s without.
+   */
+  spin?: boolean;
 }
 
 /** A loaded session. */
@@ -57,6 +63,7 @@ export async function createOnnxRunner(model: ConvertedGraph | Uint8Array, optio
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    extra: { session: { intra_op: { allow_spinning: options.spin ? '1' : '0' } } },
   });
   if (session.inputNames.length !== 1) {
     await session.release();

@@ -7,7 +7,8 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { StageError } from '../../../src/runtime/errors.js';
 import { configureBackend, useLayers, type TfLayersApi } from '../../../src/ml/backend.js';
 import { convertLayersModel, findUnsupportedLayer, UnsupportedLayerError } from '../../../src/ml/onnx/convert.js';
-import { ARCHITECTURES, buildMobileNetV2Style, randomizeWeights } from '../../fixtures/architectures.js';
+import { splitAtTrainable } from '../../../src/ml/features.js';
+import { ARCHITECTURES, buildMobileNetV2Style, buildVggStyle, randomizeWeights } from '../../fixtures/architectures.js';
 import { checkModel, compare, inputsFor, predictTf, runOnnx, type Value } from './parity.js';
 
 let tfl: TfLayersApi;
@@ -25,6 +26,64 @@ describe('convertLayersModel: whole models', () => {
       model.dispose();
     });
   }
+
+  it("weights: 'inputs' on every architecture gives TF.js's outputs when fed the variables", async () => {
+    const extra = async () => {
+      const input = tfl.input({ shape: [7, 7, 3], name: 'x' });
+      let y = tfl.layers.separableConv2d({ filters: 4, kernelSize: 3, depthMultiplier: 2, padding: 'same', activation: 'relu', name: 'sep' }).apply(input) as never;
+      y = tfl.layers.prelu({ sharedAxes: [1, 2], name: 'prelu' }).apply(y) as never;
+      y = tfl.layers.layerNormalization({ name: 'ln' }).apply(y) as never;
+      y = tfl.layers.dense({ units: 3, name: 'pixelwise' }).apply(y) as never;
+      y = tfl.layers.flatten({ name: 'flat' }).apply(y) as never;
+      y = tfl.layers.batchNormalization({ name: 'bn_flat' }).apply(y) as never;
+      const model = tfl.model({ inputs: input, outputs: y });
+      await randomizeWeights(model, 8);
+      return model;
+    };
+    for (const build of [...Object.values(ARCHITECTURES).map((b) => () => b({ seed: 4 })), extra]) {
+      const model = await build();
+      const converted = convertLayersModel(model, { weights: 'inputs' });
+      expect(converted.weightInputs.map((w) => w.variable)).toEqual(model.weights);
+      const inputs = inputsFor(model, 2, 3);
+      const feeds: Record<string, Value> = { [converted.inputs[0].name]: inputs[0] };
+      for (const w of converted.weightInputs) feeds[w.name] = { data: Float32Array.from(w.variable.read().dataSync()), dims: w.shape };
+      const [expected] = await predictTf(model, inputs);
+      const [out] = await runOnnx(converted.graph.toBytes(), feeds);
+      expect(compare(out.data, expected.data).relative, model.name).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it('converts both halves of splitAtTrainable (its top reuses the layers at a second node)', async () => {
+    const model = await buildVggStyle({ seed: 6 });
+    for (const layer of model.layers) layer.trainable = ['fc1', 'predictions'].includes(layer.name);
+    const split = (await splitAtTrainable(model))!;
+    const [bottom] = await checkModel(split.bottom!);
+    expect(bottom.relative).toBeLessThanOrEqual(1e-5);
+    expect(model.getLayer('fc1').inboundNodes).toHaveLength(2);
+    const converted = convertLayersModel(split.top);
+    expect(converted.inputs[0]).toMatchObject({ layer: `${split.splitLayer}_features`, shape: split.top.inputs[0].shape });
+    expect(converted.tensors.has('fc1')).toBe(true);
+    const [top] = await checkModel(split.top);
+    expect(top.relative).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('an input of unknown height and width ("same" padding left to onnxruntime as SAME_UPPER)', async () => {
+    const input = tfl.input({ shape: [null, null, 3], name: 'any_size' });
+    let y = tfl.layers.conv2d({ filters: 4, kernelSize: 3, strides: 2, padding: 'same', activation: 'relu' }).apply(input) as never;
+    y = tfl.layers.averagePooling2d({ poolSize: 3, strides: 2, padding: 'same' }).apply(y) as never;
+    y = tfl.layers.maxPooling2d({ poolSize: 2, strides: 2, padding: 'same' }).apply(y) as never;
+    y = tfl.layers.globalAveragePooling2d({}).apply(y) as never;
+    const model = tfl.model({ inputs: input, outputs: tfl.layers.dense({ units: 2 }).apply(y) as never });
+    await randomizeWeights(model, 2);
+    const converted = convertLayersModel(model);
+    expect(converted.inputs[0].shape).toEqual([null, null, null, 3]);
+    for (const [h, w] of [[9, 11], [8, 8]]) {
+      const input0: Value = { data: Float32Array.from({ length: 2 * h * w * 3 }, (_, i) => Math.cos(i * 0.37)), dims: [2, h, w, 3] };
+      const [expected] = await predictTf(model, [input0]);
+      const [out] = await runOnnx(converted.graph.toBytes(), { any_size: input0 });
+      expect(compare(out.data, expected.data).relative).toBeLessThanOrEqual(1e-5);
+    }
+  });
 
   it('a Sequential model converts too', async () => {
     const model = tfl.sequential({
