@@ -116,26 +116,35 @@ export function isTrivial(frontier: Frontier): boolean {
 }
 
 /**
- * The model above `frontier`: one input per frontier tensor (in frontier order), layers shared
- * with `model` (so weights are shared and training the top trains the model).
+ * Re-applies the layers of `model` that `include` selects, in layer order, starting from fresh
+ * inputs at the `start` frontier's tensors; returns the inputs and every layer's new output.
+ * The layers are shared, so the result computes with (and trains) the model's own weights.
  */
-export async function buildTop(model: LayersModel, frontier: Frontier): Promise<LayersModel> {
+async function replay(model: LayersModel, start: Frontier, include: (layer: Layer) => boolean): Promise<{ inputs: SymbolicTensor[]; mapped: Map<string, SymbolicTensor> }> {
   const tfl = await useLayers();
   const mapped = new Map<string, SymbolicTensor>();
-  const inputs = frontier.tensors.map((t) => {
+  const inputs = start.tensors.map((t) => {
     const input = tfl.input({ shape: t.shape, name: `${t.layer}_cached`.replace(/[^A-Za-z0-9_.-]/g, '_') });
     mapped.set(t.layer, input);
     return input;
   });
   for (const layer of model.layers) {
-    if (frontier.frozen.has(layer.name)) continue;
+    if (!include(layer)) continue;
     const sources = inboundLayers(model, layer).map((l) => mapped.get(l.name));
-    if (sources.some((t) => !t)) throw new Error(`layer ${layer.name} reads a frozen tensor that is not on the frontier`);
-    const output = layer.apply(sources.length === 1 ? sources[0]! : (sources as SymbolicTensor[])) as SymbolicTensor;
-    mapped.set(layer.name, output);
+    if (sources.some((t) => !t)) throw new Error(`layer ${layer.name} reads a tensor that is not computed above the frontier`);
+    mapped.set(layer.name, layer.apply(sources.length === 1 ? sources[0]! : (sources as SymbolicTensor[])) as SymbolicTensor);
   }
+  return { inputs, mapped };
+}
+
+/**
+ * The model above `frontier`: one input per frontier tensor (in frontier order), layers shared
+ * with `model` (so weights are shared and training the top trains the model).
+ */
+export async function buildTop(model: LayersModel, frontier: Frontier): Promise<LayersModel> {
+  const { inputs, mapped } = await replay(model, frontier, (layer) => !frontier.frozen.has(layer.name));
   const outputs = model.outputs.map((t) => mapped.get(t.sourceLayer.name)!);
-  return tfl.model({ inputs, outputs, name: `${model.name}_top` });
+  return (await useLayers()).model({ inputs, outputs, name: `${model.name}_top` });
 }
 
 /**
@@ -143,20 +152,8 @@ export async function buildTop(model: LayersModel, frontier: Frontier): Promise<
  * outputs at `to`. Every layer of `to`'s closure that is not in `from`'s closure is run.
  */
 export async function buildBetween(model: LayersModel, from: Frontier, to: Frontier): Promise<LayersModel> {
-  const tfl = await useLayers();
-  const mapped = new Map<string, SymbolicTensor>();
-  const inputs = from.tensors.map((t) => {
-    const input = tfl.input({ shape: t.shape, name: `${t.layer}_cached`.replace(/[^A-Za-z0-9_.-]/g, '_') });
-    mapped.set(t.layer, input);
-    return input;
-  });
-  for (const layer of model.layers) {
-    if (!to.closure.has(layer.name) || from.closure.has(layer.name)) continue;
-    const sources = inboundLayers(model, layer).map((l) => mapped.get(l.name));
-    if (sources.some((t) => !t)) throw new Error(`layer ${layer.name} reads a tensor below the lower frontier`);
-    mapped.set(layer.name, layer.apply(sources.length === 1 ? sources[0]! : (sources as SymbolicTensor[])) as SymbolicTensor);
-  }
-  return tfl.model({ inputs, outputs: to.tensors.map((t) => mapped.get(t.layer)!), name: `${model.name}_between` });
+  const { inputs, mapped } = await replay(model, from, (layer) => to.closure.has(layer.name) && !from.closure.has(layer.name));
+  return (await useLayers()).model({ inputs, outputs: to.tensors.map((t) => mapped.get(t.layer)!), name: `${model.name}_between` });
 }
 
 /** The frozen part up to `frontier` as a model on the original inputs. */
