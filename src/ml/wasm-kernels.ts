@@ -19,12 +19,11 @@
  * Conv2DBackpropInput of a 1×1 stride-1 convolution, which the wasm backend computes with a
  * plain C loop, is one matrix product dy·Wᵀ on XNNPACK (W transposed in JS first: XNNPACK is
  * much slower with transposeB); and Tile, element by element in the wasm backend (FusedBatchNorm's
- * gradient tiles a [C] vector to the whole activation), is block copies. Sum and Mean over the
- * leading axes ([N,H,W] of an NHWC activation: BN statistics and its gradient, bias gradients),
- * which the wasm backend does by transposing the whole tensor first, add rows in JS. Identity
- * (`tf.clone`, which the engine calls for every tensor a gradient saves) shares the data with a
- * reference count, as the cpu backend's does, instead of copying it. Every other case is
- * passed on to the wasm backend's own kernel.
+ * gradient tiles a [C] vector to the whole activation), is block copies. Identity (`tf.clone`,
+ * which the engine calls for every tensor a gradient saves) shares the data with a reference
+ * count, as the cpu backend's does, instead of copying it. Every other case is passed on to the
+ * wasm backend's own kernel. (Sum and Mean over the leading axes, big in `tf.profile`, were
+ * tried as JS row sums: bit-identical, but no faster than the wasm backend's transpose + sum.)
  *
  * Nothing is imported at runtime from tfjs here: the caller passes the tfjs-core instance the
  * wasm backend is registered with (see backend.ts for why the instance matters).
@@ -55,7 +54,7 @@ interface KernelArgs {
 export const WASM_TRAINING_KERNELS = ['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput'] as const;
 
 /** Kernels of tfjs-backend-wasm this module replaces by faster ones with the same results (they call the original for cases they do not cover). */
-export const WASM_SPEED_KERNELS = ['Conv2DBackpropInput', 'Tile', 'Sum', 'Mean', 'Identity'] as const;
+export const WASM_SPEED_KERNELS = ['Conv2DBackpropInput', 'Tile', 'Identity'] as const;
 
 /** Kernel functions registered by this module, so that unregistering never removes a native one. */
 const ours = new WeakSet<object>();
@@ -97,8 +96,6 @@ export function registerWasmTrainingKernels(tf: Tf, options: WasmKernelOptions =
   const faster: Record<(typeof WASM_SPEED_KERNELS)[number], (args: KernelArgs, original: Kernel) => TensorInfo> = {
     Conv2DBackpropInput: (args, original) => conv2dBackpropInput(tf, args, original),
     Tile: (args, original) => tile(tf, args, original),
-    Sum: (args, original) => reduceLeading(tf, args, original, false),
-    Mean: (args, original) => reduceLeading(tf, args, original, true),
     Identity: (args, original) => identity(args, original),
   };
   for (const kernelName of WASM_SPEED_KERNELS) {
@@ -426,39 +423,6 @@ function stridesOf(shape: number[]): number[] {
     stride *= shape[i];
   }
   return strides;
-}
-
-/**
- * Sum (or Mean) of a float32 tensor over its leading axes (the batch and spatial axes of an
- * NHWC activation) as a running sum of rows: out[c] += x[r, c] for r in order, each addition
- * rounded to float32, the order of the wasm backend's own loop after its transpose (so the
- * same bits) without the transpose. Other axes and dtypes go to the wasm backend's kernel.
- * (A product ones[1, rows] · x on XNNPACK gives the same bits but is several times slower:
- * XNNPACK packs x as a weight matrix on every call.)
- */
-function reduceLeading(tf: Tf, args: KernelArgs, original: Kernel, mean: boolean): TensorInfo {
-  const { inputs, backend, attrs } = args;
-  const { x } = inputs;
-  if (x.dtype !== 'float32') return original(args);
-  // In the order given: the original reduces over the axes in that order, so [1, 0] would add in another order.
-  const axes = tf.util.parseAxisParam(attrs.axis as number | number[], x.shape);
-  const leading = axes.length > 0 && axes.length < x.shape.length && axes.every((axis, i) => axis === i);
-  const rows = tf.util.sizeFromShape(x.shape.slice(0, axes.length));
-  const columns = tf.util.sizeFromShape(x.shape.slice(axes.length));
-  if (!leading || rows === 0 || columns === 0) return original(args);
-  const wasm = backend as WasmBackend;
-  const keptShape = x.shape.slice(axes.length);
-  const out = wasm.makeOutput(attrs.keepDims ? [...axes.map(() => 1), ...keptShape] : keptShape, 'float32');
-  // Views only after the allocation: a growing wasm heap detaches older views.
-  const sums = wasm.typedArrayFromHeap(out);
-  const xs = wasm.typedArrayFromHeap(x);
-  sums.set(xs.subarray(0, columns));
-  for (let r = 1; r < rows; r++) {
-    const from = r * columns;
-    for (let c = 0; c < columns; c++) sums[c] += xs[from + c];
-  }
-  if (mean) for (let c = 0; c < columns; c++) sums[c] /= rows;
-  return out;
 }
 
 /**
