@@ -19,8 +19,11 @@
  * Conv2DBackpropInput of a 1×1 stride-1 convolution, which the wasm backend computes with a
  * plain C loop, is one matrix product dy·Wᵀ on XNNPACK (W transposed in JS first: XNNPACK is
  * much slower with transposeB); and Tile, element by element in the wasm backend (FusedBatchNorm's
- * gradient tiles a [C] vector to the whole activation), is block copies. Every other case is
- * passed on to the wasm backend's own kernel.
+ * gradient tiles a [C] vector to the whole activation), is block copies. Identity (`tf.clone`,
+ * which the engine calls for every tensor a gradient saves) shares the data with a reference
+ * count, as the cpu backend's does, instead of copying it. Every other case is passed on to the
+ * wasm backend's own kernel. (Sum and Mean over the leading axes, big in `tf.profile`, were
+ * tried as JS row sums: bit-identical, but no faster than the wasm backend's transpose + sum.)
  *
  * Nothing is imported at runtime from tfjs here: the caller passes the tfjs-core instance the
  * wasm backend is registered with (see backend.ts for why the instance matters).
@@ -51,7 +54,7 @@ interface KernelArgs {
 export const WASM_TRAINING_KERNELS = ['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput'] as const;
 
 /** Kernels of tfjs-backend-wasm this module replaces by faster ones with the same results (they call the original for cases they do not cover). */
-export const WASM_SPEED_KERNELS = ['Conv2DBackpropInput', 'Tile'] as const;
+export const WASM_SPEED_KERNELS = ['Conv2DBackpropInput', 'Tile', 'Identity'] as const;
 
 /** Kernel functions registered by this module, so that unregistering never removes a native one. */
 const ours = new WeakSet<object>();
@@ -93,6 +96,7 @@ export function registerWasmTrainingKernels(tf: Tf, options: WasmKernelOptions =
   const faster: Record<(typeof WASM_SPEED_KERNELS)[number], (args: KernelArgs, original: Kernel) => TensorInfo> = {
     Conv2DBackpropInput: (args, original) => conv2dBackpropInput(tf, args, original),
     Tile: (args, original) => tile(tf, args, original),
+    Identity: (args, original) => identity(args, original),
   };
   for (const kernelName of WASM_SPEED_KERNELS) {
     const native = tf.getKernel(kernelName, 'wasm');
@@ -419,4 +423,20 @@ function stridesOf(shape: number[]): number[] {
     stride *= shape[i];
   }
   return strides;
+}
+
+/**
+ * Shares the input's data (a reference more) instead of copying it, as the cpu backend's
+ * Identity does. Only when the data was made with the tensor's own shape: some wasm kernels
+ * read the shape stored with the data (FusedConv2D checks its bias' rank there), and a reshaped
+ * tensor shares data stored under its source's shape, which a copy would not keep.
+ */
+function identity(args: KernelArgs, original: Kernel): TensorInfo {
+  const { x } = args.inputs;
+  const wasm = args.backend as { incRef?(dataId: object): void; dataIdMap?: { get(dataId: object): { shape: number[] } | undefined } };
+  const stored = wasm.dataIdMap?.get(x.dataId)?.shape;
+  const sameShape = stored !== undefined && stored.length === x.shape.length && stored.every((d, i) => d === x.shape[i]);
+  if (x.dtype === 'string' || typeof wasm.incRef !== 'function' || !sameShape) return original(args);
+  wasm.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }

@@ -68,7 +68,7 @@ describe('backend', () => {
     expect(info).toMatchObject({ name: 'wasm', tfBackend: 'wasm', package: '@tensorflow/tfjs-backend-wasm', coreVersion: '4.22.0' });
     expect(info?.skipped.map((s) => s.name)).toEqual(['node-gpu', 'node']);
     expect(info?.skipped[1].reason).toMatch(/tfjs-node/);
-    expect(info?.addedKernels).toEqual(['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput', 'Conv2DBackpropInput', 'Tile']);
+    expect(info?.addedKernels).toEqual(['Conv2DBackpropFilter', 'DepthwiseConv2dNativeBackpropFilter', 'DepthwiseConv2dNativeBackpropInput', 'Conv2DBackpropInput', 'Tile', 'Identity']);
     expect(lines.filter((l) => l.msg === 'backend skipped').map((l) => l.backend)).toEqual(['node-gpu', 'node']);
     expect(lines.find((l) => l.msg === 'backend ready')).toMatchObject({ backend: 'wasm' });
     // Layers come from the same tfjs-core instance: a layer's tensors are the engine's tensors.

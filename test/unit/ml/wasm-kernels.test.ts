@@ -212,7 +212,7 @@ describe('wasm training kernels', () => {
     }
   }
 
-  it('replaces Conv2DBackpropInput and Tile, and restores the originals when unregistered', async () => {
+  it('replaces the speed kernels, and restores the originals when unregistered', async () => {
     await tf.setBackend('wasm');
     const replacing = WASM_SPEED_KERNELS.map((name) => tf.getKernel(name, 'wasm')!.kernelFunc);
     unregisterWasmTrainingKernels(tf, WASM_SPEED_KERNELS);
@@ -256,4 +256,33 @@ describe('wasm training kernels', () => {
       expect(original).toEqual(cpu);
     });
   }
+
+  it('Identity shares the data: a clone outlives its source and frees it last', async () => {
+    await tf.setBackend('wasm');
+    const before = tf.memory().numTensors;
+    const bytesBefore = tf.memory().numBytes;
+    const dataIdsBefore = tf.engine().backend.numDataIds();
+    const source = tf.tensor([1, 2, 3, 4], [2, 2]);
+    const copy = tf.clone(source);
+    expect(tf.engine().backend.numDataIds()).toBe(dataIdsBefore + 1); // shared, not copied
+    source.dispose();
+    expect(Array.from(copy.dataSync())).toEqual([1, 2, 3, 4]);
+    const variable = tf.variable(copy);
+    copy.dispose();
+    const doubled = tf.mul(variable, 2);
+    variable.assign(doubled);
+    doubled.dispose();
+    expect(Array.from(variable.dataSync())).toEqual([2, 4, 6, 8]);
+    variable.dispose();
+    // A reshaped tensor's data is stored under its source's shape: its clone is a real copy,
+    // so that kernels reading the stored shape (FusedConv2D's bias) see the clone's own.
+    const result: TfTensor = tf.tidy(() => {
+      const bias = tf.clone(tf.reshape(tf.tensor4d([1, 2], [1, 1, 1, 2]), [2])) as ReturnType<Tf['tensor1d']>;
+      return tf.fused.conv2d({ x: tf.ones([1, 2, 2, 1]) as ReturnType<Tf['tensor4d']>, filter: tf.ones([1, 1, 1, 2]) as ReturnType<Tf['tensor4d']>, strides: 1, pad: 'valid', bias });
+    });
+    expect(Array.from(result.dataSync())).toEqual([2, 3, 2, 3, 2, 3, 2, 3]);
+    result.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    expect(tf.memory().numBytes).toBe(bytesBefore);
+  });
 });
