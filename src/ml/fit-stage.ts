@@ -93,7 +93,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     await stepper?.dispose();
   }
   // The top shares its layers (and weights) with `model`, which the caller disposes.
-  const final = val ? await evaluateSource(tf, trainee, val, numClasses) : undefined;
+  const final = val ? await evaluateSource(tf, trainee, val, numClasses, { signal: ctx.signal }) : undefined;
   const summary = await writeModelArtifact(ctx.outDir, model, request.info);
   await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
   const last = history.at(-1);
