@@ -626,7 +626,8 @@ export async function benchFinetune(options: BenchOptions = { torch: true, fullE
 // ---------------------------------------------------------------------------------------------
 // --markdown: the README's table from the JSON line
 
-const cell = (value: Json | undefined, digits = 3): string => (typeof value === 'number' ? (Number.isInteger(value) ? String(value) : value.toFixed(digits)) : value === null || value === undefined ? '-' : String(value));
+const cell = (value: Json | undefined, digits = 3): string =>
+  typeof value === 'number' ? (Number.isInteger(value) ? String(value) : value.toFixed(digits)) : value === null || value === undefined ? '-' : String(value).replace(/\s*\n\s*/g, ' ').replace(/\|/g, '\\|');
 const passText = (t: Json | undefined): string => {
   const o = (t ?? {}) as JsonObject;
   return o.pass === true ? 'pass' : o.pass === false ? '**fail**' : 'n/a';
