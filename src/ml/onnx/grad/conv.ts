@@ -2,8 +2,9 @@
  * Conv2D, DepthwiseConv2D and SeparableConv2D (channels last in Keras, NCHW in the graph).
  *
  * - Padding is explicit: TF's `same` puts the odd pixel at the end (`begin = ⌊total/2⌋`).
- * - dX is a ConvTranspose with the forward weight, pads and group, plus `output_padding` for
- *   the rows a strided conv never read (`(in + pads − kernel_extent) mod stride`).
+ * - dX of a strided conv is a ConvTranspose with the forward weight, pads and group, plus
+ *   `output_padding` for the rows it never read (`(in + pads − kernel_extent) mod stride`); at
+ *   stride 1 it is a Conv with the flipped kernel (faster in onnxruntime).
  * - dW swaps batch and channels: `X` as `[Cin, N, H, W]` convolved with `dY` as a kernel
  *   `[Cout, N, oh, ow]`, strides and dilations exchanged, gives `[Cin, Cout, kh', kw']`
  *   (sliced to the kernel when the last strided rows were not read). Depthwise does the same
@@ -72,10 +73,23 @@ function depthwiseToOnnx(g: OnnxGraph, kernel: string, channels: number, multipl
 
 const isPointwise = (geometry: ConvGeometry) => geometry.kernel.every((k) => k === 1) && geometry.strides.every((s) => s === 1) && geometry.pads.every((p) => p === 0);
 
-/** Gradient of the input of a convolution with ONNX weight `weight`. */
-function inputGradient(g: OnnxGraph, dZ: string, weight: string, geometry: ConvGeometry, group: number, hint: string): string {
-  return g.op('ConvTranspose', [dZ, weight], { ...convAttributes(geometry, group), output_padding: geometry.outputPadding }, hint);
+/**
+ * Gradient of the input of a convolution. Stride 1: a convolution of dY with the kernel
+ * flipped and its channel roles swapped (`swapped`: the TF kernel as `[group·in, out/group, kh, kw]`
+ * before flipping), padded to `extent − 1 − pad` (onnxruntime's grouped ConvTranspose is about
+ * twice as slow). Strided: ConvTranspose with the forward weight `weight`.
+ */
+function inputGradient(g: OnnxGraph, dZ: string, weight: string, swapped: () => string, geometry: ConvGeometry, group: number, hint: string): string {
+  if (geometry.strides.some((s) => s !== 1)) return g.op('ConvTranspose', [dZ, weight], { ...convAttributes(geometry, group), output_padding: geometry.outputPadding }, hint);
+  const flipped = g.op('Slice', [swapped(), g.int64s([-1, -1]), g.int64s([-(2 ** 31), -(2 ** 31)]), g.int64s([2, 3]), g.int64s([-1, -1])], {}, `${hint}/flipped_kernel`);
+  const extent = geometry.kernel.map((k, i) => (k - 1) * geometry.dilations[i] + 1);
+  const [top, left, bottom, right] = geometry.pads;
+  const pads = [extent[0] - 1 - top, extent[1] - 1 - left, extent[0] - 1 - bottom, extent[1] - 1 - right];
+  return g.op('Conv', [dZ, flipped], { kernel_shape: geometry.kernel, dilations: geometry.dilations, pads, group }, hint);
 }
+
+/** A TF kernel `[kh, kw, A, B]` as `[A, B, kh, kw]` (dense: `[in, out, …]`; depthwise: `[C, M, …]`). */
+const channelsFirst = (g: OnnxGraph, kernel: string) => () => g.op('Transpose', [kernel], { perm: [2, 3, 0, 1] }, 'kernel_abhw');
 
 /** Slices a `[…, kh', kw']` filter gradient down to the kernel. */
 function cropKernel(g: OnnxGraph, grad: string, geometry: ConvGeometry): string {
@@ -162,7 +176,7 @@ export const conv2d: LayerEmitter = {
       const transposed = g.op('Transpose', [ctx.weight(kernel)], { perm: [2, 3, 0, 1] }, `${layer.name}/kernel_iohw`);
       return [g.op('Conv', [dZ, transposed], { kernel_shape: [1, 1] }, `${layer.name}/d_input`)];
     }
-    return [inputGradient(g, dZ, saved.weight, geometry, 1, `${layer.name}/d_input`)];
+    return [inputGradient(g, dZ, saved.weight, channelsFirst(g, ctx.weight(kernel)), geometry, 1, `${layer.name}/d_input`)];
   },
 };
 
@@ -182,7 +196,7 @@ export const depthwiseConv2d: LayerEmitter = {
     const multiplier = fields(layer).depthMultiplier as number;
     if (ctx.wantsGradient(kernel)) ctx.addGradient(kernel, depthwiseFilterGradient(ctx.g, x, dZ, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
     if (!step.needInput[0]) return [null];
-    return [inputGradient(ctx.g, dZ, saved.weight, geometry, x.shape[0], `${layer.name}/d_input`)];
+    return [inputGradient(ctx.g, dZ, saved.weight, channelsFirst(ctx.g, ctx.weight(kernel)), geometry, x.shape[0], `${layer.name}/d_input`)];
   },
 };
 
@@ -215,6 +229,6 @@ export const separableConv2d: LayerEmitter = {
     const dMid = g.op('Conv', [dZ, transposed], { kernel_shape: [1, 1] }, `${layer.name}/d_mid`);
     if (ctx.wantsGradient(depthwise)) ctx.addGradient(depthwise, depthwiseFilterGradient(g, x, dMid, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
     if (!step.needInput[0]) return [null];
-    return [inputGradient(g, dMid, saved.depthwise, geometry, x.shape[0], `${layer.name}/d_input`)];
+    return [inputGradient(g, dMid, saved.depthwise, channelsFirst(g, ctx.weight(depthwise)), geometry, x.shape[0], `${layer.name}/d_input`)];
   },
 };

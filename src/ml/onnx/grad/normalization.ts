@@ -51,9 +51,10 @@ export const batchNormalization: LayerEmitter = {
     const axes = nonChannelAxes(x);
     if (p.beta && ctx.wantsGradient(p.beta)) ctx.addGradient(p.beta, reduceSum(g, step.dOutput, axes, false, `${layer.name}/d_beta`));
     if (p.gamma && ctx.wantsGradient(p.gamma)) {
+      // Σ dY·(x−μ), then the per-channel 1/√(var+ε): one full-size pass fewer than normalizing x.
       const centered = g.op('Sub', [x.name, channelBroadcast(g, ctx.weight(p.mean), x)]);
-      const normalized = g.op('Mul', [centered, channelBroadcast(g, saved.invStd, x)]);
-      ctx.addGradient(p.gamma, reduceSum(g, g.op('Mul', [step.dOutput, normalized]), axes, false, `${layer.name}/d_gamma`));
+      const sum = reduceSum(g, g.op('Mul', [step.dOutput, centered]), axes, false);
+      ctx.addGradient(p.gamma, g.op('Mul', [sum, saved.invStd], {}, `${layer.name}/d_gamma`));
     }
     if (!step.needInput[0]) return [null];
     return [g.op('Mul', [step.dOutput, channelBroadcast(g, saved.scale, x)], {}, `${layer.name}/d_input`)];
