@@ -23,7 +23,7 @@
  */
 import type { LayersModel, LayerVariable, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { OnnxGraph } from './graph.js';
-import { nhwcShapeOf, sumGradients, UnsupportedLayerError, valueShape, type EmitContext, type Forward, type Layer, type Value } from './grad/context.js';
+import { nhwcShapeOf, sumGradients, UnsupportedLayerError, valueOf, type EmitContext, type Forward, type Layer, type Value } from './grad/context.js';
 import { emitters } from './grad/index.js';
 import { emitCrossEntropy } from './grad/loss.js';
 
@@ -158,8 +158,7 @@ export function buildTrainingGraph(model: LayersModel, options: TrainingGraphOpt
   };
 
   // Forward. A tensor "needs a gradient" when some trainable weight lies at or below it.
-  const first = valueShape(inputShape);
-  const values = new Map<number, Value>([[model.inputs[0].id, { name: first.layout === 'nchw' ? g.op('Transpose', [xName], { perm: [0, 3, 1, 2] }, 'x_nchw') : xName, ...first }]]);
+  const values = new Map<number, Value>([[model.inputs[0].id, valueOf(xName, inputShape, 'nhwc')]]);
   const needs = new Set<number>();
   const forwards: Forward[] = [];
   for (const step of steps) {

@@ -20,8 +20,7 @@ function partsOf(ctx: EmitContext, layer: Layer, x: Value): Parts {
   const f = fields(layer);
   if (!isBatchNormInference(layer) && ctx.mode === 'train') ctx.refuse(layer, 'BatchNormalization in training mode (hold it in inference mode)');
   const axis = f.axis as number;
-  const channelAxis = x.layout === 'nchw' ? 1 : x.shape.length;
-  if (graphAxis(x, axis) !== channelAxis) ctx.refuse(layer, `normalization over axis ${axis}`);
+  if (graphAxis(x, axis) !== graphAxis(x, -1)) ctx.refuse(layer, `normalization over axis ${axis} (not the channels)`);
   return {
     gamma: f.scale ? (f.gamma as LayerVariable) : null,
     beta: f.center ? (f.beta as LayerVariable) : null,
