@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
 import { setBatchNormInference } from '../../../src/ml/surgery.js';
-import { compareGradients, randomBatch } from './parity.js';
+import { compareGradients, randomBatch } from './grad-parity.js';
 
 let tf: Tf;
 let tfl: TfLayersApi;

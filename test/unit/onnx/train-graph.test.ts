@@ -11,7 +11,7 @@ import { createOnnxStep } from '../../../src/ml/onnx/trainer.js';
 import { buildTrainingGraph, UnsupportedLayerError } from '../../../src/ml/onnx/train-graph.js';
 import { crossEntropy, withSeededRandom } from '../../../src/ml/train.js';
 import { mobilenetTop, type MobilenetTopOptions } from '../../fixtures/mobilenet-top.js';
-import { compareGradients, randomBatch, relativeError } from './parity.js';
+import { compareGradients, randomBatch, relativeError } from './grad-parity.js';
 
 let tf: Tf;
 let tfl: TfLayersApi;
