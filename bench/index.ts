@@ -1,4 +1,5 @@
 /** `npm run bench [name]`: every benchmark; figures are reported against a baseline measured in the same run. */
+import { benchOnnx } from './onnx.js';
 import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
 import { benchRuntime } from './runtime.js';
@@ -8,6 +9,7 @@ const benches: Record<string, () => Promise<unknown>> = {
   runtime: benchRuntime,
   preprocess: () => benchPreprocess(),
   prune: () => benchPrune(),
+  onnx: () => benchOnnx(),
 };
 for (const [name, bench] of Object.entries(benches)) {
   if (only && only !== name) continue;

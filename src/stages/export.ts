@@ -2,7 +2,8 @@
  * `export`: turns a trained `model` into a self-contained inference folder that
  * `pipeline predict` (src/predict.ts) and any TF.js app can load:
  * ```
- * model.json + weights.bin   the layers model (tf.loadLayersModel reads it as is)
+ * model.json + weights.bin   the layers model (tf.loadLayersModel reads it as is)   format: tfjs (default)
+ * model.onnx                 the same model as an ONNX graph, NHWC input                format: onnx
  * labels.json                class names in output order
  * preprocess.json            the exact PreprocessSpec of training, augmentation off
  * export.json                what was exported, when, from which artifact, and a summary
@@ -14,16 +15,26 @@ import { cp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/prom
 import { basename, dirname, join, resolve } from 'node:path';
 import paramsSchema from '../../schemas/stages/export.schema.json' with { type: 'json' };
 import { NO_AUGMENT, type PreprocessSpec } from '../data/spec.js';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { readModelArtifact, writeModelArtifact, type ModelInfo } from '../ml/artifact.js';
 import { MODEL_FILE, WEIGHTS_FILE } from '../ml/io.js';
+import { summarizeModel, type ModelSummary } from '../ml/surgery.js';
 import { StageError } from '../runtime/errors.js';
-import type { StageDefinition } from '../runtime/types.js';
+import type { StageDefinition, StageInput } from '../runtime/types.js';
 
 /** `with:` of an `export` stage (see schemas/stages/export.schema.json). */
 export interface ExportParams {
   /** Also copy the folder here (relative to the pipeline file). Default: only the artifact. */
   dir?: string;
+  /** What to write: `tfjs` (model.json + weights.bin), `onnx` (model.onnx). Default `['tfjs']`. */
+  format?: ExportFormat[];
 }
+
+/** A model file format `export` writes. */
+export type ExportFormat = 'tfjs' | 'onnx';
+
+/** File name of the ONNX model (`format: [onnx]`). */
+export const ONNX_FILE = 'model.onnx';
 
 /** Class names in output order. */
 export const LABELS_FILE = 'labels.json';
@@ -44,6 +55,8 @@ export interface ExportManifest {
   files: string[];
   /** Class names (as labels.json). */
   classes: string[];
+  /** Model formats written (`tfjs`: model.json + weights.bin; `onnx`: model.onnx). Absent in exports older than the field: tfjs. */
+  formats?: ExportFormat[];
   /** `[height, width, channels]` the model takes (as preprocess.json's size and channels). */
   inputShape: [number, number, number];
   /** The model artifact exported: its stage id, kind and cache key. */
@@ -53,13 +66,14 @@ export interface ExportManifest {
   /** Where the base came from, when known. */
   base?: ModelInfo['base'];
   /** Size facts. */
-  summary: { layers: number; params: number; trainableParams: number; weightBytes: number };
+  /** Size facts; `weightBytes` is weights.bin's size (0 without tfjs), `onnxBytes` model.onnx's. */
+  summary: { layers: number; params: number; trainableParams: number; weightBytes: number; onnxBytes?: number };
 }
 
 export const exportStage: StageDefinition<ExportParams> = {
   kind: 'export',
   version: 1,
-  description: 'Write model.json + weights, labels.json and preprocess.json into a folder for inference',
+  description: 'Write model.json + weights (and/or model.onnx), labels.json and preprocess.json into a folder for inference',
   paramsSchema,
   consumes: ['model'],
   provides: ['export'],
@@ -92,20 +106,25 @@ export const exportStage: StageDefinition<ExportParams> = {
       // Inference never augments; keep the field (with everything off) so the file is a full spec.
       const spec: PreprocessSpec = { ...info.preprocess, augment: { ...NO_AUGMENT } };
       const lineage = [...info.lineage, 'export'];
-      const written = await writeModelArtifact(ctx.outDir, model, { ...info, preprocess: spec, lineage });
+      const formats = params.format ?? ['tfjs'];
+      const exportInfo: ModelInfo = { ...info, preprocess: spec, lineage };
+      const written = formats.includes('tfjs') ? await writeModelArtifact(ctx.outDir, model, exportInfo) : await writeSummary(ctx.outDir, model, exportInfo);
+      const onnxBytes = formats.includes('onnx') ? await writeOnnx(join(ctx.outDir, ONNX_FILE), model, { classes, preprocess: spec, source }) : undefined;
       await writeJson(join(ctx.outDir, LABELS_FILE), classes);
       await writeJson(join(ctx.outDir, PREPROCESS_FILE), spec);
+      const modelFiles = [...(formats.includes('tfjs') ? [MODEL_FILE, WEIGHTS_FILE] : []), ...(onnxBytes !== undefined ? [ONNX_FILE] : [])];
       const manifest: ExportManifest = {
         format: EXPORT_FORMAT,
         version: 1,
         created: new Date().toISOString(),
-        files: [MODEL_FILE, WEIGHTS_FILE, LABELS_FILE, PREPROCESS_FILE, 'summary.json', EXPORT_FILE],
+        files: [...modelFiles, LABELS_FILE, PREPROCESS_FILE, 'summary.json', EXPORT_FILE],
+        formats,
         classes,
         inputShape: [spec.size[0], spec.size[1], spec.channels],
         source: { stage: source.id, kind: source.kind, key: source.key },
         lineage,
         ...(info.base ? { base: info.base } : {}),
-        summary: { layers: written.layers, params: written.params, trainableParams: written.trainableParams, weightBytes: written.weightBytes },
+        summary: { layers: written.layers, params: written.params, trainableParams: written.trainableParams, weightBytes: written.weightBytes, ...(onnxBytes !== undefined ? { onnxBytes } : {}) },
       };
       await writeJson(join(ctx.outDir, EXPORT_FILE), manifest);
 
@@ -116,7 +135,7 @@ export const exportStage: StageDefinition<ExportParams> = {
         ctx.log.info({ dir: target }, 'export copied');
       }
       return {
-        metrics: { classes: classes.length, params: written.params, weightBytes: written.weightBytes, ...(target ? { dir: target } : {}) },
+        metrics: { classes: classes.length, params: written.params, weightBytes: written.weightBytes, ...(onnxBytes !== undefined ? { onnxBytes } : {}), ...(target ? { dir: target } : {}) },
       };
     } finally {
       model.dispose();
@@ -133,6 +152,41 @@ export const exportStage: StageDefinition<ExportParams> = {
     ctx.log.info({ dir: target }, 'export restored from the cache');
   },
 };
+
+/** summary.json alone, for an export without the tfjs files (weightBytes 0: no weights.bin). */
+async function writeSummary(dir: string, model: LayersModel, info: ModelInfo): Promise<ModelSummary & { weightBytes: number }> {
+  const summary = { ...summarizeModel(model), weightBytes: 0 };
+  await writeFile(join(dir, 'summary.json'), JSON.stringify({ ...summary, info }, null, 1) + '\n');
+  return summary;
+}
+
+/**
+ * Writes the whole model as ONNX to `file` (classes, preprocessing and provenance as metadata
+ * props); returns its size in bytes. The converter is imported here, not at the top, so the CLI
+ * does not load it for runs that never export ONNX.
+ */
+async function writeOnnx(file: string, model: LayersModel, facts: { classes: string[]; preprocess: PreprocessSpec; source: StageInput }): Promise<number> {
+  const { convertLayersModel, UnsupportedLayerError } = await import('../ml/onnx/convert.js');
+  let bytes: Uint8Array;
+  try {
+    bytes = convertLayersModel(model, { name: model.name }).graph.toBytes({
+      classes: JSON.stringify(facts.classes),
+      preprocess: JSON.stringify(facts.preprocess),
+      input_layout: 'NHWC',
+      source: `${facts.source.id} (${facts.source.kind}, ${facts.source.key})`,
+    });
+  } catch (error) {
+    if (!(error instanceof UnsupportedLayerError)) throw error;
+    throw new StageError(
+      'onnx_unsupported_layer',
+      `cannot export to ONNX: layer '${error.layer}' (${error.className}): ${error.reason}; export format [tfjs] only, or change that layer`,
+      { layer: error.layer, className: error.className, reason: error.reason },
+      { cause: error },
+    );
+  }
+  await writeFile(file, bytes);
+  return bytes.byteLength;
+}
 
 /** The `_entry.json` the store adds to a cached entry: not part of an export folder. */
 const STORE_FILE = '_entry.json';
