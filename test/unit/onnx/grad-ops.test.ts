@@ -6,7 +6,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
-import { setBatchNormInference } from '../../../src/ml/surgery.js';
+import { allLayers, setBatchNormInference } from '../../../src/ml/surgery.js';
+import { ARCHITECTURES } from '../../fixtures/architectures.js';
 import { compareGradients, randomBatch } from './grad-parity.js';
 
 let tf: Tf;
@@ -141,4 +142,27 @@ describe('gradient parity with tf.variableGrads', () => {
     const model = modelOf([12], (x) => apply(tfl.layers.conv2d({ filters: 2, kernelSize: 2, kernelInitializer: init() }), apply(tfl.layers.reshape({ targetShape: [2, 3, 2] }), x)));
     await expectParity(model, [12]);
   });
+
+  it('Multiply broadcasting [H, W, C] by [1, 1, C] (squeeze-excite)', async () => {
+    const model = modelOf([4, 4, 3], (x) => {
+      const y = apply(tfl.layers.conv2d({ filters: 3, kernelSize: 3, padding: 'same', kernelInitializer: init() }), x);
+      const se = apply(tfl.layers.conv2d({ filters: 3, kernelSize: 1, activation: 'sigmoid', kernelInitializer: init() }), apply(tfl.layers.reshape({ targetShape: [1, 1, 3] }), apply(tfl.layers.globalAveragePooling2d({}), y)));
+      return tfl.layers.multiply().apply([y, se]) as SymbolicTensor;
+    });
+    await expectParity(model, [4, 4, 3]);
+  });
+});
+
+describe('whole architectures (test/fixtures/architectures.ts), every layer trainable, BN in inference mode', () => {
+  for (const [name, build] of Object.entries(ARCHITECTURES)) {
+    it(name, async () => {
+      const model = await build({ seed: 5 });
+      for (const layer of allLayers(model)) if (layer.getClassName() === 'BatchNormalization') setBatchNormInference(layer, true);
+      const shape = model.inputs[0].shape.slice(1) as number[];
+      const result = await compareGradients(tf, model, randomBatch([3, ...shape], 3, 9), 3);
+      expect(result.names.length).toBe(model.trainableWeights.length);
+      expect(Math.abs(result.loss - result.tfLoss) / result.tfLoss).toBeLessThan(1e-6);
+      expect(result.worst, JSON.stringify(result.errors)).toBeLessThan(1e-5);
+    });
+  }
 });

@@ -10,6 +10,7 @@
  */
 import type { LayersModel, LayerVariable } from '@tensorflow/tfjs-layers';
 import type { OnnxGraph } from '../graph.js';
+import { UnsupportedLayerError as ConverterUnsupportedLayerError } from '../types.js';
 
 /** A layer of a tfjs-layers model. */
 export type Layer = LayersModel['layers'][number];
@@ -23,19 +24,15 @@ export interface Value {
   layout: 'nchw' | 'nhwc' | 'flat';
 }
 
-/** Thrown for a layer (or a layer configuration) whose backward pass is not implemented. */
-export class UnsupportedLayerError extends Error {
-  readonly code = 'onnx_unsupported_layer';
-  constructor(
-    /** Name of the layer. */
-    readonly layer: string,
-    /** Its tfjs class name. */
-    readonly className: string,
-    /** Why, in a few words (`"padding causal"`, `"BatchNormalization in training mode"`). */
-    readonly reason: string,
-  ) {
-    super(`layer "${layer}" (${className}) cannot be trained through onnxruntime: ${reason}`);
-    this.name = 'UnsupportedLayerError';
+/**
+ * Thrown for a layer (or a layer configuration) whose backward pass is not implemented. A
+ * subclass of the converter's error (same `code`, `layer`, `className`, `reason`), so a caller
+ * catching `UnsupportedLayerError` from `convert.ts` catches both.
+ */
+export class UnsupportedLayerError extends ConverterUnsupportedLayerError {
+  constructor(layer: string, className: string, reason: string) {
+    super(layer, className, reason);
+    this.message = `layer "${layer}" (${className}) cannot be trained through onnxruntime: ${reason}`;
   }
 }
 

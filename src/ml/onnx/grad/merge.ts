@@ -1,9 +1,9 @@
 /**
- * Merge layers: Add, Multiply, Average (inputs of one shape; broadcasting merges are refused)
- * and Concatenate (backward is a Split along the same axis). Inputs are brought to the first
+ * Merge layers: Add, Multiply, Average (inputs of one rank, broadcasting over unit
+ * dimensions: the gradient of a broadcast input is summed over them) and Concatenate (backward is a Split along the same axis). Inputs are brought to the first
  * input's layout; each input's gradient goes back to its own.
  */
-import { convertLayout, graphAxis, inLayout, kerasShapeOf, type EmitContext, type Layer, type LayerEmitter, type SpatialLayout, type Value } from './context.js';
+import { convertLayout, graphAxis, inLayout, reduceSum, type EmitContext, type Layer, type LayerEmitter, type SpatialLayout, type Value } from './context.js';
 
 /** The inputs in the first input's layout. */
 function aligned(ctx: EmitContext, inputs: Value[]): Value[] {
@@ -11,51 +11,65 @@ function aligned(ctx: EmitContext, inputs: Value[]): Value[] {
   return inputs.map((v) => (layout === 'flat' ? v : inLayout(ctx.g, v, layout)));
 }
 
-function sameShapes(ctx: EmitContext, layer: Layer, inputs: Value[]): Value[] {
-  const first = JSON.stringify(kerasShapeOf(inputs[0]));
-  if (inputs.some((v) => JSON.stringify(kerasShapeOf(v)) !== first)) ctx.refuse(layer, 'inputs of different shapes (broadcasting merge)');
-  return aligned(ctx, inputs);
+/**
+ * The inputs aligned to one layout, and the output value. Inputs of one rank may broadcast
+ * where a dimension is 1 (squeeze-excite multiplies `[H, W, C]` by `[1, 1, C]`).
+ */
+function broadcastShapes(ctx: EmitContext, layer: Layer, inputs: Value[]): { values: Value[]; output: Value } {
+  const values = aligned(ctx, inputs);
+  if (values.some((v) => v.shape.length !== values[0].shape.length)) ctx.refuse(layer, 'inputs of different ranks');
+  const shape = values[0].shape.map((_, i) => Math.max(...values.map((v) => v.shape[i])));
+  if (values.some((v) => v.shape.some((d, i) => d !== shape[i] && d !== 1))) ctx.refuse(layer, 'inputs whose shapes do not broadcast');
+  return { values, output: { name: '', shape, layout: values[0].layout } };
 }
 
-/** `gradient` (in the output's layout) in the layout of input `i`. */
-const backTo = (ctx: EmitContext, inputs: Value[], i: number, gradient: string) =>
-  inputs[i].layout === 'flat' ? gradient : convertLayout(ctx.g, gradient, inputs[0].layout, inputs[i].layout as SpatialLayout);
+/**
+ * `gradient` (of the output, in its layout) for input `i`: summed over the axes the input
+ * was broadcast along, then in the input's own layout.
+ */
+function backTo(ctx: EmitContext, step: { inputs: Value[]; output: Value }, i: number, gradient: string): string {
+  const aligned0 = aligned(ctx, step.inputs)[i];
+  const axes = aligned0.shape.flatMap((d, k) => (d === 1 && step.output.shape[k] !== 1 ? [k + 1] : []));
+  const summed = axes.length ? reduceSum(ctx.g, gradient, axes, true, `${step.inputs[i].name}/d_broadcast`) : gradient;
+  const input = step.inputs[i];
+  return input.layout === 'flat' ? summed : convertLayout(ctx.g, summed, step.output.layout, input.layout as SpatialLayout);
+}
 
 const chain = (ctx: EmitContext, op: string, names: string[], hint: string) => names.reduce((a, b) => ctx.g.op(op, [a, b], {}, hint));
 
 export const add: LayerEmitter = {
   forward(ctx, layer, inputs) {
-    const values = sameShapes(ctx, layer, inputs);
-    return { output: { ...values[0], name: chain(ctx, 'Add', values.map((v) => v.name), `${layer.name}/add`) } };
+    const { values, output } = broadcastShapes(ctx, layer, inputs);
+    return { output: { ...output, name: chain(ctx, 'Add', values.map((v) => v.name), `${layer.name}/add`) } };
   },
   backward(ctx, step) {
-    return step.needInput.map((need, i) => (need ? backTo(ctx, step.inputs, i, step.dOutput) : null));
+    return step.needInput.map((need, i) => (need ? backTo(ctx, step, i, step.dOutput) : null));
   },
 };
 
 export const average: LayerEmitter = {
   forward(ctx, layer, inputs) {
-    const values = sameShapes(ctx, layer, inputs);
+    const { values, output } = broadcastShapes(ctx, layer, inputs);
     const sum = chain(ctx, 'Add', values.map((v) => v.name), `${layer.name}/sum`);
-    return { output: { ...values[0], name: ctx.g.op('Mul', [sum, ctx.g.floats([1 / inputs.length])], {}, `${layer.name}/average`) } };
+    return { output: { ...output, name: ctx.g.op('Mul', [sum, ctx.g.floats([1 / inputs.length])], {}, `${layer.name}/average`) } };
   },
   backward(ctx, step) {
     const share = ctx.g.op('Mul', [step.dOutput, ctx.g.floats([1 / step.inputs.length])], {}, `${step.layer.name}/d_input`);
-    return step.needInput.map((need, i) => (need ? backTo(ctx, step.inputs, i, share) : null));
+    return step.needInput.map((need, i) => (need ? backTo(ctx, step, i, share) : null));
   },
 };
 
 export const multiply: LayerEmitter = {
   forward(ctx, layer, inputs) {
-    const values = sameShapes(ctx, layer, inputs);
-    return { output: { ...values[0], name: chain(ctx, 'Mul', values.map((v) => v.name), `${layer.name}/mul`) } };
+    const { values, output } = broadcastShapes(ctx, layer, inputs);
+    return { output: { ...output, name: chain(ctx, 'Mul', values.map((v) => v.name), `${layer.name}/mul`) } };
   },
   backward(ctx, step) {
     const values = aligned(ctx, step.inputs);
     return values.map((_, i) => {
       if (!step.needInput[i]) return null;
       const others = values.filter((_, j) => j !== i).map((v) => v.name);
-      return backTo(ctx, step.inputs, i, chain(ctx, 'Mul', [step.dOutput, ...others], `${step.layer.name}/d_input`));
+      return backTo(ctx, step, i, chain(ctx, 'Mul', [step.dOutput, ...others], `${step.layer.name}/d_input`));
     });
   },
 };
@@ -77,6 +91,6 @@ export const concatenate: LayerEmitter = {
     const axis = graphAxis(values[0], concatAxis(step.layer));
     const sizes = values.map((v) => v.shape[axis - 1]);
     const parts = ctx.g.node('Split', [step.dOutput, ctx.g.int64s(sizes)], { axis }, { hint: `${step.layer.name}/d_input`, outputs: sizes.length });
-    return parts.map((p, i) => (step.needInput[i] ? backTo(ctx, step.inputs, i, p) : null));
+    return parts.map((p, i) => (step.needInput[i] ? (step.inputs[i].layout === 'flat' ? p : convertLayout(ctx.g, p, values[0].layout as SpatialLayout, step.inputs[i].layout as SpatialLayout)) : null));
   },
 };
