@@ -22,7 +22,7 @@
  * `UnsupportedLayerError` (a subclass of convert.ts's; the caller then trains with TF.js and
  * logs `err.layer`, `err.className`, `err.reason`). `findUntrainableLayer` asks without throwing.
  *
- * Differentiated (forward and backward, `grad/*.ts`): Conv2D (any kernel, stride, dilation,
+ * Differentiated (forward and backward, `grad/*.ts`): Conv2D (any kernel and stride, undilated,
  * same/valid), DepthwiseConv2D (any multiplier), SeparableConv2D, Dense (rank-2 input),
  * BatchNormalization held in inference mode (gamma/beta train; training-mode BN is refused),
  * activations linear/relu/relu6/sigmoid/tanh/swish/softmax (fused or as Activation, ReLU with
@@ -31,7 +31,8 @@
  * (TF.js's gradient, see pooling.ts), Flatten, Reshape, ZeroPadding2D, Cropping2D, Dropout
  * (masks fed from TF.js's own `tf.dropout`, without noise_shape). Not: ELU/SELU/GELU and other
  * activations, PReLU, LayerNormalization, UpSampling2D, Permute, Maximum/Minimum, RNNs,
- * 1-D/3-D layers, nested models, shared layers.
+ * 1-D/3-D layers, dilated convolutions (TF.js has no gradient for them), nested models, shared
+ * layers.
  *
  * Why this file emits its own forward pass instead of taking convert.ts's: the backward needs
  * the forward's intermediate values by name (pre-activations, the weights in ONNX layout, pool

@@ -8,6 +8,7 @@ import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
 import { allLayers, setBatchNormInference } from '../../../src/ml/surgery.js';
 import { ARCHITECTURES } from '../../fixtures/architectures.js';
+import { buildTrainingGraph } from '../../../src/ml/onnx/train-graph.js';
 import { compareGradients, randomBatch } from './grad-parity.js';
 
 let tf: Tf;
@@ -77,6 +78,13 @@ describe('gradient parity with tf.variableGrads', () => {
       await expectParity(model, [size, size, 3]);
     });
   }
+
+  it('DepthwiseConv2D 7x7 (the grouped-conv dW); a dilated Conv2D is refused (TF.js has no gradient for it)', async () => {
+    const depthwise = modelOf([8, 8, 2], (x) => apply(tfl.layers.depthwiseConv2d({ kernelSize: 7, padding: 'same', depthMultiplier: 2, depthwiseInitializer: init() }), x));
+    await expectParity(depthwise, [8, 8, 2]);
+    const dilated = modelOf([8, 8, 2], (x) => apply(tfl.layers.conv2d({ filters: 3, kernelSize: 3, dilationRate: 2, padding: 'same', kernelInitializer: init() }), x));
+    expect(() => buildTrainingGraph(dilated, { numClasses: 3 })).toThrow(/dilated convolution/);
+  });
 
   it('SeparableConv2D', async () => {
     const model = modelOf([6, 6, 3], (x) => apply(tfl.layers.separableConv2d({ filters: 4, kernelSize: 3, strides: 2, padding: 'same', depthwiseInitializer: init(), pointwiseInitializer: init(), biasInitializer: init() }), x));

@@ -10,7 +10,8 @@
  * - dW swaps batch and channels: `X` as `[Cin, N, H, W]` convolved with `dY` as a kernel
  *   `[Cout, N, oh, ow]`, strides and dilations exchanged, gives `[Cin, Cout, kh', kw']`
  *   (sliced to the kernel when the last strided rows were not read). Depthwise does the same
- *   with all channels in one batch row, `[1, C·N, H, W]`, and `group = C`. A 1x1 stride-1
+ *   with all channels in one batch row, `[1, C·N, H, W]`, and `group = C`, but only for
+ *   kernels over 25 taps: smaller ones sum shifted products in NHWC (faster). A 1x1 stride-1
  *   kernel is one MatMul instead.
  */
 import type { LayerVariable } from '@tensorflow/tfjs-layers';
@@ -57,7 +58,11 @@ function geometryOf(ctx: EmitContext, layer: Layer, x: Value): ConvGeometry {
   if ((f.dataFormat ?? 'channelsLast') !== 'channelsLast') ctx.refuse(layer, `data format ${String(f.dataFormat)}`);
   const padding = f.padding as string;
   if (padding !== 'same' && padding !== 'valid') ctx.refuse(layer, `padding ${padding}`);
-  return convGeometry(padding, spatialShape(x), pair(f.kernelSize), pair(f.strides), pair(f.dilationRate ?? 1));
+  const dilations = pair(f.dilationRate ?? 1);
+  // TF.js cannot differentiate dilated convolutions (and its depthwise kernels ignore dilation),
+  // so there is no reference to match: refuse.
+  if (dilations.some((d) => d !== 1)) ctx.refuse(layer, 'dilated convolution');
+  return convGeometry(padding, spatialShape(x), pair(f.kernelSize), pair(f.strides), dilations);
 }
 
 function convAttributes(geometry: ConvGeometry, group: number) {
@@ -131,6 +136,39 @@ function depthwiseFilterGradient(g: OnnxGraph, x: Value, dZ: string, multiplier:
   const grad = cropKernel(g, g.op('Conv', [rows, kernel], swapped, `${hint}/cm_hw`), geometry);
   const cmhw = g.op('Reshape', [grad, g.int64s([channels, multiplier, ...geometry.kernel])]);
   return g.op('Transpose', [cmhw], { perm: [2, 3, 0, 1] }, hint);
+}
+
+/**
+ * dW of a depthwise convolution as a sum of shifted products in NHWC, for small kernels:
+ * `dW[a, b, c, m] = Σ_{n,y,x} Xpad[n, y·s + a·d, x·s + b·d, c] · dZ[n, y, x, c·M + m]`, one
+ * strided Slice, Mul and ReduceSum over the leading axes per tap (about 2.5x faster in
+ * onnxruntime than the grouped-conv form for a 3x3 kernel on 7x7x960). Already TF layout.
+ */
+function shiftedDepthwiseFilterGradient(g: OnnxGraph, x: Value, dZ: string, multiplier: number, geometry: ConvGeometry, hint: string): string {
+  const channels = channelsOf(x);
+  const [top, left, bottom, right] = geometry.pads;
+  const padded = geometry.pads.some((p) => p > 0) ? g.op('Pad', [x.name, g.int64s([0, top, left, 0, 0, bottom, right, 0])], { mode: 'constant' }, `${hint}/x_padded`) : x.name;
+  // [N, oh, ow, C, M] against slices [N, oh, ow, C, 1] when there is a multiplier.
+  const grad = multiplier === 1 ? dZ : g.op('Reshape', [dZ, g.int64s([0, ...geometry.output, channels, multiplier])]);
+  const taps: string[] = [];
+  for (let a = 0; a < geometry.kernel[0]; a++)
+    for (let b = 0; b < geometry.kernel[1]; b++) {
+      const start = [a * geometry.dilations[0], b * geometry.dilations[1]];
+      const end = start.map((s0, i) => s0 + (geometry.output[i] - 1) * geometry.strides[i] + 1);
+      let window = g.op('Slice', [padded, g.int64s(start), g.int64s(end), g.int64s([1, 2]), g.int64s(geometry.strides)]);
+      if (multiplier !== 1) window = g.op('Unsqueeze', [window, g.int64s([4])]);
+      taps.push(g.op('Unsqueeze', [reduceSum(g, g.op('Mul', [window, grad]), [0, 1, 2]), g.int64s([0])]));
+    }
+  return g.op('Reshape', [g.op('Concat', taps, { axis: 0 }), g.int64s([...geometry.kernel, channels, multiplier])], {}, hint);
+}
+
+/** Kernels up to this many taps take the shifted form of the depthwise dW. */
+const SHIFTED_DEPTHWISE_MAX_TAPS = 25;
+
+/** dW of a depthwise convolution whose output gradient `dZ` is NCHW, in TF layout. */
+function depthwiseKernelGradient(g: OnnxGraph, x: Value, dZ: string, multiplier: number, geometry: ConvGeometry, hint: string): string {
+  if (geometry.kernel[0] * geometry.kernel[1] > SHIFTED_DEPTHWISE_MAX_TAPS) return depthwiseFilterGradient(g, inLayout(g, x, 'nchw'), dZ, multiplier, geometry, hint);
+  return shiftedDepthwiseFilterGradient(g, inLayout(g, x, 'nhwc'), convertLayout(g, dZ, 'nchw', 'nhwc', `${hint}/dz_nhwc`), multiplier, geometry, hint);
 }
 
 function biasOf(layer: Layer): LayerVariable | null {
@@ -226,8 +264,7 @@ export const depthwiseConv2d: LayerEmitter = {
     const dZ = headBackward(ctx, step);
     const kernel = fields(layer).depthwiseKernel as LayerVariable;
     const multiplier = fields(layer).depthMultiplier as number;
-    const xc = inLayout(g, x, 'nchw');
-    if (ctx.wantsGradient(kernel)) ctx.addGradient(kernel, depthwiseFilterGradient(g, xc, dZ, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
+    if (ctx.wantsGradient(kernel)) ctx.addGradient(kernel, depthwiseKernelGradient(g, x, dZ, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
     if (!step.needInput[0]) return [null];
     const dX = inputGradient(g, dZ, saved.weight, channelsFirst(g, ctx.weight(kernel)), geometry, channelsOf(x), `${layer.name}/d_input`);
     return [convertLayout(g, dX, 'nchw', x.layout as SpatialLayout)];
@@ -263,7 +300,7 @@ export const separableConv2d: LayerEmitter = {
     if (ctx.wantsGradient(pointwise)) ctx.addGradient(pointwise, filterGradient(g, mid, dZ, channelsOf(step.output), pointwiseGeometry, `${layer.name}/d_pointwise_kernel`));
     const transposed = g.op('Transpose', [ctx.weight(pointwise)], { perm: [2, 3, 0, 1] });
     const dMid = g.op('Conv', [dZ, transposed], { kernel_shape: [1, 1] }, `${layer.name}/d_mid`);
-    if (ctx.wantsGradient(depthwise)) ctx.addGradient(depthwise, depthwiseFilterGradient(g, inLayout(g, x, 'nchw'), dMid, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
+    if (ctx.wantsGradient(depthwise)) ctx.addGradient(depthwise, depthwiseKernelGradient(g, x, dMid, multiplier, geometry, `${layer.name}/d_depthwise_kernel`));
     if (!step.needInput[0]) return [null];
     const dX = inputGradient(g, dMid, saved.depthwise, channelsFirst(g, ctx.weight(depthwise)), geometry, channels, `${layer.name}/d_input`);
     return [convertLayout(g, dX, 'nchw', x.layout as SpatialLayout)];
