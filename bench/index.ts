@@ -1,11 +1,12 @@
 /**
  * `npm run bench [name]`: the quick benchmarks (runtime, preprocess, prune) by default; the ones
- * that need the real MobileNetV2 (onnx, train-top, finetune — the last ~10 min with the PyTorch
+ * that need the real MobileNetV2 (onnx, onnx-train, train-top, finetune — the last ~10 min with the PyTorch
  * baseline) run only when named: `npm run bench finetune`, or `npm run bench:finetune`. Figures
  * are reported against a baseline measured in the same run.
  */
 import { benchFinetune, parseBenchOptions } from './finetune.js';
 import { benchOnnx } from './onnx.js';
+import { benchOnnxTrain } from './onnx-train.js';
 import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
 import { benchRuntime } from './runtime.js';
@@ -19,8 +20,9 @@ const benches: Record<string, () => Promise<unknown>> = {
   'train-top': () => benchTrainTop(),
   onnx: () => benchOnnx(),
   finetune: () => benchFinetune(parseBenchOptions(process.argv.slice(3))),
+  'onnx-train': () => benchOnnxTrain(),
 };
-const onDemand = new Set(['train-top', 'onnx', 'finetune']);
+const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune']);
 if (only && !(only in benches)) {
   console.error(`no benchmark '${only}'; choose one of: ${Object.keys(benches).join(', ')}`);
   process.exit(2);

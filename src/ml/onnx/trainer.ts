@@ -76,6 +76,9 @@ const sessionOptions = (threads: number): ort.InferenceSession.SessionOptions =>
   interOpNumThreads: 1,
   executionMode: 'sequential',
   graphOptimizationLevel: 'all',
+  // Idle pool threads sleep instead of spinning: between runs TF.js applies the update on the
+  // same cores, and on a shared machine spinning made 2 threads slower than 1.
+  extra: { session: { intra_op: { allow_spinning: '0' } } },
 });
 
 /** The TF.js variable behind a weight input (the name `applyGradients` looks up). */

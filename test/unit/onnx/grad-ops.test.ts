@@ -6,7 +6,9 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
-import { setBatchNormInference } from '../../../src/ml/surgery.js';
+import { allLayers, setBatchNormInference } from '../../../src/ml/surgery.js';
+import { ARCHITECTURES } from '../../fixtures/architectures.js';
+import { buildTrainingGraph } from '../../../src/ml/onnx/train-graph.js';
 import { compareGradients, randomBatch } from './grad-parity.js';
 
 let tf: Tf;
@@ -77,6 +79,13 @@ describe('gradient parity with tf.variableGrads', () => {
     });
   }
 
+  it('DepthwiseConv2D 7x7 (the grouped-conv dW); a dilated Conv2D is refused (TF.js has no gradient for it)', async () => {
+    const depthwise = modelOf([8, 8, 2], (x) => apply(tfl.layers.depthwiseConv2d({ kernelSize: 7, padding: 'same', depthMultiplier: 2, depthwiseInitializer: init() }), x));
+    await expectParity(depthwise, [8, 8, 2]);
+    const dilated = modelOf([8, 8, 2], (x) => apply(tfl.layers.conv2d({ filters: 3, kernelSize: 3, dilationRate: 2, padding: 'same', kernelInitializer: init() }), x));
+    expect(() => buildTrainingGraph(dilated, { numClasses: 3 })).toThrow(/dilated convolution/);
+  });
+
   it('SeparableConv2D', async () => {
     const model = modelOf([6, 6, 3], (x) => apply(tfl.layers.separableConv2d({ filters: 4, kernelSize: 3, strides: 2, padding: 'same', depthwiseInitializer: init(), pointwiseInitializer: init(), biasInitializer: init() }), x));
     await expectParity(model, [6, 6, 3]);
@@ -141,4 +150,27 @@ describe('gradient parity with tf.variableGrads', () => {
     const model = modelOf([12], (x) => apply(tfl.layers.conv2d({ filters: 2, kernelSize: 2, kernelInitializer: init() }), apply(tfl.layers.reshape({ targetShape: [2, 3, 2] }), x)));
     await expectParity(model, [12]);
   });
+
+  it('Multiply broadcasting [H, W, C] by [1, 1, C] (squeeze-excite)', async () => {
+    const model = modelOf([4, 4, 3], (x) => {
+      const y = apply(tfl.layers.conv2d({ filters: 3, kernelSize: 3, padding: 'same', kernelInitializer: init() }), x);
+      const se = apply(tfl.layers.conv2d({ filters: 3, kernelSize: 1, activation: 'sigmoid', kernelInitializer: init() }), apply(tfl.layers.reshape({ targetShape: [1, 1, 3] }), apply(tfl.layers.globalAveragePooling2d({}), y)));
+      return tfl.layers.multiply().apply([y, se]) as SymbolicTensor;
+    });
+    await expectParity(model, [4, 4, 3]);
+  });
+});
+
+describe('whole architectures (test/fixtures/architectures.ts), every layer trainable, BN in inference mode', () => {
+  for (const [name, build] of Object.entries(ARCHITECTURES)) {
+    it(name, async () => {
+      const model = await build({ seed: 5 });
+      for (const layer of allLayers(model)) if (layer.getClassName() === 'BatchNormalization') setBatchNormInference(layer, true);
+      const shape = model.inputs[0].shape.slice(1) as number[];
+      const result = await compareGradients(tf, model, randomBatch([3, ...shape], 3, 9), 3);
+      expect(result.names.length).toBe(model.trainableWeights.length);
+      expect(Math.abs(result.loss - result.tfLoss) / result.tfLoss).toBeLessThan(1e-6);
+      expect(result.worst, JSON.stringify(result.errors)).toBeLessThan(1e-5);
+    });
+  }
 });

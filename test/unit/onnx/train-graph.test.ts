@@ -8,7 +8,8 @@ import type * as TfCore from '@tensorflow/tfjs-core';
 import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
 import { setBatchNormInference } from '../../../src/ml/surgery.js';
 import { createOnnxStep } from '../../../src/ml/onnx/trainer.js';
-import { buildTrainingGraph, UnsupportedLayerError } from '../../../src/ml/onnx/train-graph.js';
+import { buildTrainingGraph, findUntrainableLayer, UnsupportedLayerError } from '../../../src/ml/onnx/train-graph.js';
+import { UnsupportedLayerError as ConverterUnsupportedLayerError } from '../../../src/ml/onnx/convert.js';
 import { crossEntropy, withSeededRandom } from '../../../src/ml/train.js';
 import { mobilenetTop, type MobilenetTopOptions } from '../../fixtures/mobilenet-top.js';
 import { compareGradients, randomBatch, relativeError } from './grad-parity.js';
@@ -135,6 +136,9 @@ describe('MobileNetV2-style top through onnxruntime', () => {
     const model = tfl.model({ inputs: input, outputs: head });
     expect(() => buildTrainingGraph(model, { numClasses: 2 })).toThrow(UnsupportedLayerError);
     expect(() => buildTrainingGraph(model, { numClasses: 2 })).toThrow(/"ln" \(LayerNormalization\)/);
+    expect(() => buildTrainingGraph(model, { numClasses: 2 })).toThrow(ConverterUnsupportedLayerError);
+    expect(findUntrainableLayer(model, { numClasses: 2 })).toEqual({ layer: 'ln', className: 'LayerNormalization', reason: 'no backward implemented for this layer class' });
+    expect(findUntrainableLayer(mobilenetTop(tfl), { numClasses: 3 })).toBeNull();
 
     const top = mobilenetTop(tfl);
     setBatchNormInference(top.getLayer('Conv_1_bn'), false);

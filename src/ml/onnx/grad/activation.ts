@@ -5,6 +5,7 @@
  */
 import type { OnnxGraph } from '../graph.js';
 import { float } from '../graph.js';
+import { DataType } from '../proto.js';
 import { fields, reduceSum, type BackwardStep, type EmitContext, type Forward, type Layer, type LayerEmitter, type Value } from './context.js';
 
 /** An activation we differentiate: its kind and parameters. */
@@ -66,11 +67,13 @@ export function emitActivationGrad(g: OnnxGraph, spec: ActivationSpec, x: string
   const zero = () => g.floats([0]);
   const one = () => g.floats([1]);
   switch (spec.kind) {
+    // dy·cast(mask), as TF.js writes relu's and relu6's gradients (and faster in onnxruntime
+    // than a Where against a broadcast zero).
     case 'relu':
-      return g.op('Where', [g.op('Greater', [x, zero()]), dY, zero()], {}, hint);
+      return g.op('Mul', [dY, g.op('Cast', [g.op('Greater', [x, zero()])], { to: DataType.FLOAT })], {}, hint);
     case 'clip': {
       const inside = g.op('And', [g.op('Greater', [x, zero()]), g.op('LessOrEqual', [x, g.floats([spec.max!])])]);
-      return g.op('Where', [inside, dY, zero()], {}, hint);
+      return g.op('Mul', [dY, g.op('Cast', [inside], { to: DataType.FLOAT })], {}, hint);
     }
     case 'leaky':
       return g.op('Where', [g.op('Greater', [x, zero()]), dY, g.op('Mul', [dY, g.floats([spec.alpha!])])], {}, hint);

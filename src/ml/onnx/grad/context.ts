@@ -2,13 +2,15 @@
  * What the per-layer emitters of the training graph share: the value type, the context an
  * emitter writes into, the emitter interface, and small ONNX helpers (layouts, reductions).
  *
- * Inside the graph every rank-4 activation is NCHW (`layout: 'nchw'`, shape `[C, H, W]`
- * without the batch); rank-2 activations are `flat` (`[F]`). Weights arrive as graph inputs in
- * TF.js layout and every weight gradient leaves in TF.js layout, so the caller never
- * transposes.
+ * Each rank-4 value carries its layout: `nhwc` (Keras order: 1x1 convs are plain MatMuls,
+ * per-channel parameters broadcast without reshapes) or `nchw` (what ONNX Conv and pooling
+ * need); an emitter converts its inputs with `inLayout` (one Transpose per value at most) and
+ * returns each input's gradient in that input's layout. Rank-2 values are `flat`. Weights arrive
+ * as graph inputs in TF.js layout and every weight gradient leaves in TF.js layout.
  */
 import type { LayersModel, LayerVariable } from '@tensorflow/tfjs-layers';
 import type { OnnxGraph } from '../graph.js';
+import { UnsupportedLayerError as ConverterUnsupportedLayerError } from '../types.js';
 
 /** A layer of a tfjs-layers model. */
 export type Layer = LayersModel['layers'][number];
@@ -17,24 +19,20 @@ export type Layer = LayersModel['layers'][number];
 export interface Value {
   /** ONNX tensor name. */
   name: string;
-  /** Shape without the batch: `[C, H, W]` for `nchw`, `[F]` for `flat`. */
+  /** Shape without the batch: `[C, H, W]` for `nchw`, `[H, W, C]` for `nhwc`, `[F]` for `flat`. */
   shape: number[];
-  layout: 'nchw' | 'flat';
+  layout: 'nchw' | 'nhwc' | 'flat';
 }
 
-/** Thrown for a layer (or a layer configuration) whose backward pass is not implemented. */
-export class UnsupportedLayerError extends Error {
-  readonly code = 'onnx_unsupported_layer';
-  constructor(
-    /** Name of the layer. */
-    readonly layer: string,
-    /** Its tfjs class name. */
-    readonly className: string,
-    /** Why, in a few words (`"padding causal"`, `"BatchNormalization in training mode"`). */
-    readonly reason: string,
-  ) {
-    super(`layer "${layer}" (${className}) cannot be trained through onnxruntime: ${reason}`);
-    this.name = 'UnsupportedLayerError';
+/**
+ * Thrown for a layer (or a layer configuration) whose backward pass is not implemented. A
+ * subclass of the converter's error (same `code`, `layer`, `className`, `reason`), so a caller
+ * catching `UnsupportedLayerError` from `convert.ts` catches both.
+ */
+export class UnsupportedLayerError extends ConverterUnsupportedLayerError {
+  constructor(layer: string, className: string, reason: string) {
+    super(layer, className, reason);
+    this.message = `layer "${layer}" (${className}) cannot be trained through onnxruntime: ${reason}`;
   }
 }
 
@@ -93,33 +91,69 @@ export function nhwcShapeOf(shape: (number | null)[]): number[] {
   return dims as number[];
 }
 
-/** Our layout and shape for a Keras per-example shape (`[H, W, C]` becomes nchw `[C, H, W]`). */
-export function valueShape(nhwc: number[]): { shape: number[]; layout: Value['layout'] } {
-  if (nhwc.length === 3) return { shape: [nhwc[2], nhwc[0], nhwc[1]], layout: 'nchw' };
-  return { shape: nhwc, layout: 'flat' };
+/** A rank-4 layout. */
+export type SpatialLayout = 'nchw' | 'nhwc';
+
+/** A value of Keras per-example shape `keras` (`[H, W, C]` or `[F]`) in `layout` (rank 4 only). */
+export function valueOf(name: string, keras: number[], layout: SpatialLayout = 'nhwc'): Value {
+  if (keras.length !== 3) return { name, shape: keras, layout: 'flat' };
+  return layout === 'nhwc' ? { name, shape: keras, layout } : { name, shape: [keras[2], keras[0], keras[1]], layout };
 }
 
-/** The Keras per-example shape of a value (inverse of `valueShape`). */
+/** The Keras per-example shape of a value. */
 export function kerasShapeOf(value: Value): number[] {
   return value.layout === 'nchw' ? [value.shape[1], value.shape[2], value.shape[0]] : value.shape;
 }
 
-/** Maps a Keras channels-last axis of a rank-4 (or rank-2) tensor onto our layout. */
+/** Height and width of a rank-4 value. */
+export function spatialShape(value: Value): [number, number] {
+  const [h, w] = kerasShapeOf(value);
+  return [h, w];
+}
+
+/** Channels of a value (features of a flat one). */
+export function channelsOf(value: Value): number {
+  return kerasShapeOf(value).at(-1)!;
+}
+
+/** Graph axes of height and width. */
+export function spatialAxes(value: Value): [number, number] {
+  return value.layout === 'nchw' ? [2, 3] : [1, 2];
+}
+
+/** Maps a Keras channels-last axis (negative counts from the end) onto the value's layout. */
 export function graphAxis(value: Value, kerasAxis: number): number {
   const rank = value.shape.length + 1;
   const axis = kerasAxis < 0 ? kerasAxis + rank : kerasAxis;
-  if (value.layout !== 'nchw') return axis;
-  return [0, 2, 3, 1][axis];
+  return value.layout === 'nchw' ? [0, 2, 3, 1][axis] : axis;
 }
 
-/** NCHW → NHWC (a no-op for flat values). */
-export function toNhwc(g: OnnxGraph, value: Value, hint = 'to_nhwc'): string {
-  return value.layout === 'nchw' ? g.op('Transpose', [value.name], { perm: [0, 2, 3, 1] }, hint) : value.name;
+const PERM = { 'nchw>nhwc': [0, 2, 3, 1], 'nhwc>nchw': [0, 3, 1, 2] } as const;
+const converted = new WeakMap<OnnxGraph, Map<string, string>>();
+
+/** A rank-4 tensor moved from one layout to another (a no-op when they agree). */
+export function convertLayout(g: OnnxGraph, tensor: string, from: Value['layout'], to: SpatialLayout, hint = `to_${to}`): string {
+  if (from === to || from === 'flat') return tensor;
+  return g.op('Transpose', [tensor], { perm: [...(PERM as Record<string, readonly number[]>)[`${from}>${to}`]] }, hint);
 }
 
-/** NHWC → our layout for a tensor of Keras shape `nhwc`. */
-export function fromNhwc(g: OnnxGraph, tensor: string, nhwc: number[], hint = 'to_nchw'): string {
-  return nhwc.length === 3 ? g.op('Transpose', [tensor], { perm: [0, 3, 1, 2] }, hint) : tensor;
+/**
+ * The value in `layout`, transposed at most once per graph (forward and backward ask for the
+ * same tensor). Flat values are returned as they are.
+ */
+export function inLayout(g: OnnxGraph, value: Value, layout: SpatialLayout): Value {
+  if (value.layout === 'flat' || value.layout === layout) return value;
+  let cache = converted.get(g);
+  if (!cache) converted.set(g, (cache = new Map()));
+  const key = `${value.name}>${layout}`;
+  let name = cache.get(key);
+  if (!name) cache.set(key, (name = convertLayout(g, value.name, value.layout, layout, `${value.name}/${layout}`)));
+  return valueOf(name, kerasShapeOf(value), layout);
+}
+
+/** Channels-last (Keras order) tensor of a value. */
+export function toKeras(g: OnnxGraph, value: Value): string {
+  return inLayout(g, value, 'nhwc').name;
 }
 
 /** Sum over `axes` (ReduceSum takes its axes as an input from opset 13). */
@@ -129,7 +163,8 @@ export function reduceSum(g: OnnxGraph, tensor: string, axes: number[], keepdims
 
 /** Axes of a value's gradient to sum for a per-channel parameter (all but the channel). */
 export function nonChannelAxes(value: Value): number[] {
-  return value.layout === 'nchw' ? [0, 2, 3] : [0];
+  if (value.layout === 'flat') return [0];
+  return value.layout === 'nchw' ? [0, 2, 3] : [0, 1, 2];
 }
 
 /** A per-channel vector `[C]` shaped to broadcast against a value (`[C, 1, 1]` in NCHW). */

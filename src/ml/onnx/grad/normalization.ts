@@ -20,8 +20,7 @@ function partsOf(ctx: EmitContext, layer: Layer, x: Value): Parts {
   const f = fields(layer);
   if (!isBatchNormInference(layer) && ctx.mode === 'train') ctx.refuse(layer, 'BatchNormalization in training mode (hold it in inference mode)');
   const axis = f.axis as number;
-  const channelAxis = x.layout === 'nchw' ? 1 : x.shape.length;
-  if (graphAxis(x, axis) !== channelAxis) ctx.refuse(layer, `normalization over axis ${axis}`);
+  if (graphAxis(x, axis) !== graphAxis(x, -1)) ctx.refuse(layer, `normalization over axis ${axis} (not the channels)`);
   return {
     gamma: f.scale ? (f.gamma as LayerVariable) : null,
     beta: f.center ? (f.beta as LayerVariable) : null,
@@ -51,9 +50,10 @@ export const batchNormalization: LayerEmitter = {
     const axes = nonChannelAxes(x);
     if (p.beta && ctx.wantsGradient(p.beta)) ctx.addGradient(p.beta, reduceSum(g, step.dOutput, axes, false, `${layer.name}/d_beta`));
     if (p.gamma && ctx.wantsGradient(p.gamma)) {
+      // Σ dY·(x−μ), then the per-channel 1/√(var+ε): one full-size pass fewer than normalizing x.
       const centered = g.op('Sub', [x.name, channelBroadcast(g, ctx.weight(p.mean), x)]);
-      const normalized = g.op('Mul', [centered, channelBroadcast(g, saved.invStd, x)]);
-      ctx.addGradient(p.gamma, reduceSum(g, g.op('Mul', [step.dOutput, normalized]), axes, false, `${layer.name}/d_gamma`));
+      const sum = reduceSum(g, g.op('Mul', [step.dOutput, centered]), axes, false);
+      ctx.addGradient(p.gamma, g.op('Mul', [sum, saved.invStd], {}, `${layer.name}/d_gamma`));
     }
     if (!step.needInput[0]) return [null];
     return [g.op('Mul', [step.dOutput, channelBroadcast(g, saved.scale, x)], {}, `${layer.name}/d_input`)];

@@ -11,10 +11,10 @@
  *   average fewer pixels; we follow TF.js, so gradients match the route they replace.
  */
 import { convGeometry, type ConvGeometry } from './conv.js';
-import { fields, type EmitContext, type Layer, type LayerEmitter, type Value } from './context.js';
+import { channelsOf, convertLayout, fields, inLayout, spatialAxes, spatialShape, valueOf, type EmitContext, type Layer, type LayerEmitter, type SpatialLayout, type Value } from './context.js';
 
 function checkChannelsLast(ctx: EmitContext, layer: Layer, x: Value): void {
-  if (x.layout !== 'nchw') ctx.refuse(layer, 'input is not rank 4');
+  if (x.layout === 'flat') ctx.refuse(layer, 'input is not rank 4');
   const format = fields(layer).dataFormat;
   if (format !== undefined && format !== 'channelsLast') ctx.refuse(layer, `data format ${String(format)}`);
 }
@@ -23,20 +23,21 @@ function keepsDims(layer: Layer): boolean {
   return Boolean(fields(layer).keepDims);
 }
 
-const globalOutput = (layer: Layer, x: Value, name: string): Value => (keepsDims(layer) ? { name, shape: [x.shape[0], 1, 1], layout: 'nchw' } : { name, shape: [x.shape[0]], layout: 'flat' });
+const globalOutput = (layer: Layer, x: Value, name: string): Value => (keepsDims(layer) ? valueOf(name, [1, 1, channelsOf(x)], x.layout as SpatialLayout) : valueOf(name, [channelsOf(x)]));
 
-/** dY as `[N, C, 1, 1]` whatever the layer's keepDims. */
-const asColumns = (ctx: EmitContext, layer: Layer, dY: string) => (keepsDims(layer) ? dY : ctx.g.op('Unsqueeze', [dY, ctx.g.int64s([2, 3])]));
+/** dY with unit spatial axes in x's layout, whatever the layer's keepDims. */
+const asColumns = (ctx: EmitContext, layer: Layer, x: Value, dY: string) => (keepsDims(layer) ? dY : ctx.g.op('Unsqueeze', [dY, ctx.g.int64s(spatialAxes(x))]));
 
 export const globalAveragePooling2d: LayerEmitter = {
   forward(ctx, layer, [x]) {
     checkChannelsLast(ctx, layer, x);
-    return { output: globalOutput(layer, x, ctx.g.op('ReduceMean', [x.name], { axes: [2, 3], keepdims: keepsDims(layer) ? 1 : 0 }, `${layer.name}/gap`)) };
+    return { output: globalOutput(layer, x, ctx.g.op('ReduceMean', [x.name], { axes: spatialAxes(x), keepdims: keepsDims(layer) ? 1 : 0 }, `${layer.name}/gap`)) };
   },
   backward(ctx, step) {
     const g = ctx.g;
     const [x] = step.inputs;
-    const share = g.op('Mul', [asColumns(ctx, step.layer, step.dOutput), g.floats([1 / (x.shape[1] * x.shape[2])])]);
+    const [h, w] = spatialShape(x);
+    const share = g.op('Mul', [asColumns(ctx, step.layer, x, step.dOutput), g.floats([1 / (h * w)])]);
     return [g.op('Expand', [share, g.op('Shape', [x.name])], {}, `${step.layer.name}/d_input`)];
   },
 };
@@ -44,14 +45,14 @@ export const globalAveragePooling2d: LayerEmitter = {
 export const globalMaxPooling2d: LayerEmitter = {
   forward(ctx, layer, [x]) {
     checkChannelsLast(ctx, layer, x);
-    const max = ctx.g.op('ReduceMax', [x.name], { axes: [2, 3], keepdims: 1 }, `${layer.name}/gmp`);
-    const out = keepsDims(layer) ? max : ctx.g.op('Squeeze', [max, ctx.g.int64s([2, 3])], {}, `${layer.name}/gmp_flat`);
+    const max = ctx.g.op('ReduceMax', [x.name], { axes: spatialAxes(x), keepdims: 1 }, `${layer.name}/gmp`);
+    const out = keepsDims(layer) ? max : ctx.g.op('Squeeze', [max, ctx.g.int64s(spatialAxes(x))], {}, `${layer.name}/gmp_flat`);
     return { output: globalOutput(layer, x, out), saved: { max } };
   },
   backward(ctx, step) {
     const g = ctx.g;
     const hit = g.op('Equal', [step.inputs[0].name, step.saved.max]);
-    return [g.op('Where', [hit, asColumns(ctx, step.layer, step.dOutput), g.floats([0])], {}, `${step.layer.name}/d_input`)];
+    return [g.op('Where', [hit, asColumns(ctx, step.layer, step.inputs[0], step.dOutput), g.floats([0])], {}, `${step.layer.name}/d_input`)];
   },
 };
 
@@ -60,32 +61,35 @@ function poolGeometry(ctx: EmitContext, layer: Layer, x: Value): ConvGeometry {
   const f = fields(layer);
   const padding = f.padding as string;
   if (padding !== 'same' && padding !== 'valid') ctx.refuse(layer, `padding ${padding}`);
-  return convGeometry(padding, [x.shape[1], x.shape[2]], f.poolSize as [number, number], f.strides as [number, number]);
+  return convGeometry(padding, spatialShape(x), f.poolSize as [number, number], f.strides as [number, number]);
 }
 
-const poolOutput = (x: Value, geometry: ConvGeometry, name: string): Value => ({ name, shape: [x.shape[0], ...geometry.output], layout: 'nchw' });
+const poolOutput = (x: Value, geometry: ConvGeometry, name: string): Value => valueOf(name, [...geometry.output, channelsOf(x)], 'nchw');
+
+/** A pool's input gradient (NCHW) in the layout of its input. */
+const back = (ctx: EmitContext, x: Value, dX: string, hint: string) => convertLayout(ctx.g, dX, 'nchw', x.layout as SpatialLayout, hint);
 
 export const maxPooling2d: LayerEmitter = {
   forward(ctx, layer, [x]) {
     const geometry = poolGeometry(ctx, layer, x);
-    const [y, indices] = ctx.g.node('MaxPool', [x.name], { kernel_shape: geometry.kernel, strides: geometry.strides, pads: geometry.pads }, { hint: `${layer.name}/maxpool`, outputs: 2 });
+    const [y, indices] = ctx.g.node('MaxPool', [inLayout(ctx.g, x, 'nchw').name], { kernel_shape: geometry.kernel, strides: geometry.strides, pads: geometry.pads }, { hint: `${layer.name}/maxpool`, outputs: 2 });
     return { output: poolOutput(x, geometry, y), saved: { indices } };
   },
   backward(ctx, step) {
     const g = ctx.g;
     const [x] = step.inputs;
-    const shape = g.op('Shape', [x.name]);
+    const shape = g.op('Shape', [inLayout(g, x, 'nchw').name]);
     const zeros = g.op('ConstantOfShape', [g.op('ReduceProd', [shape], { keepdims: 1 })]);
     const flat = (t: string) => g.op('Reshape', [t, g.int64s([-1])]);
     const scattered = g.op('ScatterElements', [zeros, flat(step.saved.indices), flat(step.dOutput)], { axis: 0, reduction: 'add' });
-    return [g.op('Reshape', [scattered, shape], {}, `${step.layer.name}/d_input`)];
+    return [back(ctx, x, g.op('Reshape', [scattered, shape], {}, `${step.layer.name}/d_input`), `${step.layer.name}/d_input_${x.layout}`)];
   },
 };
 
 export const averagePooling2d: LayerEmitter = {
   forward(ctx, layer, [x]) {
     const geometry = poolGeometry(ctx, layer, x);
-    const y = ctx.g.op('AveragePool', [x.name], { kernel_shape: geometry.kernel, strides: geometry.strides, pads: geometry.pads, count_include_pad: 0 }, `${layer.name}/avgpool`);
+    const y = ctx.g.op('AveragePool', [inLayout(ctx.g, x, 'nchw').name], { kernel_shape: geometry.kernel, strides: geometry.strides, pads: geometry.pads, count_include_pad: 0 }, `${layer.name}/avgpool`);
     return { output: poolOutput(x, geometry, y) };
   },
   backward(ctx, step) {
@@ -93,9 +97,9 @@ export const averagePooling2d: LayerEmitter = {
     const [x] = step.inputs;
     const geometry = poolGeometry(ctx, step.layer, x);
     const [kh, kw] = geometry.kernel;
-    const channels = x.shape[0];
+    const channels = channelsOf(x);
     const kernel = g.initializer(`${step.layer.name}/avg_kernel`, new Float32Array(channels * kh * kw).fill(1 / (kh * kw)), [channels, 1, kh, kw]);
     const attributes = { kernel_shape: geometry.kernel, strides: geometry.strides, pads: geometry.pads, group: channels, output_padding: geometry.outputPadding };
-    return [g.op('ConvTranspose', [step.dOutput, kernel], attributes, `${step.layer.name}/d_input`)];
+    return [back(ctx, x, g.op('ConvTranspose', [step.dOutput, kernel], attributes, `${step.layer.name}/d_input`), `${step.layer.name}/d_input_${x.layout}`)];
   },
 };
