@@ -11,7 +11,7 @@ import { AbortedError, describeError, GateError, StageError } from './errors.js'
 import { canonicalJson, sha256 } from './hash.js';
 import { seedFor } from './seed.js';
 import type { Plan, PlannedStage } from './plan.js';
-import type { ArtifactStore } from './store.js';
+import type { ArtifactStore, EntryMeta } from './store.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
@@ -82,22 +82,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
       return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: `'${blocked.id}' ${blocked.status}` } };
     }
-    if (planned.action === 'cached' && planned.entry) {
-      outputs.set(stage.id, toInput(planned, store.entryDir(key), planned.entry.metrics));
-      // The record says what the latest run used, so `plan` explains changes against it.
-      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-      if (stage.definition.checkout) {
-        try {
-          await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
-        } catch (error) {
-          const described = describeError(error);
-          log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
-          return { ...base, status: 'failed', seconds: 0, metrics: planned.entry.metrics, error: described };
-        }
-      }
-      log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
-      return { ...base, status: 'cached', seconds: 0, metrics: planned.entry.metrics };
-    }
+    if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
     // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
@@ -107,7 +92,53 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     )) as StageSummary;
   };
 
+  /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
+  const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    // The record says what the latest run used, so `plan` explains changes against it.
+    await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
+    if (stage.definition.checkout) {
+      try {
+        await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
+      } catch (error) {
+        const described = describeError(error);
+        log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
+        return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
+      }
+    }
+    log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
+    return { ...base, status: 'cached', seconds: 0, metrics: entry.metrics };
+  };
+
+  /**
+   * Computes a stage holding its key's lock: a run that needs the same key waits, then finds
+   * the entry this one committed and reuses it (each key is computed once).
+   */
   const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    let claim;
+    try {
+      claim = await store.claimKey(key, {
+        signal,
+        purpose: `run ${options.runId} stage ${stage.id}`,
+        onWait: (holder) => log.info({ stage: stage.id, key, holder: holder.purpose ?? holder.pid }, 'waiting for another run computing this key'),
+      });
+    } catch (error) {
+      if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted while waiting for another run' } };
+      throw error;
+    }
+    try {
+      const now = await store.checkEntry(key);
+      // Committed since we planned (by the run we waited for): reuse it, even under --force.
+      if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
+      return await executeClaimed(planned, base);
+    } finally {
+      await claim.release();
+    }
+  };
+
+  const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
@@ -136,26 +167,31 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       async memo(name, parts, compute) {
         const memoKey = sha256(canonicalJson({ memo: name, kind: stage.kind, version: stage.definition.version, parts }));
         memoKeys.push(memoKey);
-        const check = await store.checkEntry(memoKey);
-        if (check.state === 'ok') {
-          stageLog.info({ memo: name, key: memoKey }, 'memo cached');
-          return store.entryDir(memoKey);
-        }
-        if (check.state === 'corrupt') {
-          stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-          await store.discardEntry(memoKey);
-        }
-        const t = performance.now();
-        const dir = await store.createTempDir(memoKey);
+        const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
         try {
-          await compute(dir);
-        } catch (error) {
-          await rm(dir, { recursive: true, force: true });
-          throw error;
+          const check = await store.checkEntry(memoKey);
+          if (check.state === 'ok') {
+            stageLog.info({ memo: name, key: memoKey }, 'memo cached');
+            return store.entryDir(memoKey);
+          }
+          if (check.state === 'corrupt') {
+            stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
+            await store.discardEntry(memoKey);
+          }
+          const t = performance.now();
+          const dir = await store.createTempDir(memoKey);
+          try {
+            await compute(dir);
+          } catch (error) {
+            await rm(dir, { recursive: true, force: true });
+            throw error;
+          }
+          await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
+          stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
+          return store.entryDir(memoKey);
+        } finally {
+          await claim.release();
         }
-        await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
-        stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
-        return store.entryDir(memoKey);
       },
       log: stageLog,
       progress(event) {

@@ -147,13 +147,15 @@ describe('runPipeline', () => {
     expect(Object.keys(JSON.parse(readFileSync(`${runDir}/artifacts.json`, 'utf8')))).toHaveLength(4);
   });
 
-  it('refuses a second live run on the same store, and takes over a stale lock', async () => {
+  it('refuses a run while gc holds the store, and takes over a dead holder\'s lock', async () => {
     const store = new ArtifactStore(dir.path('artifacts'));
-    const release = await store.lock();
+    const release = await store.lockStore();
     await expect(run()).rejects.toMatchObject({ code: 'store_locked' });
     await release();
-    writeFileSync(dir.path('artifacts/lock'), JSON.stringify({ pid: 2 ** 22 + 12345, host: (await import('node:os')).hostname() }));
+    // A holder that died (no such pid) is taken over: the next generation is created.
+    writeFileSync(dir.path('artifacts/locks/store/7'), JSON.stringify({ pid: 2 ** 22 + 12345, host: (await import('node:os')).hostname(), token: 'dead', since: '' }));
     expect((await run()).status).toBe('succeeded');
+    expect((await store.lockStore().then((r) => r())) ?? 'ok').toBe('ok');
   });
 
   it('memo entries are reused when only other params change, and kept by gc', async () => {
@@ -169,9 +171,9 @@ describe('runPipeline', () => {
     expect(calls.sort()).toEqual(['double', 'triple']);
   });
 
-  it('--wait waits for a live lock to be released instead of failing', async () => {
+  it('--wait waits for gc to release the store instead of failing', async () => {
     const store = new ArtifactStore(dir.path('artifacts'));
-    const release = await store.lock();
+    const release = await store.lockStore();
     setTimeout(() => void release(), 300);
     const t0 = Date.now();
     const summary = await run([], { wait: true });
