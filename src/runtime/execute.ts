@@ -10,8 +10,8 @@ import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { canonicalJson, sha256 } from './hash.js';
 import { seedFor } from './seed.js';
-import type { Plan, PlannedStage } from './plan.js';
-import type { ArtifactStore, EntryMeta } from './store.js';
+import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
@@ -62,6 +62,8 @@ export interface ExecuteOptions {
   observer?: ExecutionObserver;
   /** Name of the backend, resolved when the run ends (it may be chosen lazily). */
   backend: () => string;
+  /** Called with each key the run comes to use beyond its plan (re-keyed stages, memo entries), before it is used. */
+  onKey?(key: string): Promise<void>;
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -72,10 +74,16 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const tfQueue = new PQueue({ concurrency: 1 });
   const results = new Map<string, Promise<StageSummary>>();
   const outputs = new Map<string, StageInput>();
+  /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
+  const digests = new Map<string, string>();
 
-  const runOne = async (planned: PlannedStage): Promise<StageSummary> => {
+  const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
+    const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
+    const known = plannedFirst.stage.needs.every((d) => digests.has(d));
+    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
+    if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
-    const deps = await Promise.all(stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
     const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
@@ -96,6 +104,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
     const { stage, key } = planned;
     outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    digests.set(stage.id, entryDigest(entry));
     // The record says what the latest run used, so `plan` explains changes against it.
     await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
     if (stage.definition.checkout) {
@@ -167,6 +176,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       async memo(name, parts, compute) {
         const memoKey = sha256(canonicalJson({ memo: name, kind: stage.kind, version: stage.definition.version, parts }));
         memoKeys.push(memoKey);
+        await options.onKey?.(memoKey);
         const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
         try {
           const check = await store.checkEntry(memoKey);
@@ -204,7 +214,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const result = await stage.definition.run(ctx, stage.params);
       if (signal.aborted) throw new AbortedError();
       const metrics = result.metrics ?? {};
-      await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+      const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+      digests.set(stage.id, entryDigest(entry));
       await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
       await rm(workDir, { recursive: true, force: true });
       outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));

@@ -78,7 +78,8 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
     const runDir = store.runDir(runId);
     await mkdir(runDir, { recursive: true });
     // First, so that gc keeps what this run uses even if it is killed before its summary.
-    await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: plan.stages.map((p) => p.key) });
+    const keys = new Set(plan.stages.map((p) => p.key));
+    await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] });
     const destination = pino.destination({ dest: path.join(runDir, 'log.jsonl'), sync: true });
     const log = pino({ base: undefined, level: 'debug' }, destination).child({ run: runId, pipeline: pipeline.name });
     log.info({ file: path.resolve(pipeline.file), selection: options.selection ?? {} }, 'run start');
@@ -91,6 +92,10 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       signal: options.signal ?? new AbortController().signal,
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
+      async onKey(key) {
+        keys.add(key);
+        await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] });
+      },
     });
     await compareWithPrevious(store, runId, summary);
     await writeJsonAtomic(path.join(runDir, 'summary.json'), summary);
