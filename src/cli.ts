@@ -281,7 +281,9 @@ function reportError(error: unknown, io: CliIo, json: boolean): number {
     else if (error instanceof LockPathError) code = EXIT.invalid;
     else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
-    const bug = !(error instanceof PipelineError) ? ' (unexpected: please report it)' : '';
+    // A system error (disk full, permission denied) is the machine's state, not our bug.
+    const system = error instanceof Error && typeof (error as NodeJS.ErrnoException).errno === 'number';
+    const bug = !(error instanceof PipelineError) && !system ? ' (unexpected: please report it)' : '';
     text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + USAGE : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }

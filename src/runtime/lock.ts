@@ -19,7 +19,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { link, lstat, mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, readdir, readFile, rename, rm, stat, truncate, unlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { AbortedError, LockPathError, LockWaitTimeoutError, StoreLockedError } from './errors.js';
@@ -260,8 +260,15 @@ function heldLock(dir: string, file: string, generation: number, holder: LockHol
       if (!(await held())) return; // taken over meanwhile: the file is someone else's business now
       // Mark released in place (rename over is atomic); the generation file stays the highest.
       const tmp = path.join(dir, `.${generation}.${process.pid}.${holder.token}.release.tmp`);
-      await writeFile(tmp, JSON.stringify({ ...holder, released: true }));
-      await rename(tmp, file).catch(() => unlink(tmp).catch(() => undefined));
+      try {
+        await writeFile(tmp, JSON.stringify({ ...holder, released: true }));
+        await rename(tmp, file);
+      } catch {
+        // No room for a new record (disk full): empty ours in place, which needs no space; an
+        // empty record holds nothing.
+        await unlink(tmp).catch(() => undefined);
+        await truncate(file, 0).catch(() => undefined);
+      }
     },
   };
 }
