@@ -6,7 +6,6 @@
  */
 import type { RunSummary, StageSummary } from './execute.js';
 import type { EntryMeta, StageRecord } from './store.js';
-import type { Json } from './types.js';
 
 export type Checked<T> = { ok: true; value: T } | { ok: false; reason: string };
 
@@ -114,9 +113,4 @@ export function checkStatCache(value: unknown): Map<string, StatRecord> {
       out.set(file, r as unknown as StatRecord);
   }
   return out;
-}
-
-/** A JSON value (for metrics read back from an entry). */
-export function isJson(value: unknown): value is Json {
-  return value === null || ['string', 'number', 'boolean'].includes(typeof value) || (Array.isArray(value) ? value.every(isJson) : isObject(value) && Object.values(value).every(isJson));
 }
