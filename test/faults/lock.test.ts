@@ -5,7 +5,7 @@
  * 10 rounds, each round starting with a dead holder to take over, never overlap.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { acquireLock, inspectLock, isHolderAlive } from '../../src/runtime/lock.js';
@@ -80,6 +80,20 @@ describe('who counts as alive', () => {
     expect(await second.held()).toBe(true);
     await second.release();
     expect((await inspectLock(lock)).alive).toBe(false);
+  });
+
+  it('another host: a fresh lease is alive and waited for, until it runs out; a holder keeps its lease fresh', async () => {
+    const lock = dir.path('locks/remote');
+    mkdirSync(lock, { recursive: true });
+    writeFileSync(path.join(lock, '1'), holder(1, { host: 'elsewhere' }));
+    await expect(acquireLock(lock, { staleMs: 400 })).rejects.toMatchObject({ code: 'store_locked' });
+    const t0 = Date.now();
+    const held = await acquireLock(lock, { wait: true, staleMs: 400, heartbeatMs: 50 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(200);
+    utimesSync(held.file, new Date(0), new Date(0));
+    await new Promise((r) => setTimeout(r, 250));
+    expect(Date.now() - statSync(held.file).mtimeMs).toBeLessThan(1000); // the heartbeat touched it
+    await held.release();
   });
 
   it('a lock path that is a folder (or a file where the lock folder belongs) is a clear error', async () => {
