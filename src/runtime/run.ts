@@ -79,6 +79,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
     await mkdir(runDir, { recursive: true });
     // First, so that gc keeps what this run uses even if it is killed before its summary.
     const keys = new Set(plan.stages.map((p) => p.key));
+    let planWrites: Promise<void> = Promise.resolve();
     await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] });
     const destination = pino.destination({ dest: path.join(runDir, 'log.jsonl'), sync: true });
     const log = pino({ base: undefined, level: 'debug' }, destination).child({ run: runId, pipeline: pipeline.name });
@@ -92,9 +93,11 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       signal: options.signal ?? new AbortController().signal,
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
-      async onKey(key) {
+      onKey(key) {
         keys.add(key);
-        await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] });
+        // One write at a time, each with every key so far: the last one on disk is complete.
+        planWrites = planWrites.catch(() => undefined).then(() => store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] }));
+        return planWrites;
       },
     });
     await compareWithPrevious(store, runId, summary);
