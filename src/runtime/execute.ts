@@ -135,7 +135,10 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       });
     } catch (error) {
       if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted while waiting for another run' } };
-      throw error;
+      // A lock that cannot be taken (a damaged lock path, a full disk) fails this stage only.
+      const described = describeError(error);
+      log.error({ stage: stage.id, key, code: described.code }, `stage failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
     }
     try {
       const now = await store.checkEntry(key);

@@ -184,3 +184,16 @@ describe('the CLI', () => {
     expect(existsSync(dir.path('artifacts/locks/runs')) ? readdirSync(dir.path('artifacts/locks/runs')) : []).toEqual([]);
   });
 });
+
+describe('a damaged key lock', () => {
+  it('fails only the stage that needs it, naming what to remove; the others finish', async () => {
+    const { planPipeline, runPipeline } = await import('../../src/runtime/run.js');
+    const { fakeRegistry } = await import('../fixtures/fake-stages.js');
+    dir.write('q.yaml', 'name: q\nstages:\n  a: { uses: source, with: { value: 2 } }\n  b: { uses: source, with: { value: 3 } }\n');
+    const plan = await planPipeline({ file: dir.path('q.yaml'), registry: fakeRegistry, artifacts: dir.path('artifacts') });
+    mkdirSync(dir.path('artifacts/locks/keys', plan.stages[0].key, '1'), { recursive: true });
+    const summary = await runPipeline({ file: dir.path('q.yaml'), registry: fakeRegistry, artifacts: dir.path('artifacts') });
+    expect(summary.stages.map((s) => s.status)).toEqual(['failed', 'ran']);
+    expect(summary.stages[0].error).toMatchObject({ code: 'store_lock_invalid', message: expect.stringContaining('remove it') });
+  });
+});
