@@ -177,7 +177,11 @@ export class ArtifactStore {
    */
   async commit(tempDir: string, meta: Omit<EntryMeta, 'files' | 'created'>): Promise<EntryMeta> {
     const files: EntryMeta['files'] = {};
-    for (const rel of await listFiles(tempDir)) {
+    // Only regular files are part of an entry; anything else (a link a stage left) goes, so the
+    // entry holds exactly what it lists.
+    const regular = new Set(await listFiles(tempDir));
+    for (const rel of await listFiles(tempDir, '', true)) if (!regular.has(rel)) await rm(path.join(tempDir, rel), { force: true });
+    for (const rel of regular) {
       if (rel === ENTRY_FILE) continue;
       const full = path.join(tempDir, rel);
       const info = await stat(full);
