@@ -7,9 +7,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
-import { describeError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
+import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
-import { readJsonMaybe } from './runtime/fsutil.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
 import { ArtifactStore } from './runtime/store.js';
 import type { StageRegistry } from './runtime/types.js';
@@ -44,7 +43,8 @@ commands:
   plan FILE       what would run and what is cached, and why; touches nothing
   status          the latest run of each pipeline, its stages and metrics
   runs            recent runs
-  gc              remove cache entries no recent run uses (--keep N runs, default 10)
+  gc              remove cache entries no recent run uses (--keep N runs per pipeline, default 10;
+                  --dry-run lists what would go)
   predict DIR IMAGE...
                   classify images with an exported model folder (--top K classes, default 1)
 
@@ -57,17 +57,19 @@ options:
   --jobs N             concurrent I/O stages (TF.js stages run one at a time)
   --artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)
   --backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file's backend:)
-  --wait               wait for a locked store instead of exiting with code 3
+  --wait               wait while gc (or, for gc, a run) holds the store instead of exiting with code 3
+  --wait-timeout S     with --wait: give up after S seconds (exit 3)
+  --dry-run            gc: list what would be removed; remove nothing
 `;
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
   runs: ['json', 'artifacts'],
-  gc: ['json', 'keep', 'artifacts', 'wait'],
+  gc: ['json', 'keep', 'artifacts', 'wait', 'wait-timeout', 'dry-run'],
   predict: ['json', 'top', 'backend'],
 };
 
@@ -81,6 +83,8 @@ const OPTIONS = {
   artifacts: { type: 'string' },
   backend: { type: 'string' },
   wait: { type: 'boolean' },
+  'wait-timeout': { type: 'string' },
+  'dry-run': { type: 'boolean' },
   keep: { type: 'string' },
   top: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -124,23 +128,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case 'status':
       case 'runs':
         return await commandRuns(command, values.json ?? false, artifacts, io);
-      case 'gc': {
-        const keep = positiveInt(values.keep ?? '10', '--keep');
-        if (!existsSync(artifacts)) {
-          io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0 }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
-          return EXIT.ok;
-        }
-        const store = new ArtifactStore(artifacts);
-        const release = await store.lock({ wait: values.wait });
-        try {
-          const result = await store.gc(keep);
-          if (values.json) io.stdout(JSON.stringify(result) + '\n');
-          else io.stdout(`removed ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB), kept ${result.kept}\n`);
-        } finally {
-          await release();
-        }
-        return EXIT.ok;
-      }
+      case 'gc':
+        return await commandGc(values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image');
@@ -188,6 +177,8 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       artifacts,
       jobs,
       wait: values.wait,
+      waitTimeoutMs: waitTimeoutOf(values),
+      onWait: (holder) => io.stderr(`waiting for ${holder} to finish…\n`),
       signal: controller.signal,
       observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json),
       prepare: (pipeline) => io.backend?.configure(backendOf(values.backend ?? pipeline.backend)),
@@ -202,14 +193,64 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
   }
 }
 
+/** Seconds of `--wait-timeout` as ms (it needs `--wait`). */
+function waitTimeoutOf(values: Record<string, any>): number | undefined {
+  if (values['wait-timeout'] === undefined) return undefined;
+  if (!values.wait) throw new UsageError('--wait-timeout needs --wait');
+  const seconds = Number(values['wait-timeout']);
+  if (!Number.isFinite(seconds) || seconds < 0) throw new UsageError(`--wait-timeout must be a number of seconds, got '${values['wait-timeout']}'`);
+  return seconds * 1000;
+}
+
+/** Runs `body` with an AbortSignal that SIGINT/SIGTERM fire (a wait for the store obeys it). */
+async function withSignals<T>(body: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await body(controller.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+async function commandGc(values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
+  const keep = positiveInt(values.keep ?? '10', '--keep');
+  const timeoutMs = waitTimeoutOf(values);
+  const dryRun = values['dry-run'] ?? false;
+  if (!existsSync(artifacts)) {
+    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
+    return EXIT.ok;
+  }
+  const store = new ArtifactStore(artifacts);
+  return withSignals(async (signal) => {
+    const release = await store.lockStore({ wait: values.wait, timeoutMs, signal, onWait: (holder) => io.stderr(`waiting for ${holder} to finish…\n`) });
+    try {
+      const result = await store.gc(keep, { dryRun });
+      if (values.json) io.stdout(JSON.stringify(result) + '\n');
+      else {
+        for (const skipped of result.skippedRuns) io.stderr(`note: run ${skipped.run} ignored (${skipped.reason})\n`);
+        if (dryRun) for (const key of result.removed) io.stdout(`would remove cache/${key}\n`);
+        if (dryRun) for (const key of result.removedWork) io.stdout(`would remove work/${key}\n`);
+        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
+      }
+    } finally {
+      await release();
+    }
+    return EXIT.ok;
+  });
+}
+
 async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts: string, io: CliIo): Promise<number> {
   const store = new ArtifactStore(artifacts);
   const summaries: RunSummary[] = [];
-  const incomplete: string[] = [];
+  const incomplete: { id: string; reason: string }[] = [];
   for (const id of (await store.listRuns()).slice(0, 50)) {
-    const summary = await readJsonMaybe<RunSummary>(path.join(store.runDir(id), 'summary.json'));
-    if (summary) summaries.push(summary);
-    else incomplete.push(id); // killed before it could write its summary (kill -9, power loss)
+    const summary = await store.readSummary(id);
+    if (summary.ok) summaries.push(summary.value);
+    else incomplete.push({ id, reason: summary.reason }); // killed before it wrote its summary (kill -9, power loss), or damaged
   }
   const chosen = command === 'status' ? summaries.filter((s, i) => summaries.findIndex((t) => t.pipeline === s.pipeline) === i) : summaries;
   if (json) {
@@ -217,7 +258,8 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
     return EXIT.ok;
   }
   if (!chosen.length) io.stdout(`no runs in ${artifacts}\n`);
-  if (command === 'runs') for (const id of incomplete) io.stdout(`${id}  (no summary: the run was killed before it finished; see runs/${id}/log.jsonl)\n`);
+  if (command === 'runs') for (const { id, reason } of incomplete) io.stdout(`${id}  (no usable summary: summary.json ${reason}; the run was killed or the file damaged; see runs/${id}/log.jsonl)\n`);
+  else if (incomplete.length) io.stderr(`note: ${incomplete.length} run(s) without a usable summary skipped (see \`pipeline runs\`)\n`);
   for (const summary of chosen) {
     io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
     if (command === 'status')
@@ -236,8 +278,12 @@ function reportError(error: unknown, io: CliIo, json: boolean): number {
   } else {
     if (error instanceof UsageError) code = EXIT.invalid;
     else if (error instanceof StoreLockedError) code = EXIT.locked;
+    else if (error instanceof LockPathError) code = EXIT.invalid;
+    else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
-    const bug = !(error instanceof PipelineError) ? ' (unexpected: please report it)' : '';
+    // A system error (disk full, permission denied) is the machine's state, not our bug.
+    const system = error instanceof Error && typeof (error as NodeJS.ErrnoException).errno === 'number';
+    const bug = !(error instanceof PipelineError) && !system ? ' (unexpected: please report it)' : '';
     text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + USAGE : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }

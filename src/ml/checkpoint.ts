@@ -22,6 +22,51 @@ interface CheckpointMeta {
   optimizer: { name: string; shape: number[]; dtype?: string }[];
   /** Identifies the training setup; a checkpoint from other params is ignored. */
   fingerprint: string;
+  /**
+   * Optimizer scalars that `getWeights` leaves out, by field name: Adam's `accBeta1`/`accBeta2`
+   * (beta^t). TF.js `setWeights` rebuilds them as `pow(beta, iterations + 1)`, while training
+   * builds them by repeated float32 multiplication: the two differ in the last bits, and so
+   * would every later step. Saved as the exact float32 values and set after `setWeights`.
+   */
+  scalars?: Record<string, number>;
+}
+
+/** Fields of TF.js optimizers that are state but not in `getWeights()` (Adam, Adamax). */
+const HIDDEN_SCALARS = ['accBeta1', 'accBeta2'] as const;
+
+type ScalarHolder = Partial<Record<(typeof HIDDEN_SCALARS)[number], TfCore.Variable | undefined>>;
+
+async function readHiddenScalars(optimizer: TfCore.Optimizer): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const name of HIDDEN_SCALARS) {
+    const variable = (optimizer as unknown as ScalarHolder)[name];
+    if (variable && !variable.isDisposed) out[name] = (await variable.data())[0]; // a float32, exact as a double
+  }
+  return out;
+}
+
+function writeHiddenScalars(tf: Tf, optimizer: TfCore.Optimizer, scalars: Record<string, number>): void {
+  for (const name of HIDDEN_SCALARS) {
+    const variable = (optimizer as unknown as ScalarHolder)[name];
+    const value = scalars[name];
+    if (variable && typeof value === 'number') tf.tidy(() => variable.assign(tf.scalar(value, 'float32')));
+  }
+}
+
+const isShape = (v: unknown): v is number[] => Array.isArray(v) && v.every((n) => Number.isInteger(n) && n >= 0);
+const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+
+/** Shape check of checkpoint.json: anything else is no checkpoint (the epochs are recomputed). */
+export function checkCheckpointMeta(value: unknown): value is CheckpointMeta {
+  if (!isRecord(value)) return false;
+  if (!Number.isInteger(value.epochs) || (value.epochs as number) < 0 || typeof value.fingerprint !== 'string') return false;
+  if (value.stopped !== undefined && typeof value.stopped !== 'boolean') return false;
+  if (!Array.isArray(value.history) || !value.history.every(isRecord)) return false;
+  if (!Array.isArray(value.weights) || !value.weights.every((w) => isRecord(w) && isShape(w.shape))) return false;
+  if (!Array.isArray(value.optimizer) || !value.optimizer.every((o) => isRecord(o) && typeof o.name === 'string' && isShape(o.shape) && (o.dtype === undefined || typeof o.dtype === 'string'))) return false;
+  if (value.best !== undefined && !(isRecord(value.best) && Number.isInteger(value.best.epoch) && typeof value.best.value === 'number' && Array.isArray(value.best.shapes) && value.best.shapes.every(isShape))) return false;
+  if (value.scalars !== undefined && !(isRecord(value.scalars) && Object.values(value.scalars).every((n) => typeof n === 'number' && Number.isFinite(n)))) return false;
+  return true;
 }
 
 async function writeTensors(file: string, tensors: TfCore.Tensor[]): Promise<void> {
@@ -56,6 +101,7 @@ export function checkpointHook(dir: string, fingerprint: string, stopper?: Early
         weights: weights.map((w) => ({ shape: w.shape })),
         optimizer: slots.map((s) => ({ name: s.name, shape: s.tensor.shape, dtype: s.tensor.dtype })),
         fingerprint,
+        scalars: await readHiddenScalars(state.optimizer),
       };
       await writeJsonAtomic(path.join(dir, 'checkpoint.json'), meta);
       // getWeights() makes a fresh scalar for the iteration count; the other slots are live variables.
@@ -76,8 +122,8 @@ export async function restoreCheckpoint(
   optimizer: TfCore.Optimizer,
   stopper?: EarlyStopping,
 ): Promise<{ startEpoch: number; history: EpochLogs[]; stopped: boolean } | undefined> {
-  const meta = await readJsonMaybe<CheckpointMeta>(path.join(dir, 'checkpoint.json'));
-  if (!meta || meta.fingerprint !== fingerprint) return undefined;
+  const meta = await readJsonMaybe<unknown>(path.join(dir, 'checkpoint.json'));
+  if (!checkCheckpointMeta(meta) || meta.fingerprint !== fingerprint) return undefined;
   try {
     const weightBytes = await readFile(path.join(dir, 'weights.bin'));
     const slotBytes = await readFile(path.join(dir, 'optimizer.bin'));
@@ -104,6 +150,8 @@ export async function restoreCheckpoint(
       const slots = split(slotBytes, meta.optimizer.map((s) => s.shape), meta.optimizer.map((s) => s.dtype));
       await optimizer.setWeights(meta.optimizer.map((s, i) => ({ name: s.name, tensor: slots[i] })));
       slots.forEach((s) => s.dispose()); // setWeights copies them into variables
+      // After setWeights, which recomputes them less exactly (see CheckpointMeta.scalars).
+      if (meta.scalars) writeHiddenScalars(tf, optimizer, meta.scalars);
     }
     if (stopper && meta.best) {
       const bestWeights = meta.best.shapes.length ? split(await readFile(path.join(dir, 'best.bin')), meta.best.shapes) : undefined;

@@ -46,14 +46,32 @@ export class UsageError extends PipelineError {
   }
 }
 
-/** Another live run holds the artifact store. Exit 3. */
+/** Another live process holds the artifact store (gc) or a lock we may not wait for. Exit 3. */
 export class StoreLockedError extends PipelineError {
   readonly pid: number;
   readonly lockFile: string;
-  constructor(lockFile: string, pid: number) {
-    super('store_locked', `the artifact store is locked by a running process (pid ${pid}, ${lockFile}); wait for it or pass --wait`);
+  constructor(lockFile: string, pid: number, holder = `a running process (pid ${pid})`) {
+    super('store_locked', `the artifact store is locked by ${holder}: ${lockFile}; wait for it or pass --wait`);
     this.pid = pid;
     this.lockFile = lockFile;
+  }
+}
+
+/** `--wait-timeout` ran out while another live process held the lock. Exit 3. */
+export class LockWaitTimeoutError extends StoreLockedError {
+  constructor(lockFile: string, pid: number, timeoutMs: number) {
+    super(lockFile, pid);
+    (this as { code: string }).code = 'lock_wait_timeout';
+    this.message = `gave up after waiting ${Math.round(timeoutMs / 1000)}s for the artifact store lock held by pid ${pid} (${lockFile})`;
+  }
+}
+
+/** A lock path is not what the store made there (a folder where a file belongs, …). Exit 2: nothing was run. */
+export class LockPathError extends PipelineError {
+  readonly lockPath: string;
+  constructor(lockPath: string, problem: string) {
+    super('store_lock_invalid', `the lock ${lockPath} ${problem}; no run of this toolkit made it: remove it (rm -r '${lockPath}') and run again`);
+    this.lockPath = lockPath;
   }
 }
 

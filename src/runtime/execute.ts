@@ -10,8 +10,8 @@ import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { canonicalJson, sha256 } from './hash.js';
 import { seedFor } from './seed.js';
-import type { Plan, PlannedStage } from './plan.js';
-import type { ArtifactStore } from './store.js';
+import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
@@ -67,6 +67,8 @@ export interface ExecuteOptions {
   observer?: ExecutionObserver;
   /** Name of the backend, resolved when the run ends (it may be chosen lazily). */
   backend: () => string;
+  /** Called with each key the run comes to use beyond its plan (re-keyed stages, memo entries), before it is used. */
+  onKey?(key: string): Promise<void>;
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -77,32 +79,23 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const tfQueue = new PQueue({ concurrency: 1 });
   const results = new Map<string, Promise<StageSummary>>();
   const outputs = new Map<string, StageInput>();
+  /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
+  const digests = new Map<string, string>();
 
-  const runOne = async (planned: PlannedStage): Promise<StageSummary> => {
+  const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
+    const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
+    const known = plannedFirst.stage.needs.every((d) => digests.has(d));
+    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
+    if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
-    const deps = await Promise.all(stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
     const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
       return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: `'${blocked.id}' ${blocked.status}` } };
     }
-    if (planned.action === 'cached' && planned.entry) {
-      outputs.set(stage.id, toInput(planned, store.entryDir(key), planned.entry.metrics));
-      // The record says what the latest run used, so `plan` explains changes against it.
-      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-      if (stage.definition.checkout) {
-        try {
-          await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
-        } catch (error) {
-          const described = describeError(error);
-          log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
-          return { ...base, status: 'failed', seconds: 0, metrics: planned.entry.metrics, error: described };
-        }
-      }
-      log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
-      return { ...base, status: 'cached', seconds: 0, metrics: planned.entry.metrics };
-    }
+    if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
     // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
@@ -112,7 +105,57 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     )) as StageSummary;
   };
 
+  /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
+  const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    digests.set(stage.id, entryDigest(entry));
+    // The record says what the latest run used, so `plan` explains changes against it.
+    await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
+    if (stage.definition.checkout) {
+      try {
+        await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
+      } catch (error) {
+        const described = describeError(error);
+        log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
+        return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
+      }
+    }
+    log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
+    return { ...base, status: 'cached', seconds: 0, metrics: entry.metrics };
+  };
+
+  /**
+   * Computes a stage holding its key's lock: a run that needs the same key waits, then finds
+   * the entry this one committed and reuses it (each key is computed once).
+   */
   const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    let claim;
+    try {
+      claim = await store.claimKey(key, {
+        signal,
+        purpose: `run ${options.runId} stage ${stage.id}`,
+        onWait: (holder) => log.info({ stage: stage.id, key, holder: holder.purpose ?? holder.pid }, 'waiting for another run computing this key'),
+      });
+    } catch (error) {
+      if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted while waiting for another run' } };
+      // A lock that cannot be taken (a damaged lock path, a full disk) fails this stage only.
+      const described = describeError(error);
+      log.error({ stage: stage.id, key, code: described.code }, `stage failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
+    }
+    try {
+      const now = await store.checkEntry(key);
+      // Committed since we planned (by the run we waited for): reuse it, even under --force.
+      if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
+      return await executeClaimed(planned, base);
+    } finally {
+      await claim.release();
+    }
+  };
+
+  const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
@@ -142,26 +185,32 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       async memo(name, parts, compute, memoOptions) {
         const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
         memoKeys.push(memoKey);
-        const check = await store.checkEntry(memoKey);
-        if (check.state === 'ok') {
-          stageLog.info({ memo: name, key: memoKey }, 'memo cached');
-          return store.entryDir(memoKey);
-        }
-        if (check.state === 'corrupt') {
-          stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-          await store.discardEntry(memoKey);
-        }
-        const t = performance.now();
-        const dir = await store.createTempDir(memoKey);
+        await options.onKey?.(memoKey);
+        const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
         try {
-          await compute(dir);
-        } catch (error) {
-          await rm(dir, { recursive: true, force: true });
-          throw error;
+          const check = await store.checkEntry(memoKey);
+          if (check.state === 'ok') {
+            stageLog.info({ memo: name, key: memoKey }, 'memo cached');
+            return store.entryDir(memoKey);
+          }
+          if (check.state === 'corrupt') {
+            stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
+            await store.discardEntry(memoKey);
+          }
+          const t = performance.now();
+          const dir = await store.createTempDir(memoKey);
+          try {
+            await compute(dir);
+          } catch (error) {
+            await rm(dir, { recursive: true, force: true });
+            throw error;
+          }
+          await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
+          stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
+          return store.entryDir(memoKey);
+        } finally {
+          await claim.release();
         }
-        await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
-        stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
-        return store.entryDir(memoKey);
       },
       log: stageLog,
       progress(event) {
@@ -174,7 +223,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const result = await stage.definition.run(ctx, stage.params);
       if (signal.aborted) throw new AbortedError();
       const metrics = result.metrics ?? {};
-      await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+      const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+      digests.set(stage.id, entryDigest(entry));
       await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
       await rm(workDir, { recursive: true, force: true });
       outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));

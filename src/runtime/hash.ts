@@ -8,6 +8,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { writeJsonAtomic } from './fsutil.js';
+import { checkStatCache, parseJson, type StatRecord } from './guards.js';
 
 /** JSON with object keys sorted, so equal values always serialise to the same string. */
 export function canonicalJson(value: unknown): string {
@@ -42,19 +43,14 @@ export function hashFile(file: string): Promise<string> {
   });
 }
 
-interface StatEntry {
-  size: number;
-  mtimeMs: number;
-  ino: number;
-  sha256: string;
-}
 
 /**
- * Remembers file hashes by path, size, mtime and inode. A file whose stat is unchanged is not
- * re-read. Persisted as one JSON file in the artifact store.
+ * Remembers file hashes by path, size, mtime, ctime and inode. A file whose stat is unchanged is
+ * not re-read (ctime catches a rewrite whose mtime was put back). Persisted as one JSON file in
+ * the artifact store; malformed records in it are dropped.
  */
 export class StatCache {
-  private entries = new Map<string, StatEntry>();
+  private entries = new Map<string, StatRecord>();
   private dirty = false;
   /** Files whose content was actually read this session (for tests and the bench). */
   hashedFiles = 0;
@@ -64,8 +60,8 @@ export class StatCache {
   async load(): Promise<void> {
     if (!this.file) return;
     try {
-      const raw = JSON.parse(await readFile(this.file, 'utf8')) as Record<string, StatEntry>;
-      this.entries = new Map(Object.entries(raw));
+      const parsed = parseJson(await readFile(this.file, 'utf8'));
+      this.entries = parsed.ok ? checkStatCache(parsed.value) : new Map();
     } catch {
       this.entries = new Map(); // missing or corrupt: it is only a cache
     }
@@ -77,14 +73,14 @@ export class StatCache {
     this.dirty = false;
   }
 
-  /** sha256 of a file, read only when its size, mtime or inode changed. */
-  async hash(file: string, info?: { size: number; mtimeMs: number; ino: number }): Promise<string> {
+  /** sha256 of a file, read only when its size, mtime, ctime or inode changed. */
+  async hash(file: string, info?: { size: number; mtimeMs: number; ctimeMs: number; ino: number }): Promise<string> {
     const s = info ?? (await stat(file));
     const known = this.entries.get(file);
-    if (known && known.size === s.size && known.mtimeMs === s.mtimeMs && known.ino === s.ino) return known.sha256;
+    if (known && known.size === s.size && known.mtimeMs === s.mtimeMs && known.ctimeMs === s.ctimeMs && known.ino === s.ino) return known.sha256;
     const digest = await hashFile(file);
     this.hashedFiles++;
-    this.entries.set(file, { size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, sha256: digest });
+    this.entries.set(file, { size: s.size, mtimeMs: s.mtimeMs, ctimeMs: s.ctimeMs, ino: s.ino, sha256: digest });
     this.dirty = true;
     return digest;
   }

@@ -7,7 +7,7 @@ import { ValidationError, type ValidationIssue } from './errors.js';
 import { descendants, selectStages, type Selection } from './graph.js';
 import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
-import type { ArtifactStore, EntryMeta, StageRecord } from './store.js';
+import { entryDigest, type ArtifactStore, type EntryMeta, type StageRecord } from './store.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -20,10 +20,51 @@ export interface PlannedStage {
   reasons: string[];
   /** The record that will be stored after a successful run. */
   record: StageRecord;
-  /** The cached entry, when `action` is `cached`. */
+  /** The cached entry, when `action` is `cached` (and, when forced, the one it replaces). */
   entry?: EntryMeta;
   /** Hints of the stages downstream of this one (`StageContext.downstream`). */
   downstream: DownstreamHint[];
+  /** `--force`/`--from` chose it: it runs even when its entry is present. */
+  forced?: boolean;
+}
+
+/** What an upstream that has not run yet contributes to a key until its output is known. */
+const PENDING = 'pending:';
+
+/**
+ * A stage's key: its kind, implementation version, seed, params, the *output digests* of its
+ * upstream stages (so a re-run upstream whose bytes changed re-keys its dependents, and one
+ * whose bytes did not keeps them cached) and the content of its external inputs.
+ */
+export function stageKey(record: Omit<StageRecord, 'key'>): string {
+  return sha256(
+    canonicalJson({
+      kind: record.kind,
+      version: record.version,
+      seed: record.seed,
+      params: record.params,
+      upstream: Object.values(record.upstream).sort(),
+      external: Object.values(record.external).sort(),
+      ...(record.downstream !== undefined ? { downstream: record.downstream } : {}),
+    }),
+  );
+}
+
+/**
+ * Re-keys a planned stage once its upstream outputs are known (`upstream`: id -> output digest):
+ * the executor calls it before running the stage. A stage that is not forced is cached when the
+ * entry of its final key is present and sound.
+ */
+export async function rekeyStage(planned: PlannedStage, upstream: Record<string, string>, store: ArtifactStore): Promise<PlannedStage> {
+  if (canonicalJson(upstream) === canonicalJson(planned.record.upstream)) return planned;
+  const { key: _old, ...rest } = planned.record;
+  const record: StageRecord = { ...rest, upstream, key: stageKey({ ...rest, upstream }) };
+  const check = await store.checkEntry(record.key);
+  const entry = check.state === 'ok' ? check.meta : undefined;
+  if (planned.forced) return { ...planned, key: record.key, record, entry };
+  if (entry) return { ...planned, key: record.key, record, entry, action: 'cached', reasons: ['upstream outputs are the same bytes as before: cached'] };
+  const reasons = check.state === 'corrupt' ? [`cache entry is corrupt (${check.reason}); recomputing`] : planned.reasons;
+  return { ...planned, key: record.key, record, entry: undefined, action: 'run', reasons };
 }
 
 export interface Plan {
@@ -44,23 +85,23 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
   const planned: PlannedStage[] = [];
   const willRun = new Set<string>();
 
+  // Output digests of stages whose entry will be used as is; a stage that runs is `pending`.
+  const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
     const upstream: Record<string, string> = {};
-    for (const dep of stage.needs) upstream[dep] = keys.get(dep)!;
+    for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
     const external: Record<string, string> = {};
     for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) {
       external[input] = await hashExternal(input, pipeline.baseDir, statCache);
     }
-    // The key covers content, not names: the upstream keys (sorted) rather than the ids.
+    // The key covers content, not names: the upstream digests (sorted) rather than the ids.
     // The seed is derived from the pipeline seed and the stage id: it drives initialization,
     // shuffling, augmentation and splits, so a new seed must not reuse results.
     const seed = seedFor(pipeline.seed, stage.id);
     const downstream = downstreamHints(pipeline, stage.id);
     // Only a stage that plans with its descendants' hints is keyed by them.
     const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
-    const key = sha256(
-      canonicalJson({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params, upstream: Object.values(upstream).sort(), external: Object.values(external).sort(), ...lookahead }),
-    );
+    const key = stageKey({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead });
     keys.set(stage.id, key);
     if (!included.has(stage.id)) continue;
     const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
@@ -81,7 +122,8 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
     if (action === 'run') willRun.add(stage.id);
-    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream });
+    else if (check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
+    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
@@ -130,7 +172,8 @@ export function explainChange(previous: StageRecord | undefined, next: StageReco
   if (previous.seed !== undefined && previous.seed !== next.seed) reasons.push('seed changed (pipeline seed or stage id)');
   for (const change of diffJson(previous.params, next.params, '')) reasons.push(`param ${change}`);
   for (const [id, key] of Object.entries(next.upstream)) {
-    if (previous.upstream[id] !== key) reasons.push(previous.upstream[id] ? `upstream '${id}' changed` : `new upstream '${id}'`);
+    if (key.startsWith(PENDING)) reasons.push(`upstream '${id}' runs first (its output decides)`);
+    else if (previous.upstream[id] !== key) reasons.push(previous.upstream[id] ? `upstream '${id}' changed` : `new upstream '${id}'`);
   }
   for (const id of Object.keys(previous.upstream)) if (!(id in next.upstream)) reasons.push(`no longer needs '${id}'`);
   for (const [input, hash] of Object.entries(next.external)) {

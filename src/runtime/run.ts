@@ -8,7 +8,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { ValidationError } from './errors.js';
 import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
-import { readJsonMaybe, writeJsonAtomic } from './fsutil.js';
+import { writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
 import { loadPipeline, type ResolvedPipeline } from './load.js';
@@ -28,8 +28,12 @@ export interface PipelineOptions {
 
 export interface RunOptions extends PipelineOptions {
   jobs?: number;
-  /** Wait for a locked store instead of failing with exit 3. */
+  /** Wait while gc holds the store instead of failing with exit 3. */
   wait?: boolean;
+  /** Stop waiting after this many ms (`--wait-timeout`). */
+  waitTimeoutMs?: number;
+  /** Called when the run starts waiting for the store (gc) to be free. */
+  onWait?(holder: string): void;
   signal?: AbortSignal;
   observer?: ExecutionObserver;
   /** Called with the resolved pipeline before planning (the CLI picks the backend here). */
@@ -61,19 +65,22 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
   const pipeline = resolvePipeline(options);
   const store = new ArtifactStore(options.artifacts);
   options.prepare?.(pipeline);
-  const release = await store.lock({ wait: options.wait });
+  const runId = newRunId();
+  // Runs of any pipeline share the store; only gc excludes them (keys are locked one by one).
+  const release = await store.enterRun(runId, { wait: options.wait, timeoutMs: options.waitTimeoutMs, signal: options.signal, onWait: options.onWait });
   try {
-    // With the lock held no other run can be writing: leftovers of a killed run go.
-    await store.clearTemp();
     const statCache = new StatCache(store.statCacheFile());
     await statCache.load();
     // Plan before writing anything: a selection error (`--only` with an upstream not cached)
     // leaves the store as it was.
     const plan = await planRun(pipeline, store, options.selection ?? {}, statCache);
     await statCache.save();
-    const runId = newRunId();
     const runDir = store.runDir(runId);
     await mkdir(runDir, { recursive: true });
+    // First, so that gc keeps what this run uses even if it is killed before its summary.
+    const keys = new Set(plan.stages.map((p) => p.key));
+    let planWrites: Promise<void> = Promise.resolve();
+    await store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] });
     const destination = pino.destination({ dest: path.join(runDir, 'log.jsonl'), sync: true });
     const log = pino({ base: undefined, level: 'debug' }, destination).child({ run: runId, pipeline: pipeline.name });
     log.info({ file: path.resolve(pipeline.file), selection: options.selection ?? {} }, 'run start');
@@ -86,6 +93,12 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       signal: options.signal ?? new AbortController().signal,
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
+      onKey(key) {
+        keys.add(key);
+        // One write at a time, each with every key so far: the last one on disk is complete.
+        planWrites = planWrites.catch(() => undefined).then(() => store.writeRunPlan({ pipeline: pipeline.name, run: runId, keys: [...keys] }));
+        return planWrites;
+      },
     });
     await compareWithPrevious(store, runId, summary);
     await writeJsonAtomic(path.join(runDir, 'summary.json'), summary);
@@ -108,11 +121,13 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
 async function compareWithPrevious(store: ArtifactStore, runId: string, summary: RunSummary): Promise<void> {
   for (const id of await store.listRuns()) {
     if (id >= runId) continue;
-    const previous = await readJsonMaybe<RunSummary>(path.join(store.runDir(id), 'summary.json'));
-    if (previous?.pipeline !== summary.pipeline) continue;
+    const read = await store.readSummary(id);
+    // An unreadable summary (killed run, damaged file) is no run to compare with.
+    if (!read.ok || read.value.pipeline !== summary.pipeline) continue;
+    const previous = read.value;
     summary.previous = id;
     for (const stage of summary.stages) {
-      const before = previous.stages?.find((s) => s.id === stage.id)?.metrics ?? {};
+      const before = previous.stages.find((s) => s.id === stage.id)?.metrics ?? {};
       const changes: Record<string, { before: number; after: number }> = {};
       for (const [name, after] of Object.entries(stage.metrics)) {
         const old = before[name];

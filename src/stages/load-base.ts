@@ -4,6 +4,7 @@
  */
 import { statSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/load-base.schema.json' with { type: 'json' };
 import { deriveSeed } from '../data/random.js';
@@ -27,6 +28,15 @@ export interface LoadBaseParams {
 
 const isUrl = (source: string) => /^https?:\/\//i.test(source);
 
+/** The path of a `file:` URL; an unparsable one is returned as is (the stage reports it). */
+function fileUrlPath(url: string): string {
+  try {
+    return fileURLToPath(url);
+  } catch {
+    return url;
+  }
+}
+
 export const loadBase: StageDefinition<LoadBaseParams> = {
   kind: 'load-base',
   version: 1,
@@ -37,10 +47,12 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   resource: 'tf',
   externalInputs(params, baseDir) {
     if (isUrl(params.model)) return [params.model];
+    // A `file:` URL is a local path: keyed by the content it names, like a path.
+    const model = /^file:/i.test(params.model) ? fileUrlPath(params.model) : params.model;
     // The model folder holds model.json and its weight files: all of it is the input.
-    const full = path.resolve(baseDir, params.model);
+    const full = path.resolve(baseDir, model);
     try {
-      return [statSync(full).isDirectory() ? params.model : path.dirname(params.model)];
+      return [statSync(full).isDirectory() ? model : path.dirname(model)];
     } catch {
       return [params.model];
     }
