@@ -7,7 +7,7 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { StageError } from '../../../src/runtime/errors.js';
 import { configureBackend, useLayers, type TfLayersApi } from '../../../src/ml/backend.js';
 import { convertLayersModel, findUnsupportedLayer, UnsupportedLayerError } from '../../../src/ml/onnx/convert.js';
-import { splitAtTrainable } from '../../../src/ml/features.js';
+import { buildBottom, buildTop, findFrontier } from '../../../src/ml/frontier.js';
 import { ARCHITECTURES, buildMobileNetV2Style, buildVggStyle, randomizeWeights } from '../../fixtures/architectures.js';
 import { checkModel, compare, inputsFor, predictTf, runOnnx, type Value } from './parity.js';
 
@@ -53,17 +53,19 @@ describe('convertLayersModel: whole models', () => {
     }
   });
 
-  it('converts both halves of splitAtTrainable (its top reuses the layers at a second node)', async () => {
+  it('converts both halves of a frozen/trainable split (the top reuses the layers at a second node)', async () => {
     const model = await buildVggStyle({ seed: 6 });
     for (const layer of model.layers) layer.trainable = ['fc1', 'predictions'].includes(layer.name);
-    const split = (await splitAtTrainable(model))!;
-    const [bottom] = await checkModel(split.bottom!);
+    const frontier = findFrontier(model)!;
+    const bottomModel = await buildBottom(model, frontier);
+    const topModel = await buildTop(model, frontier);
+    const [bottom] = await checkModel(bottomModel);
     expect(bottom.relative).toBeLessThanOrEqual(1e-5);
     expect(model.getLayer('fc1').inboundNodes).toHaveLength(2);
-    const converted = convertLayersModel(split.top);
-    expect(converted.inputs[0]).toMatchObject({ layer: `${split.splitLayer}_features`, shape: split.top.inputs[0].shape });
+    const converted = convertLayersModel(topModel);
+    expect(converted.inputs[0]).toMatchObject({ layer: `${frontier.tensors[0].layer}_cached`, shape: topModel.inputs[0].shape });
     expect(converted.tensors.has('fc1')).toBe(true);
-    const [top] = await checkModel(split.top);
+    const [top] = await checkModel(topModel);
     expect(top.relative).toBeLessThanOrEqual(1e-5);
   });
 
