@@ -7,7 +7,7 @@
  *
  * Case (bench/finetune.yaml): nsfwjs's Keras MobileNetV2, 224x224, Fashion-MNIST pullover vs
  * coat (400 train / 200 val), flips, head 10 epochs at 1e-3, unfreeze from block_16_expand,
- * fine-tune 5 epochs at 1e-5, magnitude prune 0.5, evaluate; batch 32.
+ * fine-tune 5 epochs at 1e-5, magnitude prune (sparsity: auto within 2 points), evaluate; batch 32.
  *
  * What runs, one process at a time (never two heavy ones together: the CPU is shared):
  * 1. ours: `node bin/pipeline.js run bench/finetune.yaml --json` on a fresh artifact store
@@ -309,7 +309,7 @@ async function runProbe(result: OursResult): Promise<ProbeResult> {
   const { configureBackend, describeBackend, useLayers, useTf } = await import('../src/ml/backend.js');
   const { disposeModels, readModelArtifact } = await import('../src/ml/artifact.js');
   const { openDataset } = await import('../src/data/shards.js');
-  const { extractFeatures } = await import('../src/ml/features.js');
+  const { createFrozenRunner } = await import('../src/ml/engine.js');
   if (!describeBackend()) configureBackend((result.summary.backend as 'wasm' | undefined) ?? 'auto');
   const tf = await useTf();
   const tfl = await useLayers();
@@ -318,17 +318,34 @@ async function runProbe(result: OursResult): Promise<ProbeResult> {
   const dataset = await openDataset(shardsDir);
   try {
     log('probe: frozen features (out_relu, average-pooled) of every train and val image, no augmentation');
-    // One warm-up batch so kernel set-up is not counted in the throughput.
-    tf.tidy(() => pooled.predict(tf.zeros([1, ...dataset.recordShape])));
-    const t0 = performance.now();
-    const options = { batchSize: 32, views: 1, augment: false, seed: 42 };
-    const train = await extractFeatures(tf, pooled, dataset, { ...options, split: 'train' });
-    const val = await extractFeatures(tf, pooled, dataset, { ...options, split: 'val' });
-    const forwardS = (performance.now() - t0) / 1000;
-    const images = train.y.length + val.y.length;
-    const dim = train.recordShape.reduce((a, b) => a * b, 1);
-    const fit = fitSoftmaxRegression(train.x, train.y, val.x, val.y, dim, dataset.classes.length);
-    return { ...fit, forward_img_s: round(images / forwardS, 1), forward_images: images, forward_s: round(forwardS, 2), feature_dim: dim, engine: describeBackend()?.name ?? 'unknown' };
+    // The pipeline's own engine for frozen parts (onnxruntime when the base converts).
+    const runner = await createFrozenRunner(tf, pooled, pooled, { from: null, to: ['probe_pool'] });
+    const dim = pooled.outputs[0].shape[1] as number;
+    const extract = async (split: string) => {
+      const count = dataset.splits[split].count;
+      const x = new Float32Array(count * dim);
+      const y = new Int32Array(count);
+      let at = 0;
+      for await (const batch of dataset.batches(split, { batchSize: 32 })) {
+        x.set((await runner.run([{ x: batch.x, shape: batch.shape }]))[0], at * dim);
+        y.set(batch.y, at);
+        at += batch.count;
+      }
+      return { x, y };
+    };
+    try {
+      // One warm-up batch so session set-up is not counted in the throughput.
+      await runner.run([{ x: new Float32Array(dataset.recordShape.reduce((a, b) => a * b, 1)), shape: [1, ...dataset.recordShape] }]);
+      const t0 = performance.now();
+      const train = await extract('train');
+      const val = await extract('val');
+      const forwardS = (performance.now() - t0) / 1000;
+      const images = train.y.length + val.y.length;
+      const fit = fitSoftmaxRegression(train.x, train.y, val.x, val.y, dim, dataset.classes.length);
+      return { ...fit, forward_img_s: round(images / forwardS, 1), forward_images: images, forward_s: round(forwardS, 2), feature_dim: dim, engine: runner.engine };
+    } finally {
+      await runner.dispose();
+    }
   } finally {
     disposeModels(pooled as LayersModel, base);
     await dataset.close();
@@ -591,7 +608,7 @@ export async function benchFinetune(options: BenchOptions = { torch: true, fullE
         head: { epochs: 10, lr: 1e-3 },
         unfreeze_from: 'block_16_expand',
         fine_tune: { epochs: 5, lr: 1e-5 },
-        prune: { method: 'magnitude', sparsity: 0.5 },
+        prune: { method: 'magnitude', sparsity: 'auto', max_accuracy_drop: 0.02, recovery_lr: 1e-4 },
         batch: 32,
         pipeline: 'bench/finetune.yaml',
       },

@@ -18,7 +18,7 @@ import type * as TfCore from '@tensorflow/tfjs-core';
 import { fileURLToPath } from 'node:url';
 import { decodeNsfwjsModel } from '../scripts/decode-nsfwjs.js';
 import { configureBackend, describeBackend, useLayers, useTf } from '../src/ml/backend.js';
-import { splitAtTrainable } from '../src/ml/features.js';
+import { buildTop, findFrontier } from '../src/ml/frontier.js';
 import { loadModel } from '../src/ml/io.js';
 import { createOnnxStep } from '../src/ml/onnx/trainer.js';
 import { cutModel, freezeLayers, unfreezeLayers } from '../src/ml/surgery.js';
@@ -45,9 +45,9 @@ export async function benchOnnxTrain(records = 400, batchSize = 32): Promise<Onn
     const model = tfl.model({ inputs: base.inputs, outputs: output });
     freezeLayers(model);
     unfreezeLayers(model, { from: 'block_16_expand', keepBatchNormInference: true });
-    const split = await splitAtTrainable(model);
-    if (!split) throw new Error('no split');
-    const top = split.top;
+    const frontier = findFrontier(model);
+    if (!frontier) throw new Error('no frozen bottom');
+    const top = await buildTop(model, frontier);
     const featureShape = top.inputs[0].shape.slice(1) as number[];
     const size = featureShape.reduce((a, b) => a * b, 1);
     const x = Float32Array.from({ length: records * size }, (_, i) => Math.max(0, Math.sin(i * 12.9898) * 3));
@@ -57,7 +57,7 @@ export async function benchOnnxTrain(records = 400, batchSize = 32): Promise<Onn
       return { x: x.subarray(b * batchSize * size, (b * batchSize + count) * size), shape: [count, ...featureShape], y: y.subarray(b * batchSize, b * batchSize + count), seed: b };
     });
     const trainable = top.trainableWeights.reduce((n, w) => n + w.shape.reduce((a, b) => a! * b!, 1)!, 0);
-    console.log(JSON.stringify({ split: split.splitLayer, featureShape, layers: top.layers.length, trainableParams: trainable, records, batchSize, threads, backend: tf.getBackend() }));
+    console.log(JSON.stringify({ frontier: frontier.tensors.map((t) => t.layer), featureShape, layers: top.layers.length, trainableParams: trainable, records, batchSize, threads, backend: tf.getBackend() }));
 
     // TF.js route (fitModel's step).
     const vars = top.trainableWeights.map((w) => (w as LayerVariable).read() as TfCore.Variable);

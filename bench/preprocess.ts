@@ -128,7 +128,7 @@ async function measure(datasetDir: string, outDir: string): Promise<PreprocessBe
   const input = { id: 'ingest', kind: 'ingest', key: 'bench', dir: datasetDir, provides: ['dataset'], metrics: {} };
   const ctx: StageContext<PreprocessParams> = {
     id: 'preprocess', kind: 'preprocess', params, key: 'bench', seed: 1, baseDir: outDir, outDir, workDir: outDir,
-    inputs: [input], input: () => input,
+    inputs: [input], input: () => input, downstream: [],
     memo: () => Promise.reject(new Error('preprocess uses no memo')), log: pino({ level: 'silent' }), progress: () => {}, signal: new AbortController().signal,
   };
   const startRssMiB = process.resourceUsage().maxRSS / 1024;

@@ -102,6 +102,7 @@ async function runBenchStage(root: string, stage: StageDefinition, raw: Record<s
     kind: stage.kind,
     params,
     key: `${stage.kind}-${outDir}`,
+    downstream: [],
     seed: 42,
     baseDir: ROOT,
     outDir,

@@ -1,7 +1,7 @@
 /**
  * Training speed of a real fine-tuning top on the wasm backend: MobileNetV2 (decoded from
  * nsfwjs) cut at out_relu with a GAP + Dense(2) head, unfrozen from block_16_expand, split at
- * the first trainable layer (`splitAtTrainable`): block_16 + Conv_1 + head train on 7×7×160
+ * the first trainable layer (`findFrontier` + `buildTop`): block_16 + Conv_1 + head train on 7×7×160
  * inputs (random here; the cached frozen activations in a real run), batch 32, Adam, through
  * `fitModel`. Reports samples/s with the wasm backend's kernels, then with our replacements
  * (`WASM_SPEED_KERNELS`) added step by step, and (--profile) the kernels that take the time.
@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { decodeNsfwjsModel } from '../scripts/decode-nsfwjs.js';
 import { configureBackend, useLayers, useTf, type Tf } from '../src/ml/backend.js';
-import { splitAtTrainable } from '../src/ml/features.js';
+import { buildTop, findFrontier } from '../src/ml/frontier.js';
 import { loadModel } from '../src/ml/io.js';
 import { arraySource } from '../src/ml/sources.js';
 import { cutModel, freezeLayers, unfreezeLayers } from '../src/ml/surgery.js';
@@ -46,9 +46,9 @@ export async function benchTrainTop(options: { batches?: number; profile?: boole
     const model = tfl.model({ inputs: cut.inputs, outputs: head });
     freezeLayers(model);
     unfreezeLayers(model, { from: 'block_16_expand' });
-    const split = await splitAtTrainable(model);
-    if (!split?.bottom) throw new Error('expected a frozen bottom');
-    const top = split.top;
+    const frontier = findFrontier(model);
+    if (!frontier) throw new Error('expected a frozen bottom');
+    const top = await buildTop(model, frontier);
     const shape = top.inputs[0].shape.slice(1) as number[];
     const size = shape.reduce((a, b) => a * b, 1);
     const count = BATCH * batches;
