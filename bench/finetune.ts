@@ -7,7 +7,7 @@
  *
  * Case (bench/finetune.yaml): nsfwjs's Keras MobileNetV2, 224x224, Fashion-MNIST pullover vs
  * coat (400 train / 200 val), flips, head 10 epochs at 1e-3, unfreeze from block_16_expand,
- * fine-tune 5 epochs at 1e-5, magnitude prune (sparsity: auto within 2 points), evaluate; batch 32.
+ * fine-tune 5 epochs at 1e-5, magnitude prune 0.5 (recovery at 1e-4), evaluate; batch 32.
  *
  * What runs, one process at a time (never two heavy ones together: the CPU is shared):
  * 1. ours: `node bin/pipeline.js run bench/finetune.yaml --json` on a fresh artifact store
@@ -608,7 +608,7 @@ export async function benchFinetune(options: BenchOptions = { torch: true, fullE
         head: { epochs: 10, lr: 1e-3 },
         unfreeze_from: 'block_16_expand',
         fine_tune: { epochs: 5, lr: 1e-5 },
-        prune: { method: 'magnitude', sparsity: 'auto', max_accuracy_drop: 0.02, recovery_lr: 1e-4 },
+        prune: { method: 'magnitude', sparsity: 0.5, recovery_lr: 1e-4 },
         batch: 32,
         pipeline: 'bench/finetune.yaml',
       },
