@@ -3,8 +3,9 @@
  * 0 success; 1 a stage or a gate failed; 2 invalid file or command line (nothing run or
  * written); 3 the artifact store is locked by another live run; 130 interrupted.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
 import { describeError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
@@ -36,29 +37,75 @@ export interface BackendControl {
 
 const BACKENDS = ['auto', 'node-gpu', 'node', 'wasm', 'cpu'];
 
+/** One line per command for the general usage text; `help COMMAND` shows the full entry. */
+const COMMANDS: Record<string, { synopsis: string; summary: string; details?: string }> = {
+  run: { synopsis: 'run FILE', summary: 'validate, plan and execute; reuse cached stages' },
+  validate: { synopsis: 'validate FILE', summary: 'parse + schema + graph checks, local input paths exist; touches nothing' },
+  plan: { synopsis: 'plan FILE', summary: 'what would run and what is cached, and why; touches nothing' },
+  status: { synopsis: 'status', summary: 'the latest run of each pipeline, its stages and metrics' },
+  runs: { synopsis: 'runs', summary: 'recent runs' },
+  gc: { synopsis: 'gc', summary: 'remove cache entries no recent run uses' },
+  predict: {
+    synopsis: 'predict MODEL IMAGE...',
+    summary: 'classify images with an exported model',
+    details: [
+      'MODEL is an export folder or its model.json; IMAGE is an image file or a folder of images',
+      '(searched recursively). A bad image is reported with its reason and the others are still',
+      'predicted; the exit code is then 1.',
+    ].join('\n'),
+  },
+};
+
+/** Each option's help line, in the order shown. */
+const OPTION_HELP: Record<string, string> = {
+  json: '--json               print one JSON object on stdout (progress and logs go to stderr)',
+  set: '--set path=value     override a value of the file (read as YAML), e.g. stages.fine-tune.with.lr=1e-5',
+  force: '--force STAGE        re-run STAGE even if cached (repeatable)',
+  from: '--from STAGE         re-run STAGE and everything downstream of it',
+  only: '--only STAGE         run just STAGE (its upstream must be cached)',
+  jobs: '--jobs N             concurrent I/O stages (TF.js stages run one at a time; default 4)',
+  artifacts: '--artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)',
+  backend: '--backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file\'s backend:)',
+  wait: '--wait               wait for a locked store instead of exiting with code 3',
+  keep: '--keep N             keep what the newest N runs use (default 10)',
+  top: '--top K              print the K most probable classes per image (default 1)',
+};
+
 const USAGE = `usage: pipeline <command> [options]
 
 commands:
-  run FILE        validate, plan and execute; reuse cached stages
-  validate FILE   parse + schema + graph checks; touches nothing
-  plan FILE       what would run and what is cached, and why; touches nothing
-  status          the latest run of each pipeline, its stages and metrics
-  runs            recent runs
-  gc              remove cache entries no recent run uses (--keep N runs, default 10)
-  predict DIR IMAGE...
-                  classify images with an exported model folder (--top K classes, default 1)
+${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(22)} ${c.summary}`).join('\n')}
 
-options:
-  --json               print one JSON object on stdout (progress and logs go to stderr)
-  --set path=value     override a value of the file (read as YAML), e.g. stages.fine-tune.with.lr=1e-5
-  --force STAGE        re-run STAGE even if cached (repeatable)
-  --from STAGE         re-run STAGE and everything downstream of it
-  --only STAGE         run just STAGE (its upstream must be cached)
-  --jobs N             concurrent I/O stages (TF.js stages run one at a time)
-  --artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)
-  --backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file's backend:)
-  --wait               wait for a locked store instead of exiting with code 3
+options (\`pipeline help COMMAND\` or \`pipeline COMMAND --help\` lists the ones a command takes):
+${Object.values(OPTION_HELP).map((line) => `  ${line}`).join('\n')}
+  --help, -h           this text, or a command's own
+  --version            print the version
 `;
+
+/** The help of one command: its synopsis, what it does, and only the options it takes. */
+export function commandHelp(command: string): string {
+  const entry = COMMANDS[command];
+  const options = COMMAND_OPTIONS[command].map((name) => `  ${OPTION_HELP[name]}`).join('\n');
+  return `usage: pipeline ${entry.synopsis} [options]\n\n${entry.summary}\n${entry.details ? `\n${entry.details}\n` : ''}\noptions:\n${options}\n`;
+}
+
+/** The package's version, from package.json above this file (src/ or dist/src/). */
+function readVersion(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++, dir = path.dirname(dir)) {
+    const manifest = readJsonFileMaybe(path.join(dir, 'package.json')) as { name?: string; version?: string } | undefined;
+    if (manifest?.name === 'finetune-pipeline' && manifest.version) return manifest.version;
+  }
+  return 'unknown';
+}
+
+function readJsonFileMaybe(file: string): unknown {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
@@ -84,6 +131,7 @@ const OPTIONS = {
   keep: { type: 'string' },
   top: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
 } as const;
 
 /** Runs one command; returns the exit code. Never throws. */
@@ -92,16 +140,30 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
-    return reportError(new UsageError((error as Error).message), io, argv.includes('--json'));
+    return reportError(new UsageError((error as Error).message), io, argv.includes('--json'), argv.find((arg) => !arg.startsWith('-')));
   }
   const { values, positionals } = parsed;
   const [command, ...rest] = positionals;
   const allowed = COMMAND_OPTIONS[command ?? ''];
+  if (values.version || command === 'version') {
+    io.stdout(`${readVersion()}\n`);
+    return EXIT.ok;
+  }
+  if (command === 'help' || (values.help && command)) {
+    const topic = command === 'help' ? rest[0] : command;
+    if (topic === undefined || topic === 'help') {
+      io.stdout(USAGE);
+      return EXIT.ok;
+    }
+    if (!COMMANDS[topic]) return reportError(new UsageError(`unknown command '${topic}'`), io, values.json ?? false);
+    io.stdout(commandHelp(topic));
+    return EXIT.ok;
+  }
   const stray = allowed ? Object.keys(values).filter((name) => name !== 'help' && !allowed.includes(name)) : [];
-  if (stray.length) return reportError(new UsageError(`${stray.map((s) => `--${s}`).join(', ')} does not apply to '${command}'`), io, values.json ?? false);
-  if (values.help || !command || command === 'help') {
-    (command || values.help ? io.stdout : io.stderr)(USAGE);
-    return command || values.help ? EXIT.ok : EXIT.invalid;
+  if (stray.length) return reportError(new UsageError(`${stray.map((s) => `--${s}`).join(', ')} does not apply to '${command}'`), io, values.json ?? false, command);
+  if (values.help || !command) {
+    (values.help ? io.stdout : io.stderr)(USAGE);
+    return values.help ? EXIT.ok : EXIT.invalid;
   }
   const artifacts = path.resolve(values.artifacts ?? io.env.PIPELINE_ARTIFACTS ?? 'artifacts');
   try {
@@ -157,7 +219,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         throw new UsageError(`unknown command '${command}'`);
     }
   } catch (error) {
-    return reportError(error, io, values.json ?? false);
+    return reportError(error, io, values.json ?? false, command);
   }
 }
 
@@ -226,7 +288,8 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
   return EXIT.ok;
 }
 
-function reportError(error: unknown, io: CliIo, json: boolean): number {
+/** Prints an error (after a usage error: the help of `command` when it is one, else the general usage); returns the exit code. */
+function reportError(error: unknown, io: CliIo, json: boolean, command?: string): number {
   let code: number = EXIT.failed;
   let text: string;
   if (error instanceof ValidationError) {
@@ -238,7 +301,7 @@ function reportError(error: unknown, io: CliIo, json: boolean): number {
     else if (error instanceof StoreLockedError) code = EXIT.locked;
     const { code: errorCode, message } = describeError(error);
     const bug = !(error instanceof PipelineError) ? ' (unexpected: please report it)' : '';
-    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + USAGE : ''}`;
+    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }
   io.stderr(text);

@@ -85,3 +85,27 @@ describe('pipeline validate/run on bad files', () => {
     expect(result.stderr).toContain('stages.data.with.strict');
   });
 });
+
+describe('help and version', () => {
+  it('each command has its own help listing only its options; help COMMAND is the same text', () => {
+    const run = cli(['run', '--help']);
+    expect(run.status).toBe(0);
+    expect(run.stdout).toMatch(/^usage: pipeline run FILE/);
+    expect(run.stdout).toContain('--backend');
+    expect(run.stdout).not.toContain('--top');
+    expect(cli(['help', 'run']).stdout).toBe(run.stdout);
+    const predict = cli(['predict', '--help']).stdout;
+    expect(predict).toContain('--top K');
+    expect(predict).not.toContain('--force');
+    expect(cli(['gc', '--help']).stdout).toContain('--keep N');
+    expect(cli(['--help']).stdout).toMatch(/--top K[\s\S]*--keep N|--keep N[\s\S]*--top K/);
+    expect(cli(['help', 'nope']).status).toBe(2);
+  });
+
+  it('--version prints the package version', () => {
+    const result = cli(['--version']);
+    expect(result.status).toBe(0);
+    expect(result.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    expect(result.stderr).toBe('');
+  });
+});
