@@ -31,9 +31,14 @@ export interface CliIo {
 export interface BackendControl {
   /** Records the preference (`auto`, `wasm`, ...); nothing is loaded yet. */
   configure(preference: string): void;
-  /** The backend in use, or the one that would be picked if none was loaded yet. */
+  /** The backend in use, or `NO_BACKEND` when no TF.js was loaded (every TF.js stage was cached). */
   describe(): string;
+  /** Why a preference cannot be used (its package is not installed), or null; checked before anything runs. */
+  unavailable?(preference: string): string | null;
 }
+
+/** The summary's `backend` of a run that loaded no TF.js. */
+export const NO_BACKEND = 'none (no TF.js stage ran: cached or not needed)';
 
 const BACKENDS = ['auto', 'node-gpu', 'node', 'wasm', 'cpu'];
 
@@ -207,7 +212,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image');
         const top = positiveInt(values.top ?? '1', '--top');
-        io.backend?.configure(backendOf(values.backend ?? 'auto'));
+        io.backend?.configure(usableBackend(values.backend ?? 'auto', '--backend', io));
         // Imported here so that the other commands never load TF.js or sharp.
         const { predictImages } = await import('./predict.js');
         const predictions = await predictImages(dir, images, { top });
@@ -225,7 +230,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
 
 async function commandRun(file: string, values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
   const jobs = values.jobs === undefined ? 4 : positiveInt(values.jobs, '--jobs');
-  if (values.backend !== undefined) backendOf(values.backend); // refuse a bad flag before anything is written
+  if (values.backend !== undefined) usableBackend(values.backend, '--backend', io); // refuse a bad flag before anything is written
   const controller = new AbortController();
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -252,7 +257,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       wait: values.wait,
       signal: controller.signal,
       observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json),
-      prepare: (pipeline) => io.backend?.configure(backendOf(values.backend ?? pipeline.backend)),
+      prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => io.backend?.describe() ?? 'none',
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
@@ -321,6 +326,14 @@ function positiveInt(text: string, flag: string): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got '${text}'`);
   return n;
+}
+
+/** A known backend that looks installed, or a `UsageError` (exit 2) saying why not and how to fix it. */
+function usableBackend(name: string, source: string, io: CliIo): string {
+  backendOf(name);
+  const why = io.backend?.unavailable?.(name);
+  if (why) throw new UsageError(`${source} ${name}: ${why}`);
+  return name;
 }
 
 function backendOf(name: string): string {

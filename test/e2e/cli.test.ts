@@ -4,6 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
@@ -107,5 +108,38 @@ describe('help and version', () => {
     expect(result.status).toBe(0);
     expect(result.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
     expect(result.stderr).toBe('');
+  });
+});
+
+describe('the backend', () => {
+  const fashion = path.resolve(import.meta.dirname, '../fixtures/images/fashion');
+  const nodeInstalled = (() => {
+    try {
+      createRequire(import.meta.url).resolve('@tensorflow/tfjs-node');
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it('a run that loaded no TF.js says so instead of naming a backend it never used', () => {
+    const file = dir.write('io-only.yaml', `name: io-only\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    for (let i = 0; i < 2; i++) {
+      const result = cli(['run', file, '--json', '--artifacts', dir.path('store-backend')]);
+      expect(result.status, result.stderr).toBe(0);
+      expect(JSON.parse(result.stdout).backend).toMatch(/^none \(/);
+    }
+    expect(cli(['run', file, '--artifacts', dir.path('store-backend')]).stderr).toMatch(/backend none \(/);
+  });
+
+  it.skipIf(nodeInstalled)('--backend node without tfjs-node installed is refused at start with exit 2', () => {
+    const file = dir.write('io-only-2.yaml', `name: io-only\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    const result = cli(['run', file, '--backend', 'node', '--artifacts', dir.path('store-refused')]);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('--backend node: @tensorflow/tfjs-node is not installed');
+    expect(existsSync(dir.path('store-refused'))).toBe(false);
+    const inFile = dir.write('io-only-3.yaml', `name: io-only\nbackend: node\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    expect(cli(['run', inFile, '--artifacts', dir.path('store-refused')]).status).toBe(2);
+    expect(existsSync(dir.path('store-refused'))).toBe(false);
   });
 });
