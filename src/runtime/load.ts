@@ -119,6 +119,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   }
 
   const locate = (instancePath: string[], key = false) => at(offsetOf(doc, instancePath, key));
+  const baseDir = path.dirname(path.resolve(file));
   /** Where an issue at `segments` belongs: the `--set` that wrote that value, or the file's line. */
   const place = (issue: { message: string }, segments: string[], key = false): { file: string; message: string } & Pick<ValidationIssue, 'line' | 'col' | 'snippet'> => {
     const source = overridden.filter((o) => o.segments.length <= segments.length && o.segments.every((s, i) => s === segments[i])).at(-1);
@@ -187,6 +188,10 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
       issues.push({ code: 'invalid_param', path: segments.join('.'), ...place(problem, segments) });
     }
+    for (const problem of definition.checkPaths?.(params, baseDir) ?? []) {
+      const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
+      issues.push({ code: 'input_not_found', path: segments.join('.'), ...place(problem, segments) });
+    }
     stages.push({ id, kind: stage.uses, definition, params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
   }
 
@@ -224,7 +229,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
     warnings: [],
     pipeline: {
       file,
-      baseDir: path.dirname(path.resolve(file)),
+      baseDir,
       name: pipelineFile.name,
       seed: pipelineFile.seed ?? 42,
       backend: pipelineFile.backend ?? 'auto',

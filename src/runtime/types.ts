@@ -148,6 +148,13 @@ export interface StageDefinition<P = any> {
    */
   check?(params: P): { path: string; message: string }[];
   /**
+   * Checks of the local files and folders the params name (that they exist and are of the right
+   * kind), run at validation so `validate`/`plan` catch a missing data folder with its file:line.
+   * Paths resolve against `baseDir` (the pipeline file's folder). Same result shape as `check`;
+   * URLs are not fetched. Only reads the file system.
+   */
+  checkPaths?(params: P, baseDir: string): { path: string; message: string }[];
+  /**
    * Called when the stage's result comes from the cache, to restore what it writes outside the
    * store (export's copy to `dir`), like DVC's checkout. `dir` is the cached entry (read-only).
    */

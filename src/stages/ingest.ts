@@ -3,7 +3,7 @@
  * image fully decoded once to prove it is readable, hashed, labelled and assigned a split.
  * Nothing is silently dropped: skipped and ignored files are listed in `report.json`.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync, type Stats } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { writeFile } from 'node:fs/promises';
@@ -67,6 +67,23 @@ export const ingest: StageDefinition<IngestParams> = {
     const split = params.split ?? { val: 0.2, test: 0 };
     if ((split.val ?? 0) + (split.test ?? 0) >= 1) {
       issues.push({ path: 'split', message: `split.val + split.test must be below 1 (is ${(split.val ?? 0) + (split.test ?? 0)}); something must be left to train on` });
+    }
+    return issues;
+  },
+
+  checkPaths(params, baseDir) {
+    const issues: { path: string; message: string }[] = [];
+    if (params.path !== undefined) {
+      const full = resolve(baseDir, params.path);
+      const info = statMaybe(full);
+      if (!info) issues.push({ path: 'path', message: `the dataset folder ${full} does not exist; path is relative to the pipeline file's folder (${baseDir})` });
+      else if (!info.isDirectory()) issues.push({ path: 'path', message: `${full} is a file, not a folder of class folders (for a CSV/JSONL label list use manifest:)` });
+    }
+    if (params.manifest !== undefined) {
+      const full = resolve(baseDir, params.manifest);
+      const info = statMaybe(full);
+      if (!info) issues.push({ path: 'manifest', message: `the manifest ${full} does not exist; manifest is relative to the pipeline file's folder (${baseDir})` });
+      else if (!info.isFile()) issues.push({ path: 'manifest', message: `${full} is a folder, not a CSV/JSONL manifest (for class folders use path:)` });
     }
     return issues;
   },
@@ -200,4 +217,12 @@ function manifestScope(manifest: string): string {
     return manifest;
   }
   return scope;
+}
+
+function statMaybe(file: string): Stats | undefined {
+  try {
+    return statSync(file);
+  } catch {
+    return undefined;
+  }
 }

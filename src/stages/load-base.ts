@@ -2,7 +2,7 @@
  * `load-base`: a pretrained TF.js layers model from a file or an http(s) URL, cut below its
  * top, optionally adapted to another input, or re-initialized for a from-scratch baseline.
  */
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/load-base.schema.json' with { type: 'json' };
@@ -35,6 +35,20 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   consumes: [],
   provides: ['model'],
   resource: 'tf',
+  checkPaths(params, baseDir) {
+    // URLs (http(s), file:) are the loader's to check; a plain path must name model.json or its folder.
+    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return [];
+    const full = path.resolve(baseDir, params.model);
+    let info;
+    try {
+      info = statSync(full);
+    } catch {
+      return [{ path: 'model', message: `the model ${full} does not exist; model is a TF.js model.json (or its folder) relative to the pipeline file's folder (${baseDir}), or an http(s) URL` }];
+    }
+    if (info.isDirectory() && !existsSync(path.join(full, 'model.json'))) return [{ path: 'model', message: `the folder ${full} has no model.json; point model at a TF.js layers model.json (convert a Keras model with tensorflowjs_converter)` }];
+    return [];
+  },
+
   externalInputs(params, baseDir) {
     if (isUrl(params.model)) return [params.model];
     // The model folder holds model.json and its weight files: all of it is the input.

@@ -43,12 +43,16 @@ const cases: [string, string, RegExp, number | undefined][] = [
   ['an id like ../../x', 'name: x\nstages:\n  "../../x": { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
   ['an id __proto__', 'name: x\nstages:\n  __proto__: { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
   ['a billion-laughs alias bomb', bomb, /alias/, undefined],
+  ['a missing data folder', valid.replace('{ path: images }', '{ path: imagez }'), /input_not_found[\s\S]*imagez does not exist|imagez does not exist[\s\S]*input_not_found/, 5],
+  ['a data path that is a file', valid.replace('{ path: images }', '{ path: images/a/1.png }'), /is a file, not a folder/, 5],
+  ['a missing manifest', valid.replace('{ path: images }', '{ manifest: labels.csv }'), /manifest .*labels\.csv does not exist/, 5],
+  ['a missing base model', 'name: x\nstages:\n  base:\n    uses: load-base\n    with: { model: models/none/model.json }\n', /models\/none\/model\.json does not exist/, 5],
 ];
 
 describe('pipeline validate/run on bad files', () => {
   it.each(cases)('%s: exit 2, file and line, no stack, nothing written', (name, text, message, line) => {
     const file = dir.write(`${name.replace(/\W+/g, '-')}.yaml`, text);
-    for (const command of ['validate', 'run']) {
+    for (const command of ['validate', 'plan', 'run']) {
       const result = cli([command, file]);
       expect(result.status, result.stderr).toBe(2);
       expect(result.stderr).toMatch(message);
