@@ -192,7 +192,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
       issues.push({ code: 'input_not_found', path: segments.join('.'), ...place(problem, segments) });
     }
-    stages.push({ id, kind: stage.uses, definition, params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
+    stages.push({ id, kind: stage.uses, definition, params: definition.canonicalParams?.(params, baseDir) ?? params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
   }
 
   const cycle = graphComplete ? findCycle(needs) : undefined;

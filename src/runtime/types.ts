@@ -155,6 +155,12 @@ export interface StageDefinition<P = any> {
    */
   checkPaths?(params: P, baseDir: string): { path: string; message: string }[];
   /**
+   * The params in one canonical spelling, applied at load time before the cache key is computed:
+   * e.g. `./data/`, `data` and `../proj/data` name one folder and must give one key. `run`
+   * receives the canonical params. Must not change what the stage does.
+   */
+  canonicalParams?(params: P, baseDir: string): P;
+  /**
    * Called when the stage's result comes from the cache, to restore what it writes outside the
    * store (export's copy to `dir`), like DVC's checkout. `dir` is the cached entry (read-only).
    */

@@ -71,6 +71,18 @@ export const ingest: StageDefinition<IngestParams> = {
     return issues;
   },
 
+  canonicalParams(params, baseDir) {
+    // Keyed by the folder it names, not by how it is written: `./data/`, `data` and an absolute
+    // path to the same place are one key. Kept relative to the pipeline file, so a project moved
+    // with its store still hits its cache.
+    const canonical = (written: string) => relative(baseDir, resolve(baseDir, written)).split(sep).join('/') || '.';
+    return {
+      ...params,
+      ...(params.path !== undefined ? { path: canonical(params.path) } : {}),
+      ...(params.manifest !== undefined ? { manifest: canonical(params.manifest) } : {}),
+    };
+  },
+
   checkPaths(params, baseDir) {
     const issues: { path: string; message: string }[] = [];
     if (params.path !== undefined) {

@@ -35,6 +35,19 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   consumes: [],
   provides: ['model'],
   resource: 'tf',
+  canonicalParams(params, baseDir) {
+    // One key per model however its path is written (`./m/`, `m`, `m/model.json`); URLs as given.
+    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return params;
+    const full = path.resolve(baseDir, params.model);
+    let file = full;
+    try {
+      if (statSync(full).isDirectory()) file = path.join(full, 'model.json');
+    } catch {
+      // missing: reported by checkPaths
+    }
+    return { ...params, model: path.relative(baseDir, file).split(path.sep).join('/') };
+  },
+
   checkPaths(params, baseDir) {
     // URLs (http(s), file:) are the loader's to check; a plain path must name model.json or its folder.
     if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return [];
