@@ -256,7 +256,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       jobs,
       wait: values.wait,
       signal: controller.signal,
-      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json),
+      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json, (key) => new ArtifactStore(artifacts).entryDir(key)),
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => io.backend?.describe() ?? 'none',
     });

@@ -143,11 +143,15 @@ export const ingest: StageDefinition<IngestParams> = {
     if (report.missingFromSplit.length) ctx.log.warn({ missing: report.missingFromSplit }, 'classes missing from a split');
     if (duplicatesAcrossSplits) ctx.log.warn({ groups: duplicatesAcrossSplits }, 'identical files in different splits');
     if (scan.ignored.length) ctx.log.info({ ignored: scan.ignored.length }, 'ignored files');
+    // Something to look at: the stage line and the summary point at the list (a file of this artifact).
+    const listed = skipped.length + scan.ignored.length + report.emptyClasses.length + report.missingFromSplit.length + report.duplicates.length > 0;
+    if (listed) ctx.log.info({ report: REPORT_FILE, skipped: skipped.length, ignored: scan.ignored.length }, 'see the report for skipped and ignored files');
     return {
       metrics: {
         images: entries.length, classes: classes.length, train: counts.train, val: counts.val, test: counts.test,
         skipped: skipped.length, ignored: scan.ignored.length, emptyClasses: report.emptyClasses.length,
         duplicatesAcrossSplits,
+        ...(listed ? { report: REPORT_FILE } : {}),
       },
     };
   },
