@@ -188,6 +188,7 @@ function placeInSplits(scan: ScanResult, valid: VerifiedCandidate[], params: Ing
   if (scan.layout === 'classes' || (scan.layout === 'manifest' && valid.every((item) => item.split === undefined))) {
     return { entries: assignSplits(valid, fractions, seed), splitSource: scan.layout === 'manifest' ? 'manifest' : 'seeded' };
   }
+  for (const [split, folder] of Object.entries(scan.splitFolders ?? {})) if (folder !== split) report.notes.push(`${folder}/ is read as the ${split} split`);
   const given = valid as (VerifiedCandidate & { split: SplitName })[];
   if (scan.layout === 'folders' && !given.some((item) => item.split === 'val') && fractions.val > 0) {
     report.notes.push(`no val/ folder: val is ${fractions.val} of each class of train/, seeded`);

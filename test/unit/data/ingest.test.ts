@@ -161,6 +161,41 @@ describe('ingest: split folders', () => {
   });
 });
 
+describe('ingest: split-like folder names', () => {
+  it('reads a Keras-style train/ + validation/ folder as the train and val splits, not as two classes', async () => {
+    await copyFashion(join(dir.path, 'ds', 'train'));
+    await copyFashion(join(dir.path, 'ds', 'validation'));
+    const { result, ctx } = await run({ path: 'ds' });
+    const header = await readDatasetHeader(ctx.outDir);
+    expect(header.classes).toEqual(['sneaker', 't-shirt', 'trouser']);
+    expect(header.splitSource).toBe('folders');
+    expect(header.counts).toEqual({ train: 24, val: 24, test: 0 });
+    expect(result.metrics).toMatchObject({ classes: 3, val: 24 });
+    expect((await entriesOf(ctx.outDir)).find((e) => e.split === 'val')!.path).toMatch(/^validation\//);
+    expect((await reportOf(ctx.outDir)).notes).toContain('validation/ is read as the val split');
+  });
+
+  it.each([['valid'], ['eval'], ['Val']])('reads %s/ as val', async (name) => {
+    await copyFashion(join(dir.path, 'ds', 'train'));
+    await copyFashion(join(dir.path, 'ds', name));
+    const header = await readDatasetHeader((await run({ path: 'ds' })).ctx.outDir);
+    expect(header.counts.val).toBe(24);
+  });
+
+  it('refuses split folders next to other folders, two folders for one split, and splits without train/', async () => {
+    await copyFashion(join(dir.path, 'mixed', 'train'));
+    await copyFashion(join(dir.path, 'mixed', 'cats'));
+    await expect(run({ path: 'mixed' })).rejects.toMatchObject({ code: 'ambiguous_layout', message: expect.stringMatching(/split folders \(train\/\) next to other folders \(cats\/\)/) });
+    await copyFashion(join(dir.path, 'twice', 'train'));
+    await copyFashion(join(dir.path, 'twice', 'val'));
+    await copyFashion(join(dir.path, 'twice', 'validation'));
+    await expect(run({ path: 'twice' })).rejects.toMatchObject({ code: 'ambiguous_layout', message: expect.stringContaining('both val/ and validation/') });
+    await copyFashion(join(dir.path, 'notrain', 'validation'));
+    await copyFashion(join(dir.path, 'notrain', 'test'));
+    await expect(run({ path: 'notrain' })).rejects.toMatchObject({ code: 'ambiguous_layout', message: expect.stringContaining('no train/ folder') });
+  });
+});
+
 describe('ingest: manifests', () => {
   it('reads a CSV with header, quoting and a split column, and a JSONL without splits', async () => {
     await copyFashion(join(dir.path, 'images'));
