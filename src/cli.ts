@@ -210,15 +210,18 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       }
       case 'predict': {
         const [dir, ...images] = rest;
-        if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image');
+        if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
         const top = positiveInt(values.top ?? '1', '--top');
         io.backend?.configure(usableBackend(values.backend ?? 'auto', '--backend', io));
         // Imported here so that the other commands never load TF.js or sharp.
-        const { predictImages } = await import('./predict.js');
-        const predictions = await predictImages(dir, images, { top });
-        if (values.json) io.stdout(JSON.stringify({ backend: io.backend?.describe() ?? 'none', predictions }) + '\n');
+        const { predictAll } = await import('./predict.js');
+        const { predictions, failures } = await predictAll(dir, images, { top });
+        if (values.json) io.stdout(JSON.stringify({ backend: io.backend?.describe() ?? 'none', predictions, failures }) + '\n');
         else for (const p of predictions) for (const t of p.top) io.stdout(`${p.image}\t${t.label} ${t.probability.toFixed(4)}\n`);
-        return EXIT.ok;
+        // Every bad image with its reason; the good ones were still predicted.
+        for (const failure of failures) io.stderr(`pipeline: ${failure.message} [${failure.code}]\n`);
+        if (failures.length) io.stderr(`pipeline: ${failures.length} of ${predictions.length + failures.length} images could not be predicted\n`);
+        return failures.length ? EXIT.failed : EXIT.ok;
       }
       default:
         throw new UsageError(`unknown command '${command}'`);
