@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { ExecutionObserver, RunSummary, StageSummary } from './runtime/execute.js';
 import type { Plan } from './runtime/plan.js';
-import type { Json, ProgressEvent } from './runtime/types.js';
+import { RESUMED_UNIT, type Json, type ProgressEvent } from './runtime/types.js';
 
 /** `file:line:col  path  message` per issue, with the source line under it. */
 export function renderIssues(issues: ValidationIssue[]): string {
@@ -91,6 +91,11 @@ export function createProgressView(write: (text: string) => void, live: boolean,
       write(stageLine(summary, entryDir) + '\n');
     },
     progress(stageId: string, event: ProgressEvent) {
+      if (event.unit === RESUMED_UNIT) {
+        clearBar();
+        write(`↻ ${stageId} resumed from epoch ${event.done}${event.total ? `/${event.total}` : ''} (checkpoint of an interrupted run)\n`);
+        return;
+      }
       const info = event.info ? ' ' + Object.entries(event.info).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ') : '';
       const of = event.total ? `/${event.total}` : '';
       if (live) {

@@ -45,6 +45,12 @@ export interface ProgressEvent {
   info?: Record<string, number | string>;
 }
 
+/**
+ * `ProgressEvent.unit` of a stage that continues from a checkpoint instead of starting over:
+ * `done` is the number of epochs already finished, `total` the epochs it will reach.
+ */
+export const RESUMED_UNIT = 'resumed';
+
 /** Everything a stage may use while it runs. A stage never touches the cache itself. */
 export interface StageContext<P = Record<string, unknown>> {
   /** The stage's id in the pipeline. */
