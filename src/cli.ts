@@ -3,8 +3,9 @@
  * 0 success; 1 a stage or a gate failed; 2 invalid file or command line (nothing run or
  * written); 3 the artifact store is locked by another live run; 130 interrupted.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
@@ -29,38 +30,88 @@ export interface CliIo {
 export interface BackendControl {
   /** Records the preference (`auto`, `wasm`, ...); nothing is loaded yet. */
   configure(preference: string): void;
-  /** The backend in use, or the one that would be picked if none was loaded yet. */
+  /** The backend in use, or `NO_BACKEND` when no TF.js was loaded (every TF.js stage was cached). */
   describe(): string;
+  /** Why a preference cannot be used (its package is not installed), or null; checked before anything runs. */
+  unavailable?(preference: string): string | null;
 }
 
+/** The summary's `backend` of a run that loaded no TF.js. */
+export const NO_BACKEND = 'none (no TF.js stage ran: cached or not needed)';
+
 const BACKENDS = ['auto', 'node-gpu', 'node', 'wasm', 'cpu'];
+
+/** One line per command for the general usage text; `help COMMAND` shows the full entry. */
+const COMMANDS: Record<string, { synopsis: string; summary: string; details?: string }> = {
+  run: { synopsis: 'run FILE', summary: 'validate, plan and execute; reuse cached stages' },
+  validate: { synopsis: 'validate FILE', summary: 'parse + schema + graph checks, local input paths exist; touches nothing' },
+  plan: { synopsis: 'plan FILE', summary: 'what would run and what is cached, and why; touches nothing' },
+  status: { synopsis: 'status', summary: 'the latest run of each pipeline, its stages and metrics' },
+  runs: { synopsis: 'runs', summary: 'recent runs' },
+  gc: { synopsis: 'gc', summary: 'remove cache entries no recent run of any pipeline uses (--dry-run lists them)' },
+  predict: {
+    synopsis: 'predict MODEL IMAGE...',
+    summary: 'classify images with an exported model',
+    details: [
+      'MODEL is an export folder or its model.json; IMAGE is an image file or a folder of images',
+      '(searched recursively). A bad image is reported with its reason and the others are still',
+      'predicted; the exit code is then 1.',
+    ].join('\n'),
+  },
+};
+
+/** Each option's help line, in the order shown. */
+const OPTION_HELP: Record<string, string> = {
+  json: '--json               print one JSON object on stdout (progress and logs go to stderr)',
+  set: '--set path=value     override a value of the file (read as YAML), e.g. stages.fine-tune.with.lr=1e-5',
+  force: '--force STAGE        re-run STAGE even if cached (repeatable)',
+  from: '--from STAGE         re-run STAGE and everything downstream of it',
+  only: '--only STAGE         run just STAGE (its upstream must be cached)',
+  jobs: '--jobs N             concurrent I/O stages (TF.js stages run one at a time; default 4)',
+  artifacts: '--artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)',
+  backend: '--backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file\'s backend:)',
+  wait: '--wait               wait while gc (or, for gc, a run) holds the store instead of exiting with code 3',
+  'wait-timeout': '--wait-timeout S     with --wait: give up after S seconds (exit 3)',
+  keep: '--keep N             keep what the newest N runs of each pipeline use (default 10)',
+  'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
+  top: '--top K              print the K most probable classes per image (default 1)',
+};
 
 const USAGE = `usage: pipeline <command> [options]
 
 commands:
-  run FILE        validate, plan and execute; reuse cached stages
-  validate FILE   parse + schema + graph checks; touches nothing
-  plan FILE       what would run and what is cached, and why; touches nothing
-  status          the latest run of each pipeline, its stages and metrics
-  runs            recent runs
-  gc              remove cache entries no recent run uses (--keep N runs per pipeline, default 10;
-                  --dry-run lists what would go)
-  predict DIR IMAGE...
-                  classify images with an exported model folder (--top K classes, default 1)
+${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(22)} ${c.summary}`).join('\n')}
 
-options:
-  --json               print one JSON object on stdout (progress and logs go to stderr)
-  --set path=value     override a value of the file (read as YAML), e.g. stages.fine-tune.with.lr=1e-5
-  --force STAGE        re-run STAGE even if cached (repeatable)
-  --from STAGE         re-run STAGE and everything downstream of it
-  --only STAGE         run just STAGE (its upstream must be cached)
-  --jobs N             concurrent I/O stages (TF.js stages run one at a time)
-  --artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)
-  --backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file's backend:)
-  --wait               wait while gc (or, for gc, a run) holds the store instead of exiting with code 3
-  --wait-timeout S     with --wait: give up after S seconds (exit 3)
-  --dry-run            gc: list what would be removed; remove nothing
+options (\`pipeline help COMMAND\` or \`pipeline COMMAND --help\` lists the ones a command takes):
+${Object.values(OPTION_HELP).map((line) => `  ${line}`).join('\n')}
+  --help, -h           this text, or a command's own
+  --version            print the version
 `;
+
+/** The help of one command: its synopsis, what it does, and only the options it takes. */
+export function commandHelp(command: string): string {
+  const entry = COMMANDS[command];
+  const options = COMMAND_OPTIONS[command].map((name) => `  ${OPTION_HELP[name]}`).join('\n');
+  return `usage: pipeline ${entry.synopsis} [options]\n\n${entry.summary}\n${entry.details ? `\n${entry.details}\n` : ''}\noptions:\n${options}\n`;
+}
+
+/** The package's version, from package.json above this file (src/ or dist/src/). */
+function readVersion(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++, dir = path.dirname(dir)) {
+    const manifest = readJsonFileMaybe(path.join(dir, 'package.json')) as { name?: string; version?: string } | undefined;
+    if (manifest?.name === 'finetune-pipeline' && manifest.version) return manifest.version;
+  }
+  return 'unknown';
+}
+
+function readJsonFileMaybe(file: string): unknown {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
@@ -88,6 +139,7 @@ const OPTIONS = {
   keep: { type: 'string' },
   top: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
 } as const;
 
 /** Runs one command; returns the exit code. Never throws. */
@@ -96,16 +148,30 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
-    return reportError(new UsageError((error as Error).message), io, argv.includes('--json'));
+    return reportError(new UsageError((error as Error).message), io, argv.includes('--json'), argv.find((arg) => !arg.startsWith('-')));
   }
   const { values, positionals } = parsed;
   const [command, ...rest] = positionals;
   const allowed = COMMAND_OPTIONS[command ?? ''];
+  if (values.version || command === 'version') {
+    io.stdout(`${readVersion()}\n`);
+    return EXIT.ok;
+  }
+  if (command === 'help' || (values.help && command)) {
+    const topic = command === 'help' ? rest[0] : command;
+    if (topic === undefined || topic === 'help') {
+      io.stdout(USAGE);
+      return EXIT.ok;
+    }
+    if (!COMMANDS[topic]) return reportError(new UsageError(`unknown command '${topic}'`), io, values.json ?? false);
+    io.stdout(commandHelp(topic));
+    return EXIT.ok;
+  }
   const stray = allowed ? Object.keys(values).filter((name) => name !== 'help' && !allowed.includes(name)) : [];
-  if (stray.length) return reportError(new UsageError(`${stray.map((s) => `--${s}`).join(', ')} does not apply to '${command}'`), io, values.json ?? false);
-  if (values.help || !command || command === 'help') {
-    (command || values.help ? io.stdout : io.stderr)(USAGE);
-    return command || values.help ? EXIT.ok : EXIT.invalid;
+  if (stray.length) return reportError(new UsageError(`${stray.map((s) => `--${s}`).join(', ')} does not apply to '${command}'`), io, values.json ?? false, command);
+  if (values.help || !command) {
+    (values.help ? io.stdout : io.stderr)(USAGE);
+    return values.help ? EXIT.ok : EXIT.invalid;
   }
   const artifacts = path.resolve(values.artifacts ?? io.env.PIPELINE_ARTIFACTS ?? 'artifacts');
   try {
@@ -132,27 +198,30 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await commandGc(values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
-        if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image');
+        if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
         const top = positiveInt(values.top ?? '1', '--top');
-        io.backend?.configure(backendOf(values.backend ?? 'auto'));
+        io.backend?.configure(usableBackend(values.backend ?? 'auto', '--backend', io));
         // Imported here so that the other commands never load TF.js or sharp.
-        const { predictImages } = await import('./predict.js');
-        const predictions = await predictImages(dir, images, { top });
-        if (values.json) io.stdout(JSON.stringify({ backend: io.backend?.describe() ?? 'none', predictions }) + '\n');
+        const { predictAll } = await import('./predict.js');
+        const { predictions, failures } = await predictAll(dir, images, { top });
+        if (values.json) io.stdout(JSON.stringify({ backend: io.backend?.describe() ?? 'none', predictions, failures }) + '\n');
         else for (const p of predictions) for (const t of p.top) io.stdout(`${p.image}\t${t.label} ${t.probability.toFixed(4)}\n`);
-        return EXIT.ok;
+        // Every bad image with its reason; the good ones were still predicted.
+        for (const failure of failures) io.stderr(`pipeline: ${failure.message} [${failure.code}]\n`);
+        if (failures.length) io.stderr(`pipeline: ${failures.length} of ${predictions.length + failures.length} images could not be predicted\n`);
+        return failures.length ? EXIT.failed : EXIT.ok;
       }
       default:
         throw new UsageError(`unknown command '${command}'`);
     }
   } catch (error) {
-    return reportError(error, io, values.json ?? false);
+    return reportError(error, io, values.json ?? false, command);
   }
 }
 
 async function commandRun(file: string, values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
   const jobs = values.jobs === undefined ? 4 : positiveInt(values.jobs, '--jobs');
-  if (values.backend !== undefined) backendOf(values.backend); // refuse a bad flag before anything is written
+  if (values.backend !== undefined) usableBackend(values.backend, '--backend', io); // refuse a bad flag before anything is written
   const controller = new AbortController();
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -180,8 +249,8 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       waitTimeoutMs: waitTimeoutOf(values),
       onWait: (holder) => io.stderr(`waiting for ${holder} to finish…\n`),
       signal: controller.signal,
-      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json),
-      prepare: (pipeline) => io.backend?.configure(backendOf(values.backend ?? pipeline.backend)),
+      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json, (key) => new ArtifactStore(artifacts).entryDir(key)),
+      prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => io.backend?.describe() ?? 'none',
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
@@ -268,7 +337,8 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
   return EXIT.ok;
 }
 
-function reportError(error: unknown, io: CliIo, json: boolean): number {
+/** Prints an error (after a usage error: the help of `command` when it is one, else the general usage); returns the exit code. */
+function reportError(error: unknown, io: CliIo, json: boolean, command?: string): number {
   let code: number = EXIT.failed;
   let text: string;
   if (error instanceof ValidationError) {
@@ -284,7 +354,7 @@ function reportError(error: unknown, io: CliIo, json: boolean): number {
     // A system error (disk full, permission denied) is the machine's state, not our bug.
     const system = error instanceof Error && typeof (error as NodeJS.ErrnoException).errno === 'number';
     const bug = !(error instanceof PipelineError) && !system ? ' (unexpected: please report it)' : '';
-    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + USAGE : ''}`;
+    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }
   io.stderr(text);
@@ -304,6 +374,14 @@ function positiveInt(text: string, flag: string): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got '${text}'`);
   return n;
+}
+
+/** A known backend that looks installed, or a `UsageError` (exit 2) saying why not and how to fix it. */
+function usableBackend(name: string, source: string, io: CliIo): string {
+  backendOf(name);
+  const why = io.backend?.unavailable?.(name);
+  if (why) throw new UsageError(`${source} ${name}: ${why}`);
+  return name;
 }
 
 function backendOf(name: string): string {

@@ -1,6 +1,6 @@
 /** Process entry point: the real stage registry, real stdio, the TF.js backend, and the exit code. */
-import { main } from './cli.js';
-import { configureBackend, describeBackend, predictBackend, type BackendPreference } from './ml/backend.js';
+import { backendUnavailable, configureBackend, describeBackend, type BackendPreference } from './ml/backend.js';
+import { main, NO_BACKEND } from './cli.js';
 import { stages } from './stages/index.js';
 
 // A reader that goes away (`pipeline run … | head -1`) must not kill a run halfway: output to a
@@ -15,6 +15,9 @@ process.exitCode = await main(process.argv.slice(2), {
   isTTY: Boolean(process.stderr.isTTY),
   backend: {
     configure: (preference) => configureBackend(preference as BackendPreference),
-    describe: () => describeBackend()?.name ?? predictBackend().name,
+    // A run whose stages were all cached (or needed no TF.js) loaded no backend: say so rather
+    // than name one that was never used (and may not even be installed).
+    describe: () => describeBackend()?.name ?? NO_BACKEND,
+    unavailable: (preference) => backendUnavailable(preference as BackendPreference),
   },
 });

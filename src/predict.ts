@@ -4,11 +4,12 @@
  * preprocessing the model was trained with (`preprocessImage`, no augmentation).
  * Used by `pipeline predict DIR IMAGE...`.
  */
-import { readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { Tensor } from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { preprocessImage } from './data/image.js';
+import { DEFAULT_EXTENSIONS } from './data/layout.js';
 import type { PreprocessSpec } from './data/spec.js';
 import { useTf } from './ml/backend.js';
 import { loadModel, MODEL_FILE } from './ml/io.js';
@@ -48,14 +49,19 @@ export interface LoadedExport {
 }
 
 /**
- * Loads an export folder and checks its parts agree: labels are a non-empty list of strings,
+ * Loads an export folder (or the folder of the given model.json) and checks its parts agree: labels are a non-empty list of strings,
  * the spec is complete, the model's input is the spec's `[height, width, channels]` and it has
  * one output per label. Throws `StageError` `export_invalid` naming what is missing or wrong.
  */
 export async function loadExport(dir: string): Promise<LoadedExport> {
-  const folder = resolve(dir);
-  const info = await stat(folder).catch(() => null);
-  if (!info?.isDirectory()) throw invalid(folder, 'it is not a folder');
+  let folder = resolve(dir);
+  let info = await stat(folder).catch(() => null);
+  // Its model.json names the folder too (load-base takes either).
+  if (info?.isFile() && basename(folder) === MODEL_FILE) {
+    folder = dirname(folder);
+    info = await stat(folder).catch(() => null);
+  }
+  if (!info?.isDirectory()) throw invalid(folder, info ? `it is not a folder (nor the ${MODEL_FILE} of one)` : 'it does not exist');
   const labels = await readJson(folder, LABELS_FILE);
   if (!Array.isArray(labels) || labels.length === 0 || !labels.every((l) => typeof l === 'string')) {
     throw invalid(folder, `${LABELS_FILE} must be a non-empty list of class names`);
@@ -82,40 +88,100 @@ export async function loadExport(dir: string): Promise<LoadedExport> {
   return { model, labels: labels as string[], spec };
 }
 
+/** An image that could not be predicted, and why. */
+export interface ImageFailure {
+  /** The image path as given (or as found inside a folder that was given). */
+  image: string;
+  /** Stable code: `image_unreadable`, or `no_images` for a folder without images. */
+  code: string;
+  /** One line: what is wrong with it. */
+  message: string;
+}
+
+/** What `predictAll` returns: a prediction for every readable image, a failure for each other. */
+export interface PredictBatchResult {
+  predictions: ImagePrediction[];
+  failures: ImageFailure[];
+}
+
 /**
  * Classifies images with an export folder: each image is decoded and normalized with the
  * folder's spec, predicted in batches, and its `top` classes returned, most probable first.
  * Throws `StageError` `export_invalid` for a bad folder and `image_unreadable` (with `file`)
- * for an image that cannot be read or decoded.
+ * for the first image that cannot be read or decoded (`predictAll` goes on past bad images).
  */
 export async function predictImages(modelDir: string, images: string[], options: PredictOptions): Promise<ImagePrediction[]> {
+  const { predictions, failures } = await predictAll(modelDir, images, options);
+  if (failures.length) throw new StageError(failures[0].code, failures[0].message, { file: failures[0].image });
+  return predictions;
+}
+
+/**
+ * Like `predictImages`, but a bad image does not stop the batch: it is reported in `failures`
+ * with its reason and the others are predicted. `modelDir` may be the export folder or its
+ * model.json; an entry of `images` may be a folder, whose image files (by extension, hidden
+ * files skipped, recursively, in path order) are predicted.
+ */
+export async function predictAll(modelDir: string, images: string[], options: PredictOptions): Promise<PredictBatchResult> {
   if (!(Number.isInteger(options.top) && options.top >= 1)) throw new StageError('invalid_option', `top must be a positive integer, got ${options.top}`, { top: options.top });
   const batchSize = options.batch ?? 32;
   if (!(Number.isInteger(batchSize) && batchSize >= 1)) throw new StageError('invalid_option', `batch must be a positive integer, got ${batchSize}`, { batch: batchSize });
+  const failures: ImageFailure[] = [];
+  const files: string[] = [];
+  for (const image of images) {
+    const found = await imagesIn(image);
+    if (found === null) files.push(image);
+    else if (found.length === 0) failures.push({ image, code: 'no_images', message: `${image} is a folder with no image files (${DEFAULT_EXTENSIONS.join(' ')})` });
+    else files.push(...found);
+  }
   const { model, labels, spec } = await loadExport(modelDir);
   try {
     const tf = await useTf();
     const [height, width] = spec.size;
     const recordSize = height * width * spec.channels;
     const top = Math.min(options.top, labels.length);
-    const results: ImagePrediction[] = [];
-    for (let start = 0; start < images.length; start += batchSize) {
-      const chunk = images.slice(start, start + batchSize);
-      const x = new Float32Array(chunk.length * recordSize);
-      const pixels = await Promise.all(chunk.map((image) => readImage(image, spec)));
-      pixels.forEach((values, row) => x.set(values, row * recordSize));
-      const probabilities = tf.tidy(() => (model.predict(tf.tensor4d(x, [chunk.length, height, width, spec.channels])) as Tensor).dataSync() as Float32Array);
-      chunk.forEach((image, row) => {
+    const predictions: ImagePrediction[] = [];
+    for (let start = 0; start < files.length; start += batchSize) {
+      const chunk = files.slice(start, start + batchSize);
+      const outcomes = await Promise.allSettled(chunk.map((image) => readImage(image, spec)));
+      const readable: { image: string; values: Float32Array }[] = [];
+      outcomes.forEach((outcome, row) => {
+        if (outcome.status === 'fulfilled') readable.push({ image: chunk[row], values: outcome.value });
+        else failures.push({ image: chunk[row], code: 'image_unreadable', message: (outcome.reason as Error).message });
+      });
+      if (readable.length === 0) continue;
+      const x = new Float32Array(readable.length * recordSize);
+      readable.forEach(({ values }, row) => x.set(values, row * recordSize));
+      const probabilities = tf.tidy(() => (model.predict(tf.tensor4d(x, [readable.length, height, width, spec.channels])) as Tensor).dataSync() as Float32Array);
+      readable.forEach(({ image }, row) => {
         const ranked = labels
           .map((label, c) => ({ label, probability: probabilities[row * labels.length + c] }))
           .sort((a, b) => b.probability - a.probability);
-        results.push({ image, top: ranked.slice(0, top) });
+        predictions.push({ image, top: ranked.slice(0, top) });
       });
     }
-    return results;
+    return { predictions, failures };
   } finally {
     model.dispose();
   }
+}
+
+/** The image files under `image` when it is a folder (sorted, recursive, hidden skipped); null when it is not a folder. */
+async function imagesIn(image: string): Promise<string[] | null> {
+  const info = await stat(resolve(image)).catch(() => null);
+  if (!info?.isDirectory()) return null;
+  const found: string[] = [];
+  const walk = async (folder: string) => {
+    const entries = (await readdir(folder, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      if (entry.name.startsWith('.')) continue;
+      const full = join(folder, entry.name);
+      if (entry.isDirectory()) await walk(full);
+      else if (DEFAULT_EXTENSIONS.includes(extname(entry.name).toLowerCase())) found.push(full);
+    }
+  };
+  await walk(image);
+  return found;
 }
 
 async function readImage(image: string, spec: PreprocessSpec): Promise<Float32Array> {

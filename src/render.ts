@@ -2,10 +2,11 @@
  * Human rendering of validation issues, plans, progress and summaries. Data in, strings out;
  * the CLI decides where they go.
  */
+import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { ExecutionObserver, RunSummary, StageSummary } from './runtime/execute.js';
 import type { Plan } from './runtime/plan.js';
-import type { Json, ProgressEvent } from './runtime/types.js';
+import { RESUMED_UNIT, type Json, type ProgressEvent } from './runtime/types.js';
 
 /** `file:line:col  path  message` per issue, with the source line under it. */
 export function renderIssues(issues: ValidationIssue[]): string {
@@ -37,6 +38,7 @@ export function renderPlan(plan: Plan): string {
 export function formatMetrics(metrics: Record<string, Json>, max = 6): string {
   const parts: string[] = [];
   for (const [key, value] of Object.entries(metrics)) {
+    if (key === 'report') continue; // a file name, shown by stageLine as a path
     if (typeof value === 'number') parts.push(`${key}=${Number.isInteger(value) ? value : value.toFixed(4)}`);
     else if (typeof value === 'string' || typeof value === 'boolean') parts.push(`${key}=${value}`);
     if (parts.length >= max) break;
@@ -44,14 +46,22 @@ export function formatMetrics(metrics: Record<string, Json>, max = 6): string {
   return parts.join(' ');
 }
 
-function stageLine(summary: StageSummary): string {
+/** Where a stage's artifact lives, to point at files inside it (a `report` metric). */
+export type EntryDirOf = (key: string) => string;
+
+/**
+ * One line per finished stage. A string metric `report` names a file inside the stage's artifact
+ * that lists what the numbers count (ingest's skipped and ignored files); the line says where it is.
+ */
+export function stageLine(summary: StageSummary, entryDir?: EntryDirOf): string {
   const mark = { ran: '✓', cached: '=', failed: '✗', skipped: '-' }[summary.status];
   const detail = summary.error ? `${summary.error.message} [${summary.error.code}]` : formatMetrics(summary.metrics);
   const time = summary.status === 'ran' || summary.status === 'failed' ? ` ${summary.seconds.toFixed(1)}s` : '';
   const changes = Object.entries(summary.changes ?? {})
     .slice(0, 4)
     .map(([name, c]) => `${name} ${fmt(c.before)} -> ${fmt(c.after)}`);
-  return `${mark} ${summary.id} ${summary.status}${time}  ${detail}${changes.length ? `  (vs previous run: ${changes.join(', ')})` : ''}`;
+  const report = typeof summary.metrics.report === 'string' && !summary.error ? `  (details: ${entryDir ? path.join(entryDir(summary.key), summary.metrics.report) : summary.metrics.report})` : '';
+  return `${mark} ${summary.id} ${summary.status}${time}  ${detail}${report}${changes.length ? `  (vs previous run: ${changes.join(', ')})` : ''}`;
 }
 
 function fmt(value: number): string {
@@ -65,7 +75,7 @@ export function renderSummary(summary: RunSummary): string {
 }
 
 /** Stage lines on `write`; a live progress bar only when `live` (a TTY outside CI). */
-export function createProgressView(write: (text: string) => void, live: boolean): ExecutionObserver {
+export function createProgressView(write: (text: string) => void, live: boolean, entryDir?: EntryDirOf): ExecutionObserver {
   let barShown = false;
   const clearBar = () => {
     if (barShown) write('\r\x1b[2K');
@@ -78,9 +88,14 @@ export function createProgressView(write: (text: string) => void, live: boolean)
     },
     stageFinished(summary) {
       clearBar();
-      write(stageLine(summary) + '\n');
+      write(stageLine(summary, entryDir) + '\n');
     },
     progress(stageId: string, event: ProgressEvent) {
+      if (event.unit === RESUMED_UNIT) {
+        clearBar();
+        write(`↻ ${stageId} resumed from epoch ${event.done}${event.total ? `/${event.total}` : ''} (checkpoint of an interrupted run)\n`);
+        return;
+      }
       const info = event.info ? ' ' + Object.entries(event.info).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ') : '';
       const of = event.total ? `/${event.total}` : '';
       if (live) {

@@ -42,6 +42,21 @@ export type ImageInspection =
  * @throws the sharp error when the data is not a readable image.
  */
 export async function decodeImage(source: ImageSource, spec: DecodeSpec): Promise<Uint8Array> {
+  try {
+    return await decodeOnce(source, spec);
+  } catch (error) {
+    // See inspectImageFile: a concurrent failure can lose libvips's message; decode alone for it.
+    let last = error as Error;
+    for (let attempt = 0; attempt < 3 && isGenericError(firstLine(last.message)); attempt++) {
+      const outcome = await alone(() => decodeOnce(source, spec).then((pixels) => ({ pixels }), (again: Error) => ({ again })));
+      if ('pixels' in outcome) return outcome.pixels;
+      last = outcome.again;
+    }
+    throw last;
+  }
+}
+
+async function decodeOnce(source: ImageSource, spec: DecodeSpec): Promise<Uint8Array> {
   const [height, width] = spec.size;
   const [r, g, b] = spec.background;
   const background = { r, g, b, alpha: 1 };
@@ -92,18 +107,46 @@ export async function inspectImageFile(file: string): Promise<ImageInspection> {
   const sha256 = hashBytes(bytes);
   const size = bytes.byteLength;
   if (size === 0) return { ok: false, sha256, size, reason: 'empty file' };
+  const ok = (metadata: Awaited<ReturnType<typeof verifyDecode>>): ImageInspection => ({ ok: true, sha256, size, width: metadata.width ?? 0, height: metadata.height ?? 0, format: metadata.format ?? 'unknown' });
   try {
-    const sharp = await loadSharp();
-    const image = sharp(bytes, { failOn: FAIL_ON, pages: 1 });
-    const metadata = await image.metadata();
-    // Decoding to a small thumbnail still reads all of the compressed data (so truncation and
-    // corruption fail here) while keeping memory small for big photos; JPEG and WebP use
-    // shrink-on-load. (stats() would be 15x slower on small images.)
-    await image.resize(VERIFY_SIZE, VERIFY_SIZE, { fit: 'inside', withoutEnlargement: true }).raw().toBuffer();
-    return { ok: true, sha256, size, width: metadata.width ?? 0, height: metadata.height ?? 0, format: metadata.format ?? 'unknown' };
+    return ok(await verifyDecode(bytes));
   } catch (error) {
-    return { ok: false, sha256, size, reason: firstLine((error as Error).message) };
+    let reason = firstLine((error as Error).message);
+    // libvips keeps one error buffer for all threads: when several decodes fail at once, one
+    // failure's message can be taken (cleared) by another and sharp then says "Unknown error".
+    // Decoding the file again on its own gives the real message (what `strict` used to show).
+    for (let attempt = 0; attempt < 3 && isGenericError(reason); attempt++) {
+      const outcome = await alone(() => verifyDecode(bytes).then((metadata) => ({ metadata }), (again: Error) => ({ reason: firstLine(again.message) })));
+      if ('metadata' in outcome) return ok(outcome.metadata);
+      reason = outcome.reason;
+    }
+    if (isGenericError(reason)) reason = 'the decoder failed without saying why (libvips gave no message); the file is corrupt or truncated';
+    return { ok: false, sha256, size, reason };
   }
+}
+
+/** Decodes every pixel (to a thumbnail); returns the header's metadata, throws the decoder's error. */
+async function verifyDecode(bytes: Buffer) {
+  const sharp = await loadSharp();
+  const image = sharp(bytes, { failOn: FAIL_ON, pages: 1 });
+  const metadata = await image.metadata();
+  // Decoding to a small thumbnail still reads all of the compressed data (so truncation and
+  // corruption fail here) while keeping memory small for big photos; JPEG and WebP use
+  // shrink-on-load. (stats() would be 15x slower on small images.)
+  await image.resize(VERIFY_SIZE, VERIFY_SIZE, { fit: 'inside', withoutEnlargement: true }).raw().toBuffer();
+  return metadata;
+}
+
+function isGenericError(reason: string): boolean {
+  return reason === '' || /^unknown error$/i.test(reason);
+}
+
+let retries: Promise<unknown> = Promise.resolve();
+/** Runs `task` after every earlier `alone` task has finished (one re-decode at a time). */
+function alone<T>(task: () => Promise<T>): Promise<T> {
+  const result = retries.then(task, task);
+  retries = result.catch(() => undefined);
+  return result;
 }
 
 function firstLine(message: string): string {

@@ -38,6 +38,8 @@ export interface ScanResult {
   ignored: IgnoredPath[];
   /** Every class folder seen per split (including empty ones); for `classes` layout under `train`. */
   classFolders: Partial<Record<SplitName, string[]>>;
+  /** `folders` layout: the folder each split was read from (`val` -> `validation`). */
+  splitFolders?: Partial<Record<SplitName, string>>;
 }
 
 const isHidden = (name: string) => name.startsWith('.');
@@ -55,8 +57,9 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
   const allowed = new Set(extensions.map((extension) => extension.toLowerCase()));
   const top = (await readdir(root, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
   const dirs = top.filter((entry) => isDirectoryEntry(entry) && !isHidden(entry.name)).map((entry) => entry.name);
-  const splitFolders = dirs.includes('train') && dirs.every((name) => (SPLITS as readonly string[]).includes(name));
-  const result: ScanResult = { root, layout: splitFolders ? 'folders' : 'classes', candidates: [], ignored: [], classFolders: {} };
+  const splitDirs = splitFoldersOf(root, dirs);
+  const splitFolders = splitDirs.size > 0;
+  const result: ScanResult = { root, layout: splitFolders ? 'folders' : 'classes', candidates: [], ignored: [], classFolders: {}, ...(splitFolders ? { splitFolders: Object.fromEntries([...splitDirs].map(([split, name]) => [split, name])) } : {}) };
   const walkClasses = async (base: string, prefix: string, split: SplitName | undefined) => {
     const entries = (await readdir(base, { withFileTypes: true })).sort((a, b) => compare(a.name, b.name));
     const classes: string[] = [];
@@ -85,11 +88,49 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
       if (isHidden(entry.name)) result.ignored.push({ path: entry.name, reason: 'hidden' });
       else if (!dirs.includes(entry.name)) result.ignored.push({ path: entry.name, reason: 'outside_class_folder' });
     }
-    for (const split of SPLITS) if (dirs.includes(split)) await walkClasses(join(root, split), split + '/', split);
+    for (const split of SPLITS) {
+      const name = splitDirs.get(split);
+      if (name !== undefined) await walkClasses(join(root, name), name + '/', split);
+    }
   } else {
     await walkClasses(root, '', undefined);
   }
   return result;
+}
+
+/**
+ * Folder names read as a split, in any case: Keras' `train/` + `validation/`, torchvision-style
+ * `val/`, `valid/`, `eval/`, and `test/`.
+ */
+export const SPLIT_FOLDER_NAMES: Record<string, SplitName> = { train: 'train', val: 'val', valid: 'val', validation: 'val', eval: 'val', test: 'test' };
+
+/**
+ * Which top-level folders are splits: none (class folders), or split name -> folder name when
+ * every folder is split-like and one is `train`. A mix of split-like and other folders, two
+ * folders for one split, or splits without `train/` are refused: reading `validation/` as a
+ * class would train a classifier of splits.
+ * @throws StageError `ambiguous_layout` saying what was found and how to fix it.
+ */
+export function splitFoldersOf(root: string, dirs: string[]): Map<SplitName, string> {
+  const splitLike = dirs.filter((name) => SPLIT_FOLDER_NAMES[name.toLowerCase()] !== undefined);
+  if (splitLike.length === 0) return new Map();
+  const others = dirs.filter((name) => !splitLike.includes(name));
+  const refuse = (why: string) => new StageError('ambiguous_layout', `${root}: ${why}`, { path: root, splitFolders: splitLike, otherFolders: others });
+  if (others.length) {
+    throw refuse(
+      `it holds split folders (${splitLike.map((n) => `${n}/`).join(', ')}) next to other folders (${others.slice(0, 5).map((n) => `${n}/`).join(', ')}${others.length > 5 ? ', …' : ''}). ` +
+        `Put every class folder inside the split folders, or point path at one level deeper; if ${splitLike.join(', ')} ${splitLike.length === 1 ? 'is a class' : 'are classes'}, rename ${splitLike.length === 1 ? 'it' : 'them'} or list the images in a manifest`,
+    );
+  }
+  const bySplit = new Map<SplitName, string>();
+  for (const name of splitLike) {
+    const split = SPLIT_FOLDER_NAMES[name.toLowerCase()];
+    const previous = bySplit.get(split);
+    if (previous !== undefined) throw refuse(`both ${previous}/ and ${name}/ would be the ${split} split; keep one (or merge them)`);
+    bySplit.set(split, name);
+  }
+  if (!bySplit.has('train')) throw refuse(`it has ${splitLike.map((n) => `${n}/`).join(' and ')} but no train/ folder; add train/ with the training images' class folders`);
+  return bySplit;
 }
 
 /** A real folder. A symbolic link counts as a file (a linked folder could loop; a linked image is read through the link). */
@@ -118,12 +159,13 @@ export async function readLabelManifest(file: string): Promise<ScanResult> {
   if (withSplit !== 0 && withSplit !== rows.length) {
     throw new StageError('manifest_invalid', `${file}: either every row or no row must give a split (${withSplit} of ${rows.length} do)`, { path: file });
   }
-  const candidates = rows.map(({ file: path, label, split, line }) => {
-    if (split !== undefined && !(SPLITS as readonly string[]).includes(split)) {
-      throw new StageError('manifest_invalid', `${file}:${line}: split '${split}' is not one of ${SPLITS.join(', ')}`, { path: file, line });
+  const candidates = rows.map(({ file: path, label, split: written, line }) => {
+    const split = written === undefined ? undefined : SPLIT_FOLDER_NAMES[written.toLowerCase()];
+    if (written !== undefined && split === undefined) {
+      throw new StageError('manifest_invalid', `${file}:${line}: split '${written}' is not one of ${Object.keys(SPLIT_FOLDER_NAMES).join(', ')}`, { path: file, line });
     }
     const absolute = resolve(root, path);
-    return { path: relative(root, absolute).split(sep).join('/'), className: label, split: split as SplitName | undefined };
+    return { path: relative(root, absolute).split(sep).join('/'), className: label, split };
   });
   return { root, layout: 'manifest', candidates, ignored: [], classFolders: {} };
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type { PreprocessSpec } from '../data/spec.js';
 import type { Json } from '../runtime/types.js';
-import { loadModel, saveModel } from './io.js';
+import { loadModel, saveModel, type SaveModelExtra } from './io.js';
 import { summarizeModel, type ModelSummary } from './surgery.js';
 
 /** Key of our info in the model's userDefinedMetadata. */
@@ -36,11 +36,11 @@ export interface ModelArtifact {
 }
 
 /** Writes the model artifact into `dir` and returns its summary. */
-export async function writeModelArtifact(dir: string, model: LayersModel, info: ModelInfo): Promise<ModelSummary & { weightBytes: number }> {
-  const saved = await saveModel(model, dir, { metadata: { [INFO_METADATA_KEY]: info as unknown as Json } });
+export async function writeModelArtifact(dir: string, model: LayersModel, info: ModelInfo, encoding: SaveModelExtra['encoding'] = 'auto'): Promise<ModelSummary & { weightBytes: number; weightsFile: string }> {
+  const saved = await saveModel(model, dir, { metadata: { [INFO_METADATA_KEY]: info as unknown as Json }, encoding });
   const summary = { ...summarizeModel(model), weightBytes: saved.weightBytes };
   await writeFile(path.join(dir, 'summary.json'), JSON.stringify({ ...summary, info }, null, 1) + '\n');
-  return summary;
+  return { ...summary, weightsFile: path.basename(saved.weightsPath) };
 }
 
 /**

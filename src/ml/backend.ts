@@ -177,6 +177,22 @@ export function predictBackend(): BackendPrediction {
 }
 
 /**
+ * Why an explicitly requested backend cannot be used, found without loading anything (so the CLI
+ * can refuse `--backend node` at start rather than at the first TF.js stage); null when it looks
+ * usable or the preference is `auto`. Like `predictBackend` it cannot see every failure (a
+ * binding that does not load), which `useTf()` still reports as `backend_unavailable`.
+ */
+export function backendUnavailable(pref: BackendPreference): string | null {
+  if (pref === 'auto') return null;
+  const entry = (options.resolveModule ?? defaultResolve)(PACKAGE_OF[pref]);
+  if (entry === null) return `${PACKAGE_OF[pref]} is not installed. ${installHint(pref)}`;
+  if ((pref === 'node' || pref === 'node-gpu') && !hasNativeBinding(entry)) {
+    return `${PACKAGE_OF[pref]} is installed but its native binding was not built (its install could not download libtensorflow). ${installHint(pref)}`;
+  }
+  return null;
+}
+
+/**
  * tfjs-node installs its native binding under `lib/napi-v*\/tfjs_binding.node`; an install
  * whose build or download failed leaves the package without it.
  */

@@ -12,6 +12,7 @@ import { StageError } from '../runtime/errors.js';
 import type { Metrics, StageContext } from '../runtime/types.js';
 import { writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
+import { RESUMED_UNIT } from '../runtime/types.js';
 import { createTrainStepper } from './engine.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
 import { passMetrics, prepareSources } from './sources.js';
@@ -58,7 +59,11 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.layers.filter((l) => l.trainable && l.weights.length).map((l) => [l.name, l.weights.map((w) => w.shape)]) }));
   const stopper = params.early_stopping ? earlyStopping({ patience: params.early_stopping.patience ?? 3, minDelta: params.early_stopping.min_delta ?? 0 }) : undefined;
   const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer, stopper);
-  if (resumed) ctx.log.info({ epoch: resumed.startEpoch, stopped: resumed.stopped }, 'resuming from checkpoint');
+  if (resumed) {
+    ctx.log.info({ epoch: resumed.startEpoch, stopped: resumed.stopped }, 'resuming from checkpoint');
+    // Shown on stderr (`↻ tune resumed from epoch 3/10`): a rerun should say it did not start over.
+    ctx.progress({ unit: RESUMED_UNIT, done: resumed.startEpoch, total: params.epochs });
+  }
   const hooks: TrainHook[] = [
     nanGuard(),
     ...(stopper ? [stopper] : []),

@@ -24,6 +24,14 @@ import { concatBytes } from './bytes.js';
 export const MODEL_FILE = 'model.json';
 /** File name of the single weights file `saveModel` writes. */
 export const WEIGHTS_FILE = 'weights.bin';
+/** File name of the weights with `encoding: 'sparse'`: not a file stock TF.js can read. */
+export const SPARSE_WEIGHTS_FILE = 'weights.sparse.bin';
+/**
+ * model.json `format` with `encoding: 'sparse'`. Stock TF.js ignores `format`, so the weights
+ * file name and its size (which do not match the shapes) are what make it fail loudly; the format
+ * says to a reader why.
+ */
+export const SPARSE_MODEL_FORMAT = 'finetune-sparse-layers-model';
 
 /** What `saveModel` may add. */
 export interface SaveModelExtra {
@@ -31,6 +39,14 @@ export interface SaveModelExtra {
   metadata?: Record<string, Json>;
   /** Also save the optimizer's state (to resume training). Default false. */
   includeOptimizer?: boolean;
+  /**
+   * How the weights are written. `auto` (default): in the sparse encoding when
+   * `isMarkedSparse(model)`, under the usual names (artifacts only our `loadModel` reads);
+   * `dense`: always plain float bytes, a standard TF.js layers model any loader reads;
+   * `sparse`: the sparse encoding, labelled for outsiders (`format: finetune-sparse-layers-model`,
+   * `weights.sparse.bin`) so that a stock loader fails rather than misreads.
+   */
+  encoding?: 'auto' | 'dense' | 'sparse';
 }
 
 /** Where `saveModel` wrote. */
@@ -67,22 +83,25 @@ export interface LoadModelOptions {
  */
 export async function saveModel(model: LayersModel, dir: string, extra: SaveModelExtra = {}): Promise<SavedModel> {
   const tf = await useTf();
+  const encoding = extra.encoding ?? 'auto';
+  const sparse = encoding === 'sparse' || (encoding === 'auto' && isMarkedSparse(model));
+  const labelled = encoding === 'sparse';
+  const weightsFile = labelled ? SPARSE_WEIGHTS_FILE : WEIGHTS_FILE;
   const modelPath = path.resolve(dir, MODEL_FILE);
-  const weightsPath = path.resolve(dir, WEIGHTS_FILE);
+  const weightsPath = path.resolve(dir, weightsFile);
   await mkdir(path.dirname(modelPath), { recursive: true });
   let weightBytes = 0;
   const handler = tf.io.withSaveHandler(async (artifacts) => {
     const dense = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
-    const sparse = isMarkedSparse(model);
     const data = sparse ? encodeSparseWeights(new Uint8Array(dense), artifacts.weightSpecs ?? []) : new Uint8Array(dense);
     weightBytes = data.byteLength;
     const userDefinedMetadata = { ...(artifacts.userDefinedMetadata ?? {}), ...(extra.metadata ?? {}), [FREEZE_METADATA_KEY]: captureFreezeState(model) };
     const modelJson: io.ModelJSON = {
       modelTopology: artifacts.modelTopology as io.ModelJSON['modelTopology'],
-      format: artifacts.format ?? 'layers-model',
+      format: labelled ? SPARSE_MODEL_FORMAT : (artifacts.format ?? 'layers-model'),
       generatedBy: artifacts.generatedBy ?? `TensorFlow.js tfjs-layers v${tf.version_core}`,
       convertedBy: artifacts.convertedBy ?? null,
-      weightsManifest: [{ paths: [WEIGHTS_FILE], weights: artifacts.weightSpecs ?? [], ...(sparse ? { encoding: SPARSE_ENCODING } : {}) }],
+      weightsManifest: [{ paths: [weightsFile], weights: artifacts.weightSpecs ?? [], ...(sparse ? { encoding: SPARSE_ENCODING } : {}) }],
       userDefinedMetadata,
     };
     if (artifacts.trainingConfig) modelJson.trainingConfig = artifacts.trainingConfig;

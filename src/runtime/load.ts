@@ -98,9 +98,13 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
     return { ok: false, issues: [{ code: 'empty_file', path: '', file, message: 'the file is empty; a pipeline needs `name:` and `stages:` (see pipelines/ for examples)' }] };
   }
 
+  // What each `--set` replaced: a problem at or under one of these paths is the command line's,
+  // not the file's (the overriding node has no place in the file; its parent's line would mislead).
+  const overridden: { segments: string[]; text: string }[] = [];
   for (const override of overrides) {
     const issue = applyOverride(doc, override);
     if (issue) issues.push(issue);
+    else overridden.push({ segments: override.slice(0, override.indexOf('=')).split('.'), text: override });
   }
   if (issues.length) return { ok: false, issues };
 
@@ -115,10 +119,16 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   }
 
   const locate = (instancePath: string[], key = false) => at(offsetOf(doc, instancePath, key));
+  const baseDir = path.dirname(path.resolve(file));
+  /** Where an issue at `segments` belongs: the `--set` that wrote that value, or the file's line. */
+  const place = (issue: { message: string }, segments: string[], key = false): { file: string; message: string } & Pick<ValidationIssue, 'line' | 'col' | 'snippet'> => {
+    const source = overridden.filter((o) => o.segments.length <= segments.length && o.segments.every((s, i) => s === segments[i])).at(-1);
+    return source ? { file: '--set', message: `--set ${source.text}: ${issue.message}` } : { file, message: issue.message, ...locate(segments, key) };
+  };
   const validatePipeline = compilePipelineValidator();
   if (!validatePipeline(data)) {
     for (const described of describeAjvErrors(validatePipeline.errors ?? [], data)) {
-      issues.push({ ...stripSegments(described), file, ...locate(described.segments, described.atKey) });
+      issues.push({ ...stripSegments(described), ...place(described, described.segments, described.atKey) });
     }
   }
   // Go on checking every stage that is well-formed enough, so that all problems show at once.
@@ -170,15 +180,19 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
     if (!validateParams(params)) {
       for (const described of describeAjvErrors(validateParams.errors ?? [], params)) {
         const segments = ['stages', id, 'with', ...described.segments];
-        issues.push({ ...stripSegments(described), path: segments.join('.'), file, ...locate(segments, described.atKey) });
+        issues.push({ ...stripSegments(described), path: segments.join('.'), ...place(described, segments, described.atKey) });
       }
       continue;
     }
     for (const problem of definition.check?.(params) ?? []) {
       const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
-      issues.push({ code: 'invalid_param', path: segments.join('.'), file, message: problem.message, ...locate(segments) });
+      issues.push({ code: 'invalid_param', path: segments.join('.'), ...place(problem, segments) });
     }
-    stages.push({ id, kind: stage.uses, definition, params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
+    for (const problem of definition.checkPaths?.(params, baseDir) ?? []) {
+      const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
+      issues.push({ code: 'input_not_found', path: segments.join('.'), ...place(problem, segments) });
+    }
+    stages.push({ id, kind: stage.uses, definition, params: definition.canonicalParams?.(params, baseDir) ?? params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
   }
 
   const cycle = graphComplete ? findCycle(needs) : undefined;
@@ -215,7 +229,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
     warnings: [],
     pipeline: {
       file,
-      baseDir: path.dirname(path.resolve(file)),
+      baseDir,
       name: pipelineFile.name,
       seed: pipelineFile.seed ?? 42,
       backend: pipelineFile.backend ?? 'auto',

@@ -45,6 +45,12 @@ export interface ProgressEvent {
   info?: Record<string, number | string>;
 }
 
+/**
+ * `ProgressEvent.unit` of a stage that continues from a checkpoint instead of starting over:
+ * `done` is the number of epochs already finished, `total` the epochs it will reach.
+ */
+export const RESUMED_UNIT = 'resumed';
+
 /** Everything a stage may use while it runs. A stage never touches the cache itself. */
 export interface StageContext<P = Record<string, unknown>> {
   /** The stage's id in the pipeline. */
@@ -147,6 +153,19 @@ export interface StageDefinition<P = any> {
    * param path relative to `with` (e.g. `split.val`); an empty array means valid.
    */
   check?(params: P): { path: string; message: string }[];
+  /**
+   * Checks of the local files and folders the params name (that they exist and are of the right
+   * kind), run at validation so `validate`/`plan` catch a missing data folder with its file:line.
+   * Paths resolve against `baseDir` (the pipeline file's folder). Same result shape as `check`;
+   * URLs are not fetched. Only reads the file system.
+   */
+  checkPaths?(params: P, baseDir: string): { path: string; message: string }[];
+  /**
+   * The params in one canonical spelling, applied at load time before the cache key is computed:
+   * e.g. `./data/`, `data` and `../proj/data` name one folder and must give one key. `run`
+   * receives the canonical params. Must not change what the stage does.
+   */
+  canonicalParams?(params: P, baseDir: string): P;
   /**
    * Called when the stage's result comes from the cache, to restore what it writes outside the
    * store (export's copy to `dir`), like DVC's checkout. `dir` is the cached entry (read-only).

@@ -3,6 +3,7 @@
  * `pipeline predict` (src/predict.ts) and any TF.js app can load:
  * ```
  * model.json + weights.bin   the layers model (tf.loadLayersModel reads it as is)   format: tfjs (default)
+ *   (or + weights.sparse.bin with `sparse: true`: a pruned model's compact encoding, ours only)
  * model.onnx                 the same model as an ONNX graph, NHWC input                format: onnx
  * labels.json                class names in output order
  * preprocess.json            the exact PreprocessSpec of training, augmentation off
@@ -17,7 +18,7 @@ import paramsSchema from '../../schemas/stages/export.schema.json' with { type: 
 import { NO_AUGMENT, type PreprocessSpec } from '../data/spec.js';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { readModelArtifact, writeModelArtifact, type ModelInfo } from '../ml/artifact.js';
-import { MODEL_FILE, WEIGHTS_FILE } from '../ml/io.js';
+import { MODEL_FILE } from '../ml/io.js';
 import { summarizeModel, type ModelSummary } from '../ml/surgery.js';
 import { StageError } from '../runtime/errors.js';
 import type { StageDefinition, StageInput } from '../runtime/types.js';
@@ -28,6 +29,12 @@ export interface ExportParams {
   dir?: string;
   /** What to write: `tfjs` (model.json + weights.bin), `onnx` (model.onnx). Default `['tfjs']`. */
   format?: ExportFormat[];
+  /**
+   * Write a pruned model's weights in our sparse encoding (`weights.sparse.bin`, model.json
+   * `format: finetune-sparse-layers-model`): smaller, but only `pipeline predict` and `load-base`
+   * read it. Default false: dense `weights.bin`, a standard TF.js layers model.
+   */
+  sparse?: boolean;
 }
 
 /** A model file format `export` writes. */
@@ -72,7 +79,8 @@ export interface ExportManifest {
 
 export const exportStage: StageDefinition<ExportParams> = {
   kind: 'export',
-  version: 1,
+  // 2: weights are dense by default (a pruned model used to be exported in the sparse encoding).
+  version: 2,
   description: 'Write model.json + weights (and/or model.onnx), labels.json and preprocess.json into a folder for inference',
   paramsSchema,
   consumes: ['model'],
@@ -108,11 +116,12 @@ export const exportStage: StageDefinition<ExportParams> = {
       const lineage = [...info.lineage, 'export'];
       const formats = params.format ?? ['tfjs'];
       const exportInfo: ModelInfo = { ...info, preprocess: spec, lineage };
-      const written = formats.includes('tfjs') ? await writeModelArtifact(ctx.outDir, model, exportInfo) : await writeSummary(ctx.outDir, model, exportInfo);
+      // Dense unless asked: an export is for any TF.js app, and stock loaders cannot read the sparse encoding.
+      const written = formats.includes('tfjs') ? await writeModelArtifact(ctx.outDir, model, exportInfo, params.sparse ? 'sparse' : 'dense') : { ...(await writeSummary(ctx.outDir, model, exportInfo)), weightsFile: undefined };
       const onnxBytes = formats.includes('onnx') ? await writeOnnx(join(ctx.outDir, ONNX_FILE), model, { classes, preprocess: spec, source }) : undefined;
       await writeJson(join(ctx.outDir, LABELS_FILE), classes);
       await writeJson(join(ctx.outDir, PREPROCESS_FILE), spec);
-      const modelFiles = [...(formats.includes('tfjs') ? [MODEL_FILE, WEIGHTS_FILE] : []), ...(onnxBytes !== undefined ? [ONNX_FILE] : [])];
+      const modelFiles = [...(written.weightsFile !== undefined ? [MODEL_FILE, written.weightsFile] : []), ...(onnxBytes !== undefined ? [ONNX_FILE] : [])];
       const manifest: ExportManifest = {
         format: EXPORT_FORMAT,
         version: 1,
@@ -135,7 +144,7 @@ export const exportStage: StageDefinition<ExportParams> = {
         ctx.log.info({ dir: target }, 'export copied');
       }
       return {
-        metrics: { classes: classes.length, params: written.params, weightBytes: written.weightBytes, ...(onnxBytes !== undefined ? { onnxBytes } : {}), ...(target ? { dir: target } : {}) },
+        metrics: { classes: classes.length, params: written.params, weightBytes: written.weightBytes, ...(params.sparse && written.weightsFile ? { weightsEncoding: 'sparse' } : {}), ...(onnxBytes !== undefined ? { onnxBytes } : {}), ...(target ? { dir: target } : {}) },
       };
     } finally {
       model.dispose();

@@ -3,7 +3,7 @@
  * image fully decoded once to prove it is readable, hashed, labelled and assigned a split.
  * Nothing is silently dropped: skipped and ignored files are listed in `report.json`.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync, type Stats } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { writeFile } from 'node:fs/promises';
@@ -71,6 +71,35 @@ export const ingest: StageDefinition<IngestParams> = {
     return issues;
   },
 
+  canonicalParams(params, baseDir) {
+    // Keyed by the folder it names, not by how it is written: `./data/`, `data` and an absolute
+    // path to the same place are one key. Kept relative to the pipeline file, so a project moved
+    // with its store still hits its cache.
+    const canonical = (written: string) => relative(baseDir, resolve(baseDir, written)).split(sep).join('/') || '.';
+    return {
+      ...params,
+      ...(params.path !== undefined ? { path: canonical(params.path) } : {}),
+      ...(params.manifest !== undefined ? { manifest: canonical(params.manifest) } : {}),
+    };
+  },
+
+  checkPaths(params, baseDir) {
+    const issues: { path: string; message: string }[] = [];
+    if (params.path !== undefined) {
+      const full = resolve(baseDir, params.path);
+      const info = statMaybe(full);
+      if (!info) issues.push({ path: 'path', message: `the dataset folder ${full} does not exist; path is relative to the pipeline file's folder (${baseDir})` });
+      else if (!info.isDirectory()) issues.push({ path: 'path', message: `${full} is a file, not a folder of class folders (for a CSV/JSONL label list use manifest:)` });
+    }
+    if (params.manifest !== undefined) {
+      const full = resolve(baseDir, params.manifest);
+      const info = statMaybe(full);
+      if (!info) issues.push({ path: 'manifest', message: `the manifest ${full} does not exist; manifest is relative to the pipeline file's folder (${baseDir})` });
+      else if (!info.isFile()) issues.push({ path: 'manifest', message: `${full} is a folder, not a CSV/JSONL manifest (for class folders use path:)` });
+    }
+    return issues;
+  },
+
   async run(ctx, params) {
     const problems = ingest.check!(params);
     if (problems.length) throw new StageError('invalid_params', problems.map((p) => `${p.path}: ${p.message}`).join('; '), { problems });
@@ -114,11 +143,15 @@ export const ingest: StageDefinition<IngestParams> = {
     if (report.missingFromSplit.length) ctx.log.warn({ missing: report.missingFromSplit }, 'classes missing from a split');
     if (duplicatesAcrossSplits) ctx.log.warn({ groups: duplicatesAcrossSplits }, 'identical files in different splits');
     if (scan.ignored.length) ctx.log.info({ ignored: scan.ignored.length }, 'ignored files');
+    // Something to look at: the stage line and the summary point at the list (a file of this artifact).
+    const listed = skipped.length + scan.ignored.length + report.emptyClasses.length + report.missingFromSplit.length + report.duplicates.length > 0;
+    if (listed) ctx.log.info({ report: REPORT_FILE, skipped: skipped.length, ignored: scan.ignored.length }, 'see the report for skipped and ignored files');
     return {
       metrics: {
         images: entries.length, classes: classes.length, train: counts.train, val: counts.val, test: counts.test,
         skipped: skipped.length, ignored: scan.ignored.length, emptyClasses: report.emptyClasses.length,
         duplicatesAcrossSplits,
+        ...(listed ? { report: REPORT_FILE } : {}),
       },
     };
   },
@@ -155,6 +188,7 @@ function placeInSplits(scan: ScanResult, valid: VerifiedCandidate[], params: Ing
   if (scan.layout === 'classes' || (scan.layout === 'manifest' && valid.every((item) => item.split === undefined))) {
     return { entries: assignSplits(valid, fractions, seed), splitSource: scan.layout === 'manifest' ? 'manifest' : 'seeded' };
   }
+  for (const [split, folder] of Object.entries(scan.splitFolders ?? {})) if (folder !== split) report.notes.push(`${folder}/ is read as the ${split} split`);
   const given = valid as (VerifiedCandidate & { split: SplitName })[];
   if (scan.layout === 'folders' && !given.some((item) => item.split === 'val') && fractions.val > 0) {
     report.notes.push(`no val/ folder: val is ${fractions.val} of each class of train/, seeded`);
@@ -200,4 +234,12 @@ function manifestScope(manifest: string): string {
     return manifest;
   }
   return scope;
+}
+
+function statMaybe(file: string): Stats | undefined {
+  try {
+    return statSync(file);
+  } catch {
+    return undefined;
+  }
 }

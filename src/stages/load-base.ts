@@ -2,7 +2,7 @@
  * `load-base`: a pretrained TF.js layers model from a file or an http(s) URL, cut below its
  * top, optionally adapted to another input, or re-initialized for a from-scratch baseline.
  */
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
@@ -45,6 +45,33 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   consumes: [],
   provides: ['model'],
   resource: 'tf',
+  canonicalParams(params, baseDir) {
+    // One key per model however its path is written (`./m/`, `m`, `m/model.json`); URLs as given.
+    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return params;
+    const full = path.resolve(baseDir, params.model);
+    let file = full;
+    try {
+      if (statSync(full).isDirectory()) file = path.join(full, 'model.json');
+    } catch {
+      // missing: reported by checkPaths
+    }
+    return { ...params, model: path.relative(baseDir, file).split(path.sep).join('/') };
+  },
+
+  checkPaths(params, baseDir) {
+    // URLs (http(s), file:) are the loader's to check; a plain path must name model.json or its folder.
+    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return [];
+    const full = path.resolve(baseDir, params.model);
+    let info;
+    try {
+      info = statSync(full);
+    } catch {
+      return [{ path: 'model', message: `the model ${full} does not exist; model is a TF.js model.json (or its folder) relative to the pipeline file's folder (${baseDir}), or an http(s) URL` }];
+    }
+    if (info.isDirectory() && !existsSync(path.join(full, 'model.json'))) return [{ path: 'model', message: `the folder ${full} has no model.json; point model at a TF.js layers model.json (convert a Keras model with tensorflowjs_converter)` }];
+    return [];
+  },
+
   externalInputs(params, baseDir) {
     if (isUrl(params.model)) return [params.model];
     // A `file:` URL is a local path: keyed by the content it names, like a path.

@@ -4,6 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
@@ -42,12 +43,16 @@ const cases: [string, string, RegExp, number | undefined][] = [
   ['an id like ../../x', 'name: x\nstages:\n  "../../x": { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
   ['an id __proto__', 'name: x\nstages:\n  __proto__: { uses: ingest, with: { path: images } }\n', /not a valid stage id/, 3],
   ['a billion-laughs alias bomb', bomb, /alias/, undefined],
+  ['a missing data folder', valid.replace('{ path: images }', '{ path: imagez }'), /input_not_found[\s\S]*imagez does not exist|imagez does not exist[\s\S]*input_not_found/, 5],
+  ['a data path that is a file', valid.replace('{ path: images }', '{ path: images/a/1.png }'), /is a file, not a folder/, 5],
+  ['a missing manifest', valid.replace('{ path: images }', '{ manifest: labels.csv }'), /manifest .*labels\.csv does not exist/, 5],
+  ['a missing base model', 'name: x\nstages:\n  base:\n    uses: load-base\n    with: { model: models/none/model.json }\n', /models\/none\/model\.json does not exist/, 5],
 ];
 
 describe('pipeline validate/run on bad files', () => {
   it.each(cases)('%s: exit 2, file and line, no stack, nothing written', (name, text, message, line) => {
     const file = dir.write(`${name.replace(/\W+/g, '-')}.yaml`, text);
-    for (const command of ['validate', 'run']) {
+    for (const command of ['validate', 'plan', 'run']) {
       const result = cli([command, file]);
       expect(result.status, result.stderr).toBe(2);
       expect(result.stderr).toMatch(message);
@@ -83,5 +88,62 @@ describe('pipeline validate/run on bad files', () => {
     const result = cli(['validate', dir.write('v2.yaml', valid), '--set', 'stages.data.with.strict=maybe']);
     expect(result.status).toBe(2);
     expect(result.stderr).toContain('stages.data.with.strict');
+  });
+});
+
+describe('help and version', () => {
+  it('each command has its own help listing only its options; help COMMAND is the same text', () => {
+    const run = cli(['run', '--help']);
+    expect(run.status).toBe(0);
+    expect(run.stdout).toMatch(/^usage: pipeline run FILE/);
+    expect(run.stdout).toContain('--backend');
+    expect(run.stdout).not.toContain('--top');
+    expect(cli(['help', 'run']).stdout).toBe(run.stdout);
+    const predict = cli(['predict', '--help']).stdout;
+    expect(predict).toContain('--top K');
+    expect(predict).not.toContain('--force');
+    expect(cli(['gc', '--help']).stdout).toContain('--keep N');
+    expect(cli(['--help']).stdout).toMatch(/--top K[\s\S]*--keep N|--keep N[\s\S]*--top K/);
+    expect(cli(['help', 'nope']).status).toBe(2);
+  });
+
+  it('--version prints the package version', () => {
+    const result = cli(['--version']);
+    expect(result.status).toBe(0);
+    expect(result.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    expect(result.stderr).toBe('');
+  });
+});
+
+describe('the backend', () => {
+  const fashion = path.resolve(import.meta.dirname, '../fixtures/images/fashion');
+  const nodeInstalled = (() => {
+    try {
+      createRequire(import.meta.url).resolve('@tensorflow/tfjs-node');
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it('a run that loaded no TF.js says so instead of naming a backend it never used', () => {
+    const file = dir.write('io-only.yaml', `name: io-only\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    for (let i = 0; i < 2; i++) {
+      const result = cli(['run', file, '--json', '--artifacts', dir.path('store-backend')]);
+      expect(result.status, result.stderr).toBe(0);
+      expect(JSON.parse(result.stdout).backend).toMatch(/^none \(/);
+    }
+    expect(cli(['run', file, '--artifacts', dir.path('store-backend')]).stderr).toMatch(/backend none \(/);
+  });
+
+  it.skipIf(nodeInstalled)('--backend node without tfjs-node installed is refused at start with exit 2', () => {
+    const file = dir.write('io-only-2.yaml', `name: io-only\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    const result = cli(['run', file, '--backend', 'node', '--artifacts', dir.path('store-refused')]);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('--backend node: @tensorflow/tfjs-node is not installed');
+    expect(existsSync(dir.path('store-refused'))).toBe(false);
+    const inFile = dir.write('io-only-3.yaml', `name: io-only\nbackend: node\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
+    expect(cli(['run', inFile, '--artifacts', dir.path('store-refused')]).status).toBe(2);
+    expect(existsSync(dir.path('store-refused'))).toBe(false);
   });
 });

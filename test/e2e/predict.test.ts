@@ -57,6 +57,39 @@ describe('pipeline predict', () => {
     expect(result.stdout).toMatch(/^\S+\.png\t(sneaker|t-shirt|trouser) (0|1)\.\d{4}\n$/);
   });
 
+  it('a bad image does not stop the batch: the good ones are predicted, each bad one reported, exit 1', () => {
+    dir.write('broken.png', 'not an image either');
+    const result = cli(['predict', exported, images[0], 'broken.png', 'missing.png', images[1]]);
+    expect(result.status).toBe(1);
+    const lines = result.stdout.trim().split('\n');
+    expect(lines.map((line) => line.split('\t')[0])).toEqual([images[0], images[1]]);
+    expect(result.stderr).toMatch(/cannot read image broken\.png: .*\[image_unreadable\]/);
+    expect(result.stderr).toMatch(/cannot read image missing\.png: no such file \[image_unreadable\]/);
+    expect(result.stderr).toContain('2 of 4 images could not be predicted');
+    const json = cli(['predict', exported, images[0], 'broken.png', '--json']);
+    expect(json.status).toBe(1);
+    const output = JSON.parse(json.stdout);
+    expect(output.predictions.map((p: { image: string }) => p.image)).toEqual([images[0]]);
+    expect(output.failures).toEqual([{ image: 'broken.png', code: 'image_unreadable', message: expect.stringContaining('cannot read image broken.png') }]);
+  });
+
+  it('takes a folder of images and the export given as its model.json', () => {
+    const folder = path.dirname(images[0]);
+    const result = cli(['predict', path.join(exported, 'model.json'), folder, '--json']);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    const predicted = JSON.parse(result.stdout).predictions.map((p: { image: string }) => p.image);
+    expect(predicted.length).toBeGreaterThan(0);
+    expect(predicted.every((image: string) => image.startsWith(folder + path.sep) && image.endsWith('.png'))).toBe(true);
+    expect(predicted).toContain(images[0]);
+    expect([...predicted].sort()).toEqual(predicted);
+    const empty = dir.path('empty-folder');
+    dir.write('empty-folder/notes.txt', 'no images here');
+    const none = cli(['predict', exported, empty]);
+    expect(none.status).toBe(1);
+    expect(none.stderr).toMatch(/no image files .*\[no_images\]/);
+  });
+
   it('exits 1 with the file named for a non-image, 2 for bad usage', () => {
     dir.write('readme.png', 'not an image');
     const bad = cli(['predict', exported, 'readme.png']);

@@ -90,7 +90,7 @@ describe('predictImages', () => {
   it('refuses a missing or incomplete export folder', async () => {
     const none = await failure(predictImages(join(dir.root, 'no-such-export'), valImages, { top: 1 }));
     expect(none.code).toBe('export_invalid');
-    expect(none.message).toMatch(/it is not a folder/);
+    expect(none.message).toMatch(/it does not exist/);
     // A model artifact is not an export: it has no labels.json.
     const artifact = await failure(predictImages(modelDir, valImages, { top: 1 }));
     expect(artifact.code).toBe('export_invalid');
@@ -135,7 +135,8 @@ describe('pipeline predict (in process)', () => {
     expect((await cli(['predict', exported, valImages[0], '--top', 'x'])).code).toBe(2);
     const bad = await cli(['predict', exported, dir.write('bad.jpg', 'nope'), '--backend', 'wasm', '--json']);
     expect(bad.code).toBe(1);
-    expect(JSON.parse(bad.stdout)).toMatchObject({ status: 'error', error: { code: 'image_unreadable' } });
+    // One bad image is a failure of that image, not of the command: the JSON still lists the predictions.
+    expect(JSON.parse(bad.stdout)).toMatchObject({ predictions: [], failures: [{ code: 'image_unreadable' }] });
     expect(bad.stderr).toMatch(/cannot read image .*bad\.jpg.*\[image_unreadable\]/);
     expect(bad.stderr).not.toMatch(/\n\s+at /);
     await rm(join(dir.root, 'bad.jpg'));

@@ -14,10 +14,13 @@
  *   mode 1 (bitmap):  u32 nonzeros, ceil(n/8) bitmap bytes (bit i of byte j is scalar 8j+i),
  *                     nonzeros * 4 bytes of float32 values in position order
  * ```
- * The file keeps the name `weights.bin`; model.json's manifest group carries
- * `"encoding": "finetune-sparse-v1"`. `loadModel` (src/ml/io.ts) decodes such groups back to the
- * dense bytes before building the model. A plain `tf.loadLayersModel` does not know the encoding
- * and fails loudly (the bytes do not match the shapes) rather than loading garbage.
+ * model.json's manifest group carries `"encoding": "finetune-sparse-v1"`. Inside the artifact
+ * store the file keeps the name `weights.bin`; an export with `sparse: true` names it
+ * `weights.sparse.bin` and model.json's `format` is `finetune-sparse-layers-model`, so that what
+ * leaves the toolkit says what it is (a default export is dense: a standard TF.js model).
+ * `loadModel` (src/ml/io.ts) decodes such groups back to the dense bytes before building the
+ * model. A plain `tf.loadLayersModel` does not know the encoding and fails loudly (the bytes do
+ * not match the shapes) rather than loading garbage.
  *
  * Which models are saved this way: `saveModel` encodes when `isMarkedSparse(model)`, that is
  * when the prune stage called `markSparse`, or when `loadModel` read the model from a sparse file.

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { decodeImage, inspectImageFile, preprocessImage } from '../../../src/data/image.js';
 import { normalizePixels, resolveNormalization, type PreprocessSpec } from '../../../src/data/spec.js';
 import { BAD, FASHION } from './ctx.js';
+import { testdir } from '../../fixtures/testdir.js';
 
 const spec = (overrides: Partial<PreprocessSpec> = {}): PreprocessSpec => ({
   size: [8, 8], fit: 'cover', channels: 3, background: [255, 255, 255],
@@ -126,5 +127,21 @@ describe('normalization', () => {
     expect(values.length).toBe(48);
     expect(values[0]).toBeCloseTo(1, 5); // red pixel: R = 255 → 1
     expect(values[2]).toBeCloseTo(-1, 5); // B = 0 → -1
+  });
+});
+
+describe('decoder messages under concurrency', () => {
+  it('truncated JPEGs decoded at the same time each get libvips\'s real reason, not "Unknown error"', async () => {
+    const dir = testdir();
+    try {
+      const jpeg = await sharp({ create: { width: 640, height: 480, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 30 } } }).jpeg().toBuffer();
+      const files = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99].map((fraction) => dir.write(`cut-${fraction}.jpg`, jpeg.subarray(0, Math.floor(jpeg.length * fraction))));
+      const results = await Promise.all(files.map((file) => inspectImageFile(file)));
+      expect(results.map((r) => (r.ok ? 'ok' : r.reason))).toEqual(files.map(() => 'VipsJpeg: premature end of JPEG image'));
+      const pixels = await Promise.allSettled(files.map((file) => decodeImage(file, spec())));
+      for (const outcome of pixels) expect(outcome.status === 'rejected' && String(outcome.reason.message)).toMatch(/premature end/);
+    } finally {
+      dir.cleanup();
+    }
   });
 });

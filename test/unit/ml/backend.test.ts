@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import {
   backendPreference,
+  backendUnavailable,
   configureBackend,
   describeBackend,
   predictBackend,
@@ -76,5 +77,16 @@ describe('backend', () => {
     const out = tfl.layers.dense({ units: 1, inputShape: [2] }).apply(tf.ones([1, 2])) as InstanceType<typeof tf.Tensor>;
     expect(out).toBeInstanceOf(tf.Tensor);
     expect(await useTf()).toBe(tf); // initialized once
+  });
+});
+
+describe('backendUnavailable', () => {
+  it('says why an explicit backend cannot be used, without loading anything', () => {
+    configureBackend(backendPreference(), { resolveModule: (s) => (s === '@tensorflow/tfjs-node' ? '/nowhere/dist/index.js' : s.includes('wasm') ? '/x/wasm.js' : null) });
+    expect(backendUnavailable('auto')).toBeNull();
+    expect(backendUnavailable('wasm')).toBeNull();
+    expect(backendUnavailable('node')).toMatch(/native binding was not built.*npm install @tensorflow\/tfjs-node/);
+    expect(backendUnavailable('node-gpu')).toMatch(/@tensorflow\/tfjs-node-gpu is not installed/);
+    configureBackend(backendPreference(), { resolveModule: undefined });
   });
 });

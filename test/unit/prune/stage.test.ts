@@ -1,10 +1,10 @@
-import { statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { readModelArtifact } from '../../../src/ml/artifact.js';
-import { loadModel, WEIGHTS_FILE } from '../../../src/ml/io.js';
+import { loadModel, SPARSE_MODEL_FORMAT, SPARSE_WEIGHTS_FILE, WEIGHTS_FILE } from '../../../src/ml/io.js';
 import { compileStageValidator } from '../../../src/runtime/schema.js';
 import { GateError } from '../../../src/runtime/errors.js';
 import type { StageInput } from '../../../src/runtime/types.js';
@@ -12,7 +12,16 @@ import { exportStage } from '../../../src/stages/export.js';
 import { checkAccuracyDrop, prune, type PruneParams } from '../../../src/stages/prune.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 import { buildTinyShards, inputFrom, makeTinyModelArtifact, runStage, useTestBackend, type TinyShards } from '../stages/helpers.js';
-import type { Tf } from '../../../src/ml/backend.js';
+import { useLayers, type Tf } from '../../../src/ml/backend.js';
+
+/** What any TF.js app does: tfjs-layers' own loadLayersModel on the files, through tf.io.fromMemory (none of our code). */
+async function loadWithStockTfjs(folder: string, weightsFile: string): Promise<LayersModel> {
+  const json = JSON.parse(readFileSync(join(folder, 'model.json'), 'utf8'));
+  const bin = readFileSync(join(folder, weightsFile));
+  const weightData = bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength);
+  const tfl = await useLayers();
+  return tfl.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g: { weights: unknown[] }) => g.weights), weightData }));
+}
 
 let tf: Tf;
 let dir: TestDir;
@@ -82,13 +91,33 @@ describe('prune stage', () => {
       const pruned = await readModelArtifact(ctx.outDir);
       expect(pruned.info.lineage.at(-1)).toBe('prune');
       expect(pruned.info.notes?.pruning).toMatchObject({ method: 'magnitude', target: 0.75 });
+      // The default export is a standard TF.js model: stock tfjs-layers loads it (no sparse encoding).
       const exported = await runStage(exportStage, { root: dir.root, params: {}, inputs: [inputFrom({ kind: 'prune', provides: ['model'] }, ctx.outDir)] });
-      expect(statSync(join(exported.ctx.outDir, WEIGHTS_FILE)).size).toBe(m.bytes_after);
+      const exportJson = JSON.parse(readFileSync(join(exported.ctx.outDir, 'model.json'), 'utf8'));
+      expect(exportJson.format).toBe('layers-model');
+      expect(exportJson.weightsManifest[0]).not.toHaveProperty('encoding');
+      expect(statSync(join(exported.ctx.outDir, WEIGHTS_FILE)).size).toBe(m.bytes_before);
+      const stock = await loadWithStockTfjs(exported.ctx.outDir, WEIGHTS_FILE);
       const reloaded = await loadModel(exported.ctx.outDir);
-      const [a, b] = [predict(pruned.model), predict(reloaded)];
+      const [a, b, c] = [predict(pruned.model), predict(reloaded), predict(stock)];
       a.forEach((v, i) => expect(Math.abs(v - b[i])).toBeLessThan(1e-5));
-      pruned.model.dispose();
+      a.forEach((v, i) => expect(Math.abs(v - c[i])).toBeLessThan(1e-5));
       reloaded.dispose();
+      stock.dispose();
+
+      // `sparse: true` is the compact encoding, labelled: our loader reads it, a stock loader fails loudly.
+      const compact = await runStage(exportStage, { root: dir.root, params: { sparse: true }, inputs: [inputFrom({ kind: 'prune', provides: ['model'] }, ctx.outDir)] });
+      const compactJson = JSON.parse(readFileSync(join(compact.ctx.outDir, 'model.json'), 'utf8'));
+      expect(compactJson.format).toBe(SPARSE_MODEL_FORMAT);
+      expect(compactJson.weightsManifest[0].paths).toEqual([SPARSE_WEIGHTS_FILE]);
+      expect(existsSync(join(compact.ctx.outDir, WEIGHTS_FILE))).toBe(false);
+      expect(statSync(join(compact.ctx.outDir, SPARSE_WEIGHTS_FILE)).size).toBe(m.bytes_after);
+      expect(compact.result.metrics).toMatchObject({ weightBytes: m.bytes_after, weightsEncoding: 'sparse' });
+      await expect(loadWithStockTfjs(compact.ctx.outDir, SPARSE_WEIGHTS_FILE)).rejects.toThrow();
+      const fromSparse = await loadModel(compact.ctx.outDir);
+      predict(fromSparse).forEach((v, i) => expect(Math.abs(v - a[i])).toBeLessThan(1e-5));
+      fromSparse.dispose();
+      pruned.model.dispose();
     });
   }
 

@@ -168,3 +168,21 @@ describe('loadPipelineText', () => {
     expect(issue.message).toContain("'source'");
   });
 });
+
+describe('--set problems belong to the command line', () => {
+  it('an unknown key or a bad value given by --set names the --set, not a line of the file', () => {
+    const [unknown] = issuesOf(good, ['stages.b.with.facter=3']);
+    expect(unknown).toMatchObject({ code: 'unknown_key', file: '--set' });
+    expect(unknown.line).toBeUndefined();
+    expect(unknown.message).toMatch(/^--set stages\.b\.with\.facter=3: unknown key 'facter'/);
+    const [wrong] = issuesOf(good, ['stages.a.with.value=abc']);
+    expect(wrong).toMatchObject({ code: 'wrong_type', file: '--set', path: 'stages.a.with.value' });
+    expect(wrong.snippet).toBeUndefined();
+    expect(wrong.message).toContain('--set stages.a.with.value=abc: ');
+  });
+
+  it('a problem of the file itself keeps its line when an unrelated --set is given', () => {
+    const [issue] = issuesOf(good.replace('with: { value: 3 }', 'with: { valeu: 3 }'), ['stages.b.with.factor=5']);
+    expect(issue).toMatchObject({ code: 'unknown_key', file: 'p.yaml', line: 6 });
+  });
+});
