@@ -15,6 +15,7 @@
 #
 # Everything lives under $SWIFT_TEST_DIR (default /tmp/swift-test): etc/ (configs, rings, its own
 # swift.conf: /etc/swift is not touched), node/sdb1/ (the device), run/ (pids), log/.
+# The bucket $SWIFT_TEST_BUCKET (default fp-cache-test) is created; tests make their own.
 # Ports: proxy $SWIFT_TEST_PORT (default 18080), object/container/account +1/+2/+3 of
 # $SWIFT_TEST_BACKEND_PORT (default 16200..16202), memcached 16211.
 set -euo pipefail
@@ -61,6 +62,8 @@ probe() {
   url=$(printf '%s' "$headers" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-storage-url"{print $2}')
   [ -n "$token" ] && [ -n "$url" ] || return 1
   curl -fsS -m 5 -o /dev/null -X PUT -H "X-Auth-Token: $token" "$url/swift-sh-probe" 2>/dev/null || return 1
+  # The bucket printed in the environment, ready for `--remote s3://$BUCKET/...` by hand.
+  curl -fsS -m 5 -o /dev/null -X PUT -H "X-Auth-Token: $token" "$url/$BUCKET" 2>/dev/null || return 1
   curl -fsS -m 5 -o /dev/null -X PUT -H "X-Auth-Token: $token" --data-binary ok "$url/swift-sh-probe/ready" 2>/dev/null || return 1
   [ "$(curl -fsS -m 5 -H "X-Auth-Token: $token" "$url/swift-sh-probe/ready" 2>/dev/null)" = ok ]
 }
@@ -221,16 +224,26 @@ start() {
   print_env
 }
 
+# Our process only: a stale pid file must not kill whatever reused the pid.
+ours() { [ -f "$RUN/$1.pid" ] && tr '\0' ' ' <"/proc/$(cat "$RUN/$1.pid")/cmdline" 2>/dev/null | grep -q -- "$2"; }
+
 stop_quietly() {
-  local name pid
+  local name pids=()
   for name in proxy object container account memcached; do
-    [ -f "$RUN/$name.pid" ] || continue
-    pid=$(cat "$RUN/$name.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    if [ "$name" = memcached ]; then ours "$name" "memcached.*$MEMCACHED_PORT" && pids+=("$(cat "$RUN/$name.pid")")
+    else ours "$name" "$ETC/$name-server.conf" && pids+=("$(cat "$RUN/$name.pid")"); fi
     rm -f "$RUN/$name.pid"
   done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true # all at once: each takes ~2 s to shut down gracefully
+  local pid running
+  for _ in $(seq 50); do
+    running=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+    [ $running = 1 ] || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 case ${1:-} in
