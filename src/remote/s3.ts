@@ -82,6 +82,8 @@ const AUTH_ERRORS = new Set([
   'InvalidClientTokenId',
   'AuthorizationHeaderMalformed',
 ]);
+/** The largest object one PutObject may send (S3's limit; larger needs multipart upload). */
+const MAX_SINGLE_PUT = 5 * 1024 ** 3;
 /** Socket-level failures: nothing answered. */
 const NETWORK_ERRORS = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE']);
 
@@ -98,6 +100,12 @@ export class S3Remote implements RemoteCache {
    */
   conditionalPut: boolean | undefined;
   private readonly client: S3Client;
+  /**
+   * Blob uploads stream a file, and the SDK cannot rewind a stream to retry: this client makes
+   * one attempt and `putBlob` retries with a fresh stream.
+   */
+  private readonly uploadClient: S3Client;
+  private readonly maxAttempts: number;
 
   constructor(options: S3RemoteOptions) {
     const env = options.env ?? process.env;
@@ -111,8 +119,9 @@ export class S3Remote implements RemoteCache {
     this.endpoint = endpoint;
     const custom = endpoint !== undefined;
     const checksums = options.awsChecksums ?? !custom;
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
     const config: S3ClientConfig = {
-      maxAttempts: options.maxAttempts ?? 3,
+      maxAttempts: this.maxAttempts,
       requestHandler: { connectionTimeout: options.connectTimeoutMs ?? 5_000, requestTimeout: options.requestTimeoutMs ?? 120_000 },
       ...(custom ? { endpoint, forcePathStyle: true } : {}),
       ...(checksums ? {} : { requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' }),
@@ -121,11 +130,13 @@ export class S3Remote implements RemoteCache {
     if (region) config.region = region;
     if (options.credentials) config.credentials = options.credentials;
     this.client = new S3Client(config);
+    this.uploadClient = new S3Client({ ...config, maxAttempts: 1 });
   }
 
   /** Closes the client's sockets. */
   close(): void {
     this.client.destroy();
+    this.uploadClient.destroy();
   }
 
   blobKey(digest: string): string {
@@ -150,12 +161,35 @@ export class S3Remote implements RemoteCache {
     const existing = await this.head(objectKey, 'put_blob');
     // Same name, same size: the same bytes (a wrong-size object is a broken upload: replace it).
     if (existing !== undefined && existing.size === info.size) return 'present';
+    if (info.size > MAX_SINGLE_PUT)
+      throw this.error('remote_config', `${file} is ${info.size} bytes: S3 takes at most 5 GiB in one PUT and multipart upload is not implemented`, 'put_blob', objectKey);
+    for (let attempt = 1; ; attempt++) {
+      const body = createReadStream(file);
+      try {
+        await this.uploadClient.send(this.blobPut(digest, objectKey, body, info.size));
+        return 'uploaded';
+      } catch (error) {
+        const name = (error as { name?: string }).name;
+        if (name === 'BadDigest' || name === 'XAmzContentSHA256Mismatch')
+          throw this.error('remote_corrupt', `${file} does not match its sha256 ${digest}: the server refused the upload (the local file changed or is corrupt)`, 'put_blob', objectKey, error);
+        const translated = this.translate(error, 'put_blob', objectKey);
+        const retryable = translated.code === 'remote_unreachable' || translated.code === 'remote_server';
+        if (!retryable || attempt >= this.maxAttempts) throw translated;
+        await new Promise((resolve) => setTimeout(resolve, 200 * 2 ** attempt * (0.5 + Math.random())));
+      } finally {
+        body.destroy();
+      }
+    }
+  }
+
+  /** A PUT of the file, signed with its digest as the payload hash. */
+  private blobPut(digest: string, objectKey: string, body: Readable, size: number): PutObjectCommand {
     const command = new PutObjectCommand({
       Bucket: this.bucket,
       Key: objectKey,
-      Body: createReadStream(file),
+      Body: body,
       // A known length keeps the body a plain stream (no chunked encoding, which S3 refuses).
-      ContentLength: info.size,
+      ContentLength: size,
       ContentType: 'application/octet-stream',
     });
     // Sign the payload with its real sha256 (the blob's name) instead of UNSIGNED-PAYLOAD: the
@@ -169,15 +203,7 @@ export class S3Remote implements RemoteCache {
       },
       { step: 'build', name: 'signBlobDigest' },
     );
-    try {
-      await this.client.send(command);
-    } catch (error) {
-      const name = (error as { name?: string }).name;
-      if (name === 'BadDigest' || name === 'XAmzContentSHA256Mismatch')
-        throw this.error('remote_corrupt', `${file} does not match its sha256 ${digest}: the server refused the upload (the local file changed or is corrupt)`, 'put_blob', objectKey, error);
-      throw this.translate(error, 'put_blob', objectKey);
-    }
-    return 'uploaded';
+    return command;
   }
 
   async getBlob(digest: string, destFile: string): Promise<void> {

@@ -8,6 +8,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, rename } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,6 +76,34 @@ describe('remote URL and manifest checks', () => {
     expect(error.message).toContain('AWS_ENDPOINT_URL');
     expect(Date.now() - started).toBeLessThan(10_000); // three attempts with backoff
     remote.close();
+  });
+
+  it('retries a failed blob upload with a fresh stream of the whole file', async () => {
+    // A stand-in server: HEAD says "absent", the first PUT fails with 503 after reading the body.
+    const received: number[] = [];
+    const server = http.createServer((request, response) => {
+      if (request.method === 'HEAD') return response.writeHead(404).end();
+      let bytes = 0;
+      request.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      request.on('end', () => {
+        received.push(bytes);
+        if (received.length === 1) response.writeHead(503, { 'content-type': 'application/xml' }).end('<Error><Code>ServiceUnavailable</Code><Message>try again</Message></Error>');
+        else response.writeHead(200, { etag: '"x"' }).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    const dir = testdir();
+    try {
+      const data = randomBytes(100_000);
+      const remote = new S3Remote({ url: 's3://bucket/x', endpoint: `http://127.0.0.1:${port}`, credentials: { accessKeyId: 'a', secretAccessKey: 'b' } });
+      expect(await remote.putBlob(sha256(data), dir.write('f.bin', data))).toBe('uploaded');
+      expect(received).toEqual([100_000, 100_000]);
+      remote.close();
+    } finally {
+      dir.cleanup();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it('takes the endpoint from AWS_ENDPOINT_URL and refuses a malformed one', () => {
