@@ -23,9 +23,9 @@ import { testdir, type TestDir } from '../fixtures/testdir.js';
 const script = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'services', 'swift.sh');
 const swiftInstalled = spawnSync('bash', ['-c', 'command -v swift-proxy-server && command -v memcached'], { stdio: 'ignore' }).status === 0;
 if (!swiftInstalled) {
-  const hint = 'OpenStack Swift is not installed, so the S3 remote tests are skipped: run .ci/services.sh (apt-get install swift-proxy swift-object swift-container swift-account memcached python3-swift)';
-  if (process.env.REMOTE_TESTS_REQUIRED === '1') throw new Error(hint);
-  console.warn(hint);
+  const install = 'run .ci/services.sh (apt-get install -y swift-proxy swift-object swift-container swift-account memcached python3-swift)';
+  if (process.env.REMOTE_TESTS_REQUIRED === '1') throw new Error(`OpenStack Swift is not installed and REMOTE_TESTS_REQUIRED=1: ${install}`);
+  console.warn(`OpenStack Swift is not installed, so the S3 remote tests that need a server are skipped: ${install}`);
 }
 
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
