@@ -54,9 +54,10 @@ export interface S3RemoteOptions {
   /** Explicit credentials (tests). Default: the SDK's provider chain (environment, profile, SSO, roles). */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /**
-   * Send the SDK's default flexible checksums (CRC32 trailers in aws-chunked bodies). Default:
-   * true on AWS, false on a custom endpoint: OpenStack Swift's s3api answers 501 to aws-chunked
-   * uploads, and most S3 clones do not return the checksums the SDK would validate.
+   * Use the SDK's default flexible checksums (CRC32 on requests, validated on responses) for
+   * manifests and downloads; blob uploads never use them (they are signed with their sha256).
+   * Default: true on AWS, false on a custom endpoint: OpenStack Swift's s3api answers 501 to
+   * aws-chunked uploads, and most S3 clones do not return the checksums the SDK would validate.
    */
   awsChecksums?: boolean;
   /** Milliseconds to wait for a TCP connection. Default 5,000. */
@@ -130,7 +131,10 @@ export class S3Remote implements RemoteCache {
     if (region) config.region = region;
     if (options.credentials) config.credentials = options.credentials;
     this.client = new S3Client(config);
-    this.uploadClient = new S3Client({ ...config, maxAttempts: 1 });
+    // No flexible checksums on blob uploads, even on AWS: they would turn the body into
+    // aws-chunked with a CRC trailer, which cannot carry the sha256 payload signature, and that
+    // signature is the stronger check.
+    this.uploadClient = new S3Client({ ...config, maxAttempts: 1, requestChecksumCalculation: 'WHEN_REQUIRED' });
   }
 
   /** Closes the client's sockets. */

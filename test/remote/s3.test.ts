@@ -106,6 +106,34 @@ describe('remote URL and manifest checks', () => {
     }
   });
 
+  it('signs blob uploads with their sha256 and never sends aws-chunked, even with the SDK checksums on (as on AWS)', async () => {
+    const puts: http.IncomingHttpHeaders[] = [];
+    const server = http.createServer((request, response) => {
+      if (request.method === 'HEAD') return response.writeHead(404).end();
+      request.resume().on('end', () => {
+        puts.push(request.headers);
+        response.writeHead(200, { etag: '"x"' }).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    const dir = testdir();
+    try {
+      const data = randomBytes(50_000);
+      const remote = new S3Remote({ url: 's3://bucket/x', endpoint: `http://127.0.0.1:${port}`, credentials: { accessKeyId: 'a', secretAccessKey: 'b' }, awsChecksums: true });
+      await remote.putBlob(sha256(data), dir.write('f.bin', data));
+      remote.close();
+      expect(puts).toHaveLength(1);
+      expect(puts[0]?.['x-amz-content-sha256']).toBe(sha256(data));
+      expect(puts[0]?.['content-length']).toBe('50000');
+      expect(puts[0]?.['content-encoding'] ?? '').not.toContain('aws-chunked');
+      expect(puts[0]?.authorization).toMatch(/^AWS4-HMAC-SHA256 .*SignedHeaders=[^,]*x-amz-content-sha256/);
+    } finally {
+      dir.cleanup();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   it('takes the endpoint from AWS_ENDPOINT_URL and refuses a malformed one', () => {
     const remote = new S3Remote({ url: 's3://bucket', env: { AWS_ENDPOINT_URL: 'http://127.0.0.1:1' } });
     expect(remote.endpoint).toBe('http://127.0.0.1:1');
