@@ -246,9 +246,12 @@ stop_quietly() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
+# One start/stop at a time: two test runs starting together must not both bind the ports.
+lock() { mkdir -p "$(dirname "$ROOT")"; exec 9>"$ROOT.lock"; flock -w 120 9 || die "another swift.sh holds $ROOT.lock"; }
+
 case ${1:-} in
-  start) start ;;
-  stop) stop_quietly ;;
+  start) lock; start ;;
+  stop) lock; stop_quietly ;;
   status) probe ;;
   env) print_env ;;
   *) die "usage: $0 start|stop|status|env" ;;
