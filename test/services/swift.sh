@@ -204,13 +204,13 @@ start() {
   write_configs
   build_rings
   if ! alive memcached; then
-    memcached -u "$(id -un)" -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 16 >"$LOG/memcached.log" 2>&1 &
+    memcached -u "$(id -un)" -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 16 >"$LOG/memcached.log" 2>&1 9>&- &
     echo $! >"$RUN/memcached.pid"
   fi
   local server
   for server in "${SERVERS[@]}"; do
     # -v: log to the console (here a file) as well as syslog, which this machine does not have.
-    setsid "swift-$server-server" "$ETC/$server-server.conf" -v >"$LOG/$server.log" 2>&1 </dev/null &
+    setsid "swift-$server-server" "$ETC/$server-server.conf" -v >"$LOG/$server.log" 2>&1 </dev/null 9>&- &
     echo $! >"$RUN/$server.pid"
   done
   local deadline=$((SECONDS + ${SWIFT_TEST_START_TIMEOUT:-90}))
@@ -225,7 +225,7 @@ start() {
 }
 
 # Our process only: a stale pid file must not kill whatever reused the pid.
-ours() { [ -f "$RUN/$1.pid" ] && tr '\0' ' ' <"/proc/$(cat "$RUN/$1.pid")/cmdline" 2>/dev/null | grep -q -- "$2"; }
+ours() { [ -f "$RUN/$1.pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$(cat "$RUN/$1.pid")/cmdline" | grep -q -- "$2"; }
 
 stop_quietly() {
   local name pids=()
