@@ -21,7 +21,7 @@
  *   `corrupt`, after `discardEntry`), under the store lock:
  *     `const tmp = await store.createTempDir(key);`
  *     `const pulled = await pullEntry(remote, key, tmp);`
- *     `if (pulled) { rename(tmp, store.entryDir(key)); recheck -> 'cached' (reason "pulled from <url>") }`
+ *     `if (pulled) { mkdir(cache/); rename(tmp, store.entryDir(key)); checkEntry -> 'cached' (reason "pulled from <url>") }`
  *     `else rm(tmp)` and the stage runs. The rename is the same step `commit` ends with (a new
  *   store method `adopt(tmp, key)` would keep it in one place). Memo entries (`meta.memo`, the
  *   cached features) are pulled the same way by key when a stage asks for them.
@@ -37,9 +37,11 @@
  * `pipeline cache pull [--remote URL] KEY…` (or `--run FILE` for the plan's keys): pullEntry into
  * a temp dir and rename, as above. Both print one line per key (`↑ key 3 uploaded, 2 present`).
  *
- * Errors: everything thrown here is a `RemoteError` (`src/remote/remote.ts`) or a local file
- * system error; `cli.ts` maps `remote_auth` / `remote_config` to the usage exit code (2) and the
- * rest to 1, printing the message (it names the bucket and the variable to set).
+ * Errors: everything thrown here is a `RemoteError` (`src/remote/remote.ts`, a `PipelineError`
+ * whose codes can join the catalogue in `src/runtime/errors.ts`) or a local file system error;
+ * `cli.ts` maps `remote_auth` / `remote_config` to the usage exit code (2) and the rest to 1,
+ * printing the message (it names the bucket and the variable to set). Only `cache push|pull`
+ * exit on them; `run` logs them and goes on without the remote.
  */
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
