@@ -6,8 +6,8 @@
  *   node --import tsx bench/finetune.ts --markdown [FILE]   JSON line (FILE or stdin) -> README table
  *
  * Case (bench/finetune.yaml): nsfwjs's Keras MobileNetV2, 224x224, Fashion-MNIST pullover vs
- * coat (400 train / 200 val), flips, head 10 epochs at 1e-3, unfreeze from block_16_expand,
- * fine-tune 5 epochs at 1e-5, magnitude prune 0.5 (recovery at 1e-4), evaluate; batch 32.
+ * coat (400 train / 200 val), flips, head 10 epochs at 1e-2, unfreeze from block_16_expand,
+ * fine-tune 5 epochs at 1e-4, magnitude prune (sparsity: auto within 2 points), evaluate; batch 32.
  *
  * What runs, one process at a time (never two heavy ones together: the CPU is shared):
  * 1. ours: `node bin/pipeline.js run bench/finetune.yaml --json` on a fresh artifact store
@@ -211,6 +211,14 @@ function stageParams(kind: string, id: string): Record<string, Json> {
   const defaults = Object.fromEntries(Object.entries(schema.properties ?? {}).flatMap(([name, prop]) => (prop.default !== undefined ? [[name, prop.default]] : [])));
   const file = parseYaml(readFileSync(PIPELINE_FILE, 'utf8')) as { stages: Record<string, { with?: Record<string, Json> }> };
   return { ...defaults, ...(file.stages[id]?.with ?? {}) };
+}
+
+/** Epochs, batch and learning rates of the case, read from bench/finetune.yaml. */
+export function caseBudget(): { headLr: number; tuneLr: number; headEpochs: number; tuneEpochs: number; batch: number } {
+  const head = stageParams('train-head', 'train-head');
+  const tune = stageParams('fine-tune', 'fine-tune');
+  const headLr = Number(head.lr);
+  return { headLr, tuneLr: tune.lr !== undefined ? Number(tune.lr) : headLr / Number(tune.lr_divisor), headEpochs: Number(head.epochs), tuneEpochs: Number(tune.epochs), batch: Number(head.batch) };
 }
 
 /** A stage metric that reports frozen-forward throughput, when some stage has one. */
@@ -526,7 +534,9 @@ async function runTorch(dataDir: string, modelJson: string): Promise<JsonObject>
   const python = findTorchPython();
   if (!python) return { skipped: 'torch is not installed (apt-get install -y python3-torch python3-torchvision, or set BENCH_PYTHON)' };
   log(`torch: ${python} bench/torch_finetune.py (same images, same Keras weights, 2 threads); log ${join(WORK, 'torch.stderr.log')}`);
-  const args = [TORCH_SCRIPT, '--data', dataDir, '--keras-model', modelJson, '--head-epochs', '10', '--tune-epochs', '5', '--batch', '32', '--size', '224', '--head-lr', '1e-3', '--tune-lr', '1e-5', '--threads', '2'];
+  // The same budget and learning rates as bench/finetune.yaml (fine-tune lr = head lr / lr_divisor).
+  const { headLr, tuneLr, headEpochs, tuneEpochs, batch } = caseBudget();
+  const args = [TORCH_SCRIPT, '--data', dataDir, '--keras-model', modelJson, '--head-epochs', String(headEpochs), '--tune-epochs', String(tuneEpochs), '--batch', String(batch), '--size', '224', '--head-lr', String(headLr), '--tune-lr', String(tuneLr), '--threads', '2'];
   const measured = await measure(python, args, join(WORK, 'torch.stderr.log'), { ...process.env, OMP_NUM_THREADS: '2' });
   const out = lastJsonLine(measured.stdout);
   if (measured.code !== 0 || !out) return { error: `exit ${measured.code}: ${errorLine(measured.stderrFile)}` };
@@ -605,10 +615,10 @@ export async function benchFinetune(options: BenchOptions = { torch: true, fullE
         size: [224, 224],
         normalize: 'unit',
         augment: 'flip',
-        head: { epochs: 10, lr: 1e-3 },
+        head: { epochs: caseBudget().headEpochs, lr: caseBudget().headLr },
         unfreeze_from: 'block_16_expand',
-        fine_tune: { epochs: 5, lr: 1e-5 },
-        prune: { method: 'magnitude', sparsity: 0.5, recovery_lr: 1e-4 },
+        fine_tune: { epochs: caseBudget().tuneEpochs, lr: caseBudget().tuneLr },
+        prune: { method: 'magnitude', sparsity: 'auto', max_accuracy_drop: 0.02 },
         batch: 32,
         pipeline: 'bench/finetune.yaml',
       },
