@@ -56,6 +56,11 @@ export function augmentRecord(
   applyAugmentation(pixels, shape, draw, normalize, out, outOffset);
 }
 
+/** A left-right mirror and nothing else (no crop, no rotation). */
+function isPureFlip(draw: AugmentDraw): boolean {
+  return draw.flip && draw.scale === 1 && draw.angle === 0;
+}
+
 /** Applies fixed draws (null = none): geometry by inverse mapping + bilinear sampling, then photometry. */
 export function applyAugmentation(
   pixels: Uint8Array,
@@ -84,6 +89,24 @@ export function applyAugmentation(
     const c = index % channels;
     out[outOffset + index] = value * scale[c] + offset[c];
   };
+  if (!photometric && (!geometric || !draw || isPureFlip(draw))) {
+    // The hot path of every frozen pass: plain normalization, or an exact mirror (a flip with
+    // no crop or rotation samples whole pixels, so bilinear sampling would return them as they
+    // are). One multiply-add per value, a channel at a time; the same arithmetic as `write`.
+    const mirror = geometric && draw !== null;
+    for (let c = 0; c < channels; c++) {
+      const k = scale[c];
+      const b = offset[c];
+      for (let y = 0; y < height; y++) {
+        const row = y * width;
+        for (let x = 0; x < width; x++) {
+          const source = (row + (mirror ? width - 1 - x : x)) * channels + c;
+          out[outOffset + (row + x) * channels + c] = pixels[source] * k + b;
+        }
+      }
+    }
+    return;
+  }
   if (!geometric || !draw) {
     for (let i = 0; i < pixels.length; i++) write(i, pixels[i]);
     return;

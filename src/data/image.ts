@@ -109,7 +109,7 @@ export async function inspectImageFile(file: string): Promise<ImageInspection> {
   if (size === 0) return { ok: false, sha256, size, reason: 'empty file' };
   const ok = (metadata: Awaited<ReturnType<typeof verifyDecode>>): ImageInspection => ({ ok: true, sha256, size, width: metadata.width ?? 0, height: metadata.height ?? 0, format: metadata.format ?? 'unknown' });
   try {
-    return ok(await verifyDecode(bytes));
+    return ok(await shared(() => verifyDecode(bytes)));
   } catch (error) {
     let reason = firstLine((error as Error).message);
     // libvips keeps one error buffer for all threads: when several decodes fail at once, one
@@ -141,10 +141,42 @@ function isGenericError(reason: string): boolean {
   return reason === '' || /^unknown error$/i.test(reason);
 }
 
+/**
+ * First decodes run side by side (`shared`); a re-decode runs `alone`: it waits until no other
+ * decode of this module is in flight and holds new ones back, so libvips' shared error buffer
+ * holds its own message. Re-decodes queue one after another.
+ */
+let active = 0;
+let drained: (() => void) | null = null;
+let exclusive: Promise<unknown> | null = null;
 let retries: Promise<unknown> = Promise.resolve();
-/** Runs `task` after every earlier `alone` task has finished (one re-decode at a time). */
+
+async function shared<T>(task: () => Promise<T>): Promise<T> {
+  while (exclusive) await exclusive.catch(() => undefined);
+  active++;
+  try {
+    return await task();
+  } finally {
+    active--;
+    if (active === 0) drained?.();
+  }
+}
+
 function alone<T>(task: () => Promise<T>): Promise<T> {
-  const result = retries.then(task, task);
+  const run = async () => {
+    const held = (async () => {
+      while (active > 0) await new Promise<void>((resolve) => (drained = resolve));
+      drained = null;
+      return task();
+    })();
+    exclusive = held;
+    try {
+      return await held;
+    } finally {
+      if (exclusive === held) exclusive = null;
+    }
+  };
+  const result = retries.then(run, run);
   retries = result.catch(() => undefined);
   return result;
 }

@@ -24,6 +24,20 @@ describe('augmentation', () => {
     expect(run({ ...identity, flip: true })).toEqual([30, 20, 10, 0, 70, 60, 50, 40, 110, 100, 90, 80]);
   });
 
+  it('a flip of an RGB image is the plain normalization mirrored, value for value (the fast path)', () => {
+    const rgb = Uint8Array.from({ length: 5 * 7 * 3 }, (_, i) => (i * 37) % 256);
+    const imagenet = resolveNormalization('imagenet', 3);
+    const plain = new Float32Array(rgb.length);
+    const flipped = new Float32Array(rgb.length);
+    applyAugmentation(rgb, [5, 7, 3], null, imagenet, plain);
+    applyAugmentation(rgb, [5, 7, 3], { ...identity, flip: true }, imagenet, flipped);
+    for (let y = 0; y < 5; y++) for (let x = 0; x < 7; x++) for (let c = 0; c < 3; c++) expect(flipped[(y * 7 + x) * 3 + c]).toBe(plain[(y * 7 + 6 - x) * 3 + c]);
+    // and the general (bilinear) path agrees where it samples whole pixels: a flip with a 1e-9 crop
+    const nearly = new Float32Array(rgb.length);
+    applyAugmentation(rgb, [5, 7, 3], { ...identity, flip: true, scale: 1 - 1e-12 }, imagenet, nearly);
+    for (let i = 0; i < rgb.length; i++) expect(nearly[i]).toBeCloseTo(flipped[i], 5);
+  });
+
   it('rotating 180° reverses the image', () => {
     expect(run({ ...identity, angle: Math.PI })).toEqual(Array.from(ramp).reverse());
   });
