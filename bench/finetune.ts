@@ -289,6 +289,7 @@ function describeOurs(result: OursResult, images: { train: number; val: number }
       fine_tune: byId['fine-tune'] && num(byId['fine-tune'].metrics.epochs_run) ? round(byId['fine-tune'].seconds / num(byId['fine-tune'].metrics.epochs_run)!, 2) : null,
     },
     trainable_params: { head: metric('train-head', 'trainable_params'), fine_tune: metric('fine-tune', 'trainable_params') },
+    prune: { sparsity: byId.prune?.metrics.target_sparsity ?? null, search: byId.prune?.metrics.sparsity_search ?? null },
     features: { head: byId['train-head']?.metrics.features ?? null, fine_tune: byId['fine-tune']?.metrics.features ?? null },
     peak_rss_mib: measured.peakRssMiB,
     peak_rss_source: measured.rssSource,
