@@ -5,6 +5,7 @@
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import pipelineSchema from '../../schemas/pipeline.schema.json' with { type: 'json' };
 import { didYouMean } from './suggest.js';
+import type { ErrorCode } from './error-codes.js';
 import type { StageDefinition } from './types.js';
 
 let ajv: Ajv2020 | undefined;
@@ -52,7 +53,7 @@ export function describeAjvErrors(errors: ErrorObject[], data: unknown): Describ
 }
 
 /** An ajv error as a path (segments inside the validated value), a code and a message with a hint. */
-export function describeAjvError(error: ErrorObject, data: unknown): { code: string; path: string; message: string; segments: string[]; atKey: boolean } {
+export function describeAjvError(error: ErrorObject, data: unknown): { code: ErrorCode; path: string; message: string; segments: string[]; atKey: boolean } {
   const segments = error.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
   const where = segments.join('.');
   const value = valueAt(data, segments);

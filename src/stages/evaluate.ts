@@ -157,7 +157,7 @@ function checkCompatible(model: LayersModel, modelClasses: string[] | undefined,
   const same = modelClasses.length === dataset.classes.length && modelClasses.every((name, i) => name === dataset.classes[i]);
   if (!same) {
     throw new StageError(
-      'class_mismatch',
+      'classes_mismatch',
       `the model was trained on classes [${modelClasses.join(', ')}] but the shards have [${dataset.classes.join(', ')}]; evaluate on data from the same ingest`,
       { modelClasses, dataClasses: dataset.classes },
     );

@@ -44,7 +44,7 @@ export const fineTune: StageDefinition<FineTuneParams> = {
 
 /** The checks and the training, with the model loaded (the caller disposes it). */
 async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, model: LayersModel, info: ModelInfo, tf: Tf) {
-  if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
+  if (!info.classes) throw new StageError('model_has_no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
   const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
   if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
   const dataset = await openDataset(ctx.input('shards').dir);

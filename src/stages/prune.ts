@@ -141,7 +141,7 @@ export const prune: StageDefinition<PruneParams> = {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');
     const { model, info } = await readModelArtifact(modelInput.dir);
-    if (!info.classes) throw new StageError('no_head', 'prune needs a trained classifier: put it after train-head or fine-tune');
+    if (!info.classes) throw new StageError('model_has_no_head', 'prune needs a trained classifier: put it after train-head or fine-tune');
     const dataset = await openDataset(ctx.input('shards').dir);
     const owned: LayersModel[] = [model];
     try {
