@@ -18,6 +18,7 @@ import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources
 import { batchInputs } from '../ml/train.js';
 import { scoreClassifier, type ClassifierScores } from '../ml/metrics.js';
 import { AbortedError, GateError, StageError } from '../runtime/errors.js';
+import { requireHead, requireInputShape, requireOutputPerClass, requireSameClasses } from './guards.js';
 import type { Json, Metrics, StageContext, StageDefinition } from '../runtime/types.js';
 
 /** Metrics a `gate` may bound from below (all are "higher is better", in [0, 1]). */
@@ -151,29 +152,10 @@ export const evaluate: StageDefinition<EvaluateParams> = {
  * (normalization, fit) only warns: the numbers would be valid for that data, just not comparable.
  */
 function checkCompatible(model: LayersModel, modelClasses: string[] | undefined, spec: PreprocessSpec | undefined, dataset: ShardDataset, ctx: StageContext<EvaluateParams>): void {
-  if (!modelClasses?.length) {
-    throw new StageError('model_has_no_head', 'the model has no classifier head yet (no classes recorded); run train-head before evaluate', { model: ctx.input('model').id });
-  }
-  const same = modelClasses.length === dataset.classes.length && modelClasses.every((name, i) => name === dataset.classes[i]);
-  if (!same) {
-    throw new StageError(
-      'classes_mismatch',
-      `the model was trained on classes [${modelClasses.join(', ')}] but the shards have [${dataset.classes.join(', ')}]; evaluate on data from the same ingest`,
-      { modelClasses, dataClasses: dataset.classes },
-    );
-  }
-  const inputShape = (model.inputs[0]?.shape ?? []).slice(1);
-  if (model.inputs.length !== 1 || inputShape.length !== 3 || inputShape.some((size, i) => size !== null && size !== dataset.recordShape[i])) {
-    throw new StageError(
-      'input_shape_mismatch',
-      `the model expects inputs of shape [${inputShape.map((s) => s ?? '?').join(', ')}] but the shards hold records of [${dataset.recordShape.join(', ')}]; preprocess to the model's size`,
-      { modelInput: inputShape, recordShape: dataset.recordShape },
-    );
-  }
-  const units = model.outputs[0]?.shape.at(-1);
-  if (model.outputs.length !== 1 || units !== modelClasses.length) {
-    throw new StageError('output_shape_mismatch', `the model has ${units ?? 'no'} outputs but ${modelClasses.length} classes`, { outputs: units ?? null, classes: modelClasses.length });
-  }
+  requireHead(modelClasses, 'run train-head before evaluate', { model: ctx.input('model').id });
+  requireSameClasses(modelClasses, dataset.classes, 'evaluate on data from the same ingest');
+  requireInputShape(model, dataset.recordShape, 'the shards hold records of', "preprocess to the model's size");
+  requireOutputPerClass(model, modelClasses);
   if (spec && !sameDecoding(spec, dataset.spec)) {
     ctx.log.warn({ model: spec, shards: dataset.spec }, 'the shards were preprocessed differently from the training data');
   }

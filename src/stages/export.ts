@@ -22,6 +22,7 @@ import { MODEL_FILE } from '../ml/io.js';
 import { summarizeModel, type ModelSummary } from '../ml/surgery.js';
 import { StageError } from '../runtime/errors.js';
 import type { StageDefinition, StageInput } from '../runtime/types.js';
+import { requireHead, requireInputShape, requireOutputPerClass } from './guards.js';
 
 /** `with:` of an `export` stage (see schemas/stages/export.schema.json). */
 export interface ExportParams {
@@ -92,25 +93,16 @@ export const exportStage: StageDefinition<ExportParams> = {
     const { model, info } = await readModelArtifact(source.dir);
     try {
       const classes = info.classes;
-      if (!classes?.length || !info.preprocess) {
-        throw new StageError('model_has_no_head', `the model from '${source.id}' has no ${classes?.length ? 'preprocessing spec' : 'classes'} recorded; export a model after train-head (or fine-tune)`, {
+      requireHead(classes, 'export a model after train-head (or fine-tune)', { stage: source.id, lineage: info.lineage });
+      if (!info.preprocess) {
+        throw new StageError('model_has_no_head', `the model from '${source.id}' has no preprocessing spec recorded; export a model after train-head (or fine-tune)`, {
           stage: source.id,
           lineage: info.lineage,
         });
       }
-      const units = model.outputs[0]?.shape.at(-1);
-      if (units !== classes.length) {
-        throw new StageError('output_shape_mismatch', `the model has ${units ?? 'no'} outputs but ${classes.length} classes are recorded`, { outputs: units ?? null, classes: classes.length });
-      }
-      const inputShape = (model.inputs[0]?.shape ?? []).slice(1);
+      requireOutputPerClass(model, classes);
       const [height, width] = info.preprocess.size;
-      if (inputShape.length !== 3 || [height, width, info.preprocess.channels].some((size, i) => inputShape[i] !== null && inputShape[i] !== size)) {
-        throw new StageError('input_shape_mismatch', `the model takes [${inputShape.map((s) => s ?? '?').join(', ')}] but its preprocessing makes [${height}, ${width}, ${info.preprocess.channels}]`, {
-          modelInput: inputShape,
-          size: info.preprocess.size,
-          channels: info.preprocess.channels,
-        });
-      }
+      requireInputShape(model, [height, width, info.preprocess.channels], 'its preprocessing makes');
       // Inference never augments; keep the field (with everything off) so the file is a full spec.
       const spec: PreprocessSpec = { ...info.preprocess, augment: { ...NO_AUGMENT } };
       const lineage = [...info.lineage, 'export'];
