@@ -128,3 +128,16 @@ function valueAt(data: unknown, segments: string[]): unknown {
   }
   return node;
 }
+
+/**
+ * `params` with the schema's top-level defaults filled in where a key is missing or undefined:
+ * what validation does in place, for callers that build params by hand (one source of truth).
+ */
+export function withSchemaDefaults<T extends object>(schema: { properties?: Record<string, { default?: unknown }> }, params: Partial<T>): T {
+  const filled: Record<string, unknown> = {};
+  for (const [key, property] of Object.entries(schema.properties ?? {})) {
+    if (property.default !== undefined) filled[key] = structuredClone(property.default);
+  }
+  for (const [key, value] of Object.entries(params)) if (value !== undefined) filled[key] = value;
+  return filled as T;
+}

@@ -86,7 +86,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
     const dataset = await openDataset(ctx.input('shards').dir);
     let model: LayersModel | undefined;
     try {
-      const split = params.split ?? 'val';
+      const split = params.split;
       if (!dataset.splits[split]) {
         throw new StageError('split_missing', `the shards have no '${split}' split to evaluate on (available: ${Object.keys(dataset.splits).join(', ') || 'none'})`, {
           split,
@@ -101,9 +101,9 @@ export const evaluate: StageDefinition<EvaluateParams> = {
         throw new StageError('gate_metric_unavailable', `gate.roc_auc needs exactly two classes; this dataset has ${classes.length}`, { metric: 'roc_auc', classes: classes.length });
       }
 
-      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch ?? 32);
+      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch);
       const labels = await dataset.labels(split);
-      const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k ?? 5);
+      const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k);
       const files = await splitFiles(ctx, dataset, split);
       const misclassified = listMisclassified(scores, probabilities, labels, classes, files);
       const wrong = scores.count - scores.confusion.reduce((sum, row, c) => sum + row[c], 0);
@@ -125,7 +125,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
             per_class: classes.map((name, c) => ({ class: name, ...scores.perClass[c] })),
             confusion: { rows: 'true class', columns: 'predicted class', classes, matrix: scores.confusion },
             misclassified: { total: wrong, listed: misclassified.length, records: misclassified },
-            gate: params.gate ?? {},
+            gate: params.gate,
           },
           null,
           1,
@@ -133,7 +133,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
       );
       ctx.log.info({ split, records: scores.count, accuracy: metrics.accuracy, loss: metrics.loss }, 'evaluated');
 
-      const failed = checkGate(params.gate ?? {}, scores);
+      const failed = checkGate(params.gate, scores);
       if (failed.length) {
         const text = failed.map((f) => `${f.metric} ${round(f.value)} < ${f.minimum}`).join(', ');
         throw new GateError('gate_failed', `gate failed on '${split}': ${text}`, { metrics, failed: failed as unknown as Json });

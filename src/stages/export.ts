@@ -29,13 +29,13 @@ export interface ExportParams {
   /** Also copy the folder here (relative to the pipeline file). Default: only the artifact. */
   dir?: string;
   /** What to write: `tfjs` (model.json + weights.bin), `onnx` (model.onnx). Default `['tfjs']`. */
-  format?: ExportFormat[];
+  format: ExportFormat[];
   /**
    * Write a pruned model's weights in our sparse encoding (`weights.sparse.bin`, model.json
    * `format: finetune-sparse-layers-model`): smaller, but only `pipeline predict` and `load-base`
    * read it. Default false: dense `weights.bin`, a standard TF.js layers model.
    */
-  sparse?: boolean;
+  sparse: boolean;
 }
 
 /** A model file format `export` writes. */
@@ -106,7 +106,7 @@ export const exportStage: StageDefinition<ExportParams> = {
       // Inference never augments; keep the field (with everything off) so the file is a full spec.
       const spec: PreprocessSpec = { ...info.preprocess, augment: { ...NO_AUGMENT } };
       const lineage = [...info.lineage, 'export'];
-      const formats = params.format ?? ['tfjs'];
+      const formats = params.format;
       const exportInfo: ModelInfo = { ...info, preprocess: spec, lineage };
       // Dense unless asked: an export is for any TF.js app, and stock loaders cannot read the sparse encoding.
       const written = formats.includes('tfjs') ? await writeModelArtifact(ctx.outDir, model, exportInfo, params.sparse ? 'sparse' : 'dense') : { ...(await writeSummary(ctx.outDir, model, exportInfo)), weightsFile: undefined };
