@@ -34,7 +34,7 @@ export interface EvaluateParams {
   batch: number;
   /** k of `top_k_accuracy`, capped at the class count. Default 5. */
   top_k: number;
-  /** Minimum per metric; any metric below fails the stage with a `GateError`. Default none. */
+  /** Minimum per metric; any metric below fails the stage with a `GateError`. Default `{}` (no gate). */
   gate: Partial<Record<GateMetric, number>>;
 }
 

@@ -18,6 +18,7 @@ import { requireHead, requireInputShape, requireSameClasses } from './guards.js'
 export interface FineTuneParams extends TrainingParams {
   /** Learning rate; default head lr / lr_divisor. */
   lr?: number;
+  /** Divides the head's learning rate when `lr` is not set. Default 10. */
   lr_divisor: number;
 }
 

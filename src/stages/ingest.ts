@@ -24,7 +24,7 @@ export interface IngestParams {
   split: { val: number; test: number };
   /** Fail on a bad image instead of skipping it. Default false. */
   strict: boolean;
-  /** Extensions considered images. */
+  /** Extensions considered images. Default `['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif']`. */
   extensions: string[];
 }
 

@@ -23,13 +23,13 @@ export interface PreprocessParams {
   size: [number, number];
   /** Default `cover` (scale to fill, centre-crop: no distortion, nothing padded). */
   fit: FitMode;
-  /** 3 (RGB, default) or 1 (grayscale). */
+  /** 3 (RGB) or 1 (grayscale). Default 3. */
   channels: 1 | 3;
-  /** RGB 0–255 for transparency and `contain` padding. Default white. */
+  /** RGB 0–255 for transparency and `contain` padding. Default `[255, 255, 255]` (white). */
   background: [number, number, number];
   /** Default `imagenet`. */
   normalize: NormalizeName;
-  /** Train-only augmentation; missing fields are off. */
+  /** Train-only augmentation; missing fields are off. Default `{}`. */
   augment: Partial<AugmentSpec>;
 }
 

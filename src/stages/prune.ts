@@ -53,7 +53,7 @@ export interface PruneParams {
   exclude: string[];
   /** Structured channel importance. Default l1. */
   importance: 'l1' | 'bn';
-  /** Magnitude schedule: constant, or polynomial decay fields. Default polynomial (0 → target, power 3). */
+  /** Magnitude schedule: constant, or polynomial decay fields. Default `{ initial_sparsity: 0, power: 3, end_fraction: 0.75, frequency: 4 }` (polynomial, 0 → target). */
   schedule: ScheduleParam;
   /** Recovery epochs. Default 2. */
   epochs: number;

@@ -17,10 +17,15 @@ import { requireInputShape } from './guards.js';
 
 /** `with:` of a `train-head` stage (see schemas/stages/train-head.schema.json). */
 export interface TrainHeadParams extends TrainingParams {
+  /** Classes come from the shards. Default `auto`. */
   classes: 'auto';
+  /** How the base's feature map becomes a vector. Default `avg`. */
   pooling: 'avg' | 'max' | 'flatten' | 'none';
+  /** Units of hidden dense layers before the softmax. Default `[]`. */
   dense: number[];
+  /** Dropout rate before each dense layer. Default 0.2. */
   dropout: number;
+  /** Learning rate. Default 0.001. */
   lr: number;
 }
 
