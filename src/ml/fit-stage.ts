@@ -27,7 +27,7 @@ export interface TrainingParams {
   batch: number;
   /** Default `adam`. */
   optimizer: OptimizerSpec['name'];
-  /** Momentum of sgd and rmsprop. Default: 0.9 for sgd, 0 for rmsprop. */
+  /** Momentum of sgd and rmsprop. Default: per optimizer (0.9 for sgd, 0 for rmsprop). */
   momentum?: number;
   /** Epochs of linear learning-rate warmup from lr/10. Default 0. */
   warmup: number;
