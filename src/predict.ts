@@ -13,7 +13,7 @@ import { DEFAULT_EXTENSIONS } from './data/layout.js';
 import type { PreprocessSpec } from './data/spec.js';
 import { useTf } from './ml/backend.js';
 import { loadModel, MODEL_FILE } from './ml/io.js';
-import { StageError } from './runtime/errors.js';
+import { StageError, type ErrorCode } from './runtime/errors.js';
 import { LABELS_FILE, PREPROCESS_FILE } from './stages/export.js';
 
 /** One class and its probability. */
@@ -93,7 +93,7 @@ export interface ImageFailure {
   /** The image path as given (or as found inside a folder that was given). */
   image: string;
   /** Stable code: `image_unreadable`, or `no_images` for a folder without images. */
-  code: string;
+  code: ErrorCode;
   /** One line: what is wrong with it. */
   message: string;
 }

@@ -21,15 +21,23 @@ import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, pro
 
 /** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
 export interface TrainingParams {
+  /** Passes over the train split. Default: per stage (train-head 10, fine-tune 5). */
   epochs: number;
+  /** Records per training step. Default 32. */
   batch: number;
+  /** Default `adam`. */
   optimizer: OptimizerSpec['name'];
+  /** Momentum of sgd and rmsprop. Default: per optimizer (0.9 for sgd, 0 for rmsprop). */
   momentum?: number;
+  /** Epochs of linear learning-rate warmup from lr/10. Default 0. */
   warmup: number;
+  /** Cosine learning-rate decay after the warmup. Default false. */
   cosine: boolean;
+  /** Stop when val loss stops improving, or `false`. Default `{ patience: 3, min_delta: 0 }`. */
   early_stopping: { patience?: number; min_delta?: number } | false;
+  /** Loss weight per class: `none`, `balanced` or one number per class. Default `none`. */
   class_weights: 'none' | 'balanced' | number[];
-  /** Augmented views of the training images to cache when the shards augment. */
+  /** Augmented views of the training images to cache when the shards augment. Default 4. */
   augment_views: number;
 }
 

@@ -1,12 +1,15 @@
 /**
  * Typed errors. Each has a stable snake_case `code`; `src/cli.ts` is the only place that maps
- * them to exit codes (see `exitCodeOf`).
+ * them to exit codes (see `exitCodeOf`). Codes come from the one catalogue, `error-codes.ts`.
  */
+import type { ErrorCode } from './error-codes.js';
+
+export type { ErrorCode } from './error-codes.js';
 
 /** One problem in a pipeline file or command line, found by validation. */
 export interface ValidationIssue {
-  /** Stable snake_case code, e.g. `unknown_stage_kind`. */
-  code: string;
+  /** Stable snake_case code from the catalogue, e.g. `unknown_stage_kind`. */
+  code: ErrorCode;
   /** Dotted path in the document, e.g. `stages.head.with.epochs` ('' for the whole file). */
   path: string;
   /** What is wrong and how to fix it. */
@@ -21,9 +24,9 @@ export interface ValidationIssue {
 }
 
 export class PipelineError extends Error {
-  /** Stable snake_case code. */
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+  /** Stable snake_case code from the catalogue (`error-codes.ts`). */
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
     this.name = new.target.name;
@@ -61,7 +64,7 @@ export class StoreLockedError extends PipelineError {
 export class LockWaitTimeoutError extends StoreLockedError {
   constructor(lockFile: string, pid: number, timeoutMs: number) {
     super(lockFile, pid);
-    (this as { code: string }).code = 'lock_wait_timeout';
+    (this as { code: ErrorCode }).code = 'lock_wait_timeout';
     this.message = `gave up after waiting ${Math.round(timeoutMs / 1000)}s for the artifact store lock held by pid ${pid} (${lockFile})`;
   }
 }
@@ -81,7 +84,7 @@ export class LockPathError extends PipelineError {
  */
 export class StageError extends PipelineError {
   readonly details: Record<string, unknown>;
-  constructor(code: string, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
     super(code, message, options);
     this.details = details;
   }

@@ -5,6 +5,7 @@
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import pipelineSchema from '../../schemas/pipeline.schema.json' with { type: 'json' };
 import { didYouMean } from './suggest.js';
+import type { ErrorCode } from './error-codes.js';
 import type { StageDefinition } from './types.js';
 
 let ajv: Ajv2020 | undefined;
@@ -52,7 +53,7 @@ export function describeAjvErrors(errors: ErrorObject[], data: unknown): Describ
 }
 
 /** An ajv error as a path (segments inside the validated value), a code and a message with a hint. */
-export function describeAjvError(error: ErrorObject, data: unknown): { code: string; path: string; message: string; segments: string[]; atKey: boolean } {
+export function describeAjvError(error: ErrorObject, data: unknown): { code: ErrorCode; path: string; message: string; segments: string[]; atKey: boolean } {
   const segments = error.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
   const where = segments.join('.');
   const value = valueAt(data, segments);
@@ -126,4 +127,17 @@ function valueAt(data: unknown, segments: string[]): unknown {
     node = (node as Record<string, unknown>)[segment];
   }
   return node;
+}
+
+/**
+ * `params` with the schema's top-level defaults filled in where a key is missing or undefined:
+ * what validation does in place, for callers that build params by hand (one source of truth).
+ */
+export function withSchemaDefaults<T extends object>(schema: { properties?: Record<string, { default?: unknown }> }, params: Partial<T>): T {
+  const filled: Record<string, unknown> = {};
+  for (const [key, property] of Object.entries(schema.properties ?? {})) {
+    if (property.default !== undefined) filled[key] = structuredClone(property.default);
+  }
+  for (const [key, value] of Object.entries(params)) if (value !== undefined) filled[key] = value;
+  return filled as T;
 }

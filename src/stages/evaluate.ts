@@ -18,6 +18,7 @@ import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources
 import { batchInputs } from '../ml/train.js';
 import { scoreClassifier, type ClassifierScores } from '../ml/metrics.js';
 import { AbortedError, GateError, StageError } from '../runtime/errors.js';
+import { requireHead, requireInputShape, requireOutputPerClass, requireSameClasses } from './guards.js';
 import type { Json, Metrics, StageContext, StageDefinition } from '../runtime/types.js';
 
 /** Metrics a `gate` may bound from below (all are "higher is better", in [0, 1]). */
@@ -33,7 +34,7 @@ export interface EvaluateParams {
   batch: number;
   /** k of `top_k_accuracy`, capped at the class count. Default 5. */
   top_k: number;
-  /** Minimum per metric; any metric below fails the stage with a `GateError`. Default none. */
+  /** Minimum per metric; any metric below fails the stage with a `GateError`. Default `{}` (no gate). */
   gate: Partial<Record<GateMetric, number>>;
 }
 
@@ -85,7 +86,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
     const dataset = await openDataset(ctx.input('shards').dir);
     let model: LayersModel | undefined;
     try {
-      const split = params.split ?? 'val';
+      const split = params.split;
       if (!dataset.splits[split]) {
         throw new StageError('split_missing', `the shards have no '${split}' split to evaluate on (available: ${Object.keys(dataset.splits).join(', ') || 'none'})`, {
           split,
@@ -100,9 +101,9 @@ export const evaluate: StageDefinition<EvaluateParams> = {
         throw new StageError('gate_metric_unavailable', `gate.roc_auc needs exactly two classes; this dataset has ${classes.length}`, { metric: 'roc_auc', classes: classes.length });
       }
 
-      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch ?? 32);
+      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch);
       const labels = await dataset.labels(split);
-      const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k ?? 5);
+      const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k);
       const files = await splitFiles(ctx, dataset, split);
       const misclassified = listMisclassified(scores, probabilities, labels, classes, files);
       const wrong = scores.count - scores.confusion.reduce((sum, row, c) => sum + row[c], 0);
@@ -124,7 +125,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
             per_class: classes.map((name, c) => ({ class: name, ...scores.perClass[c] })),
             confusion: { rows: 'true class', columns: 'predicted class', classes, matrix: scores.confusion },
             misclassified: { total: wrong, listed: misclassified.length, records: misclassified },
-            gate: params.gate ?? {},
+            gate: params.gate,
           },
           null,
           1,
@@ -132,7 +133,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
       );
       ctx.log.info({ split, records: scores.count, accuracy: metrics.accuracy, loss: metrics.loss }, 'evaluated');
 
-      const failed = checkGate(params.gate ?? {}, scores);
+      const failed = checkGate(params.gate, scores);
       if (failed.length) {
         const text = failed.map((f) => `${f.metric} ${round(f.value)} < ${f.minimum}`).join(', ');
         throw new GateError('gate_failed', `gate failed on '${split}': ${text}`, { metrics, failed: failed as unknown as Json });
@@ -151,29 +152,10 @@ export const evaluate: StageDefinition<EvaluateParams> = {
  * (normalization, fit) only warns: the numbers would be valid for that data, just not comparable.
  */
 function checkCompatible(model: LayersModel, modelClasses: string[] | undefined, spec: PreprocessSpec | undefined, dataset: ShardDataset, ctx: StageContext<EvaluateParams>): void {
-  if (!modelClasses?.length) {
-    throw new StageError('model_has_no_head', 'the model has no classifier head yet (no classes recorded); run train-head before evaluate', { model: ctx.input('model').id });
-  }
-  const same = modelClasses.length === dataset.classes.length && modelClasses.every((name, i) => name === dataset.classes[i]);
-  if (!same) {
-    throw new StageError(
-      'class_mismatch',
-      `the model was trained on classes [${modelClasses.join(', ')}] but the shards have [${dataset.classes.join(', ')}]; evaluate on data from the same ingest`,
-      { modelClasses, dataClasses: dataset.classes },
-    );
-  }
-  const inputShape = (model.inputs[0]?.shape ?? []).slice(1);
-  if (model.inputs.length !== 1 || inputShape.length !== 3 || inputShape.some((size, i) => size !== null && size !== dataset.recordShape[i])) {
-    throw new StageError(
-      'input_shape_mismatch',
-      `the model expects inputs of shape [${inputShape.map((s) => s ?? '?').join(', ')}] but the shards hold records of [${dataset.recordShape.join(', ')}]; preprocess to the model's size`,
-      { modelInput: inputShape, recordShape: dataset.recordShape },
-    );
-  }
-  const units = model.outputs[0]?.shape.at(-1);
-  if (model.outputs.length !== 1 || units !== modelClasses.length) {
-    throw new StageError('output_shape_mismatch', `the model has ${units ?? 'no'} outputs but ${modelClasses.length} classes`, { outputs: units ?? null, classes: modelClasses.length });
-  }
+  requireHead(modelClasses, 'run train-head before evaluate', { model: ctx.input('model').id });
+  requireSameClasses(modelClasses, dataset.classes, 'evaluate on data from the same ingest');
+  requireInputShape(model, dataset.recordShape, 'the shards hold records of', "preprocess to the model's size");
+  requireOutputPerClass(model, modelClasses);
   if (spec && !sameDecoding(spec, dataset.spec)) {
     ctx.log.warn({ model: spec, shards: dataset.spec }, 'the shards were preprocessed differently from the training data');
   }

@@ -22,19 +22,20 @@ import { MODEL_FILE } from '../ml/io.js';
 import { summarizeModel, type ModelSummary } from '../ml/surgery.js';
 import { StageError } from '../runtime/errors.js';
 import type { StageDefinition, StageInput } from '../runtime/types.js';
+import { requireHead, requireInputShape, requireOutputPerClass } from './guards.js';
 
 /** `with:` of an `export` stage (see schemas/stages/export.schema.json). */
 export interface ExportParams {
   /** Also copy the folder here (relative to the pipeline file). Default: only the artifact. */
   dir?: string;
   /** What to write: `tfjs` (model.json + weights.bin), `onnx` (model.onnx). Default `['tfjs']`. */
-  format?: ExportFormat[];
+  format: ExportFormat[];
   /**
    * Write a pruned model's weights in our sparse encoding (`weights.sparse.bin`, model.json
    * `format: finetune-sparse-layers-model`): smaller, but only `pipeline predict` and `load-base`
    * read it. Default false: dense `weights.bin`, a standard TF.js layers model.
    */
-  sparse?: boolean;
+  sparse: boolean;
 }
 
 /** A model file format `export` writes. */
@@ -92,29 +93,20 @@ export const exportStage: StageDefinition<ExportParams> = {
     const { model, info } = await readModelArtifact(source.dir);
     try {
       const classes = info.classes;
-      if (!classes?.length || !info.preprocess) {
-        throw new StageError('model_has_no_head', `the model from '${source.id}' has no ${classes?.length ? 'preprocessing spec' : 'classes'} recorded; export a model after train-head (or fine-tune)`, {
+      requireHead(classes, 'export a model after train-head (or fine-tune)', { stage: source.id, lineage: info.lineage });
+      if (!info.preprocess) {
+        throw new StageError('model_has_no_head', `the model from '${source.id}' has no preprocessing spec recorded; export a model after train-head (or fine-tune)`, {
           stage: source.id,
           lineage: info.lineage,
         });
       }
-      const units = model.outputs[0]?.shape.at(-1);
-      if (units !== classes.length) {
-        throw new StageError('output_shape_mismatch', `the model has ${units ?? 'no'} outputs but ${classes.length} classes are recorded`, { outputs: units ?? null, classes: classes.length });
-      }
-      const inputShape = (model.inputs[0]?.shape ?? []).slice(1);
+      requireOutputPerClass(model, classes);
       const [height, width] = info.preprocess.size;
-      if (inputShape.length !== 3 || [height, width, info.preprocess.channels].some((size, i) => inputShape[i] !== null && inputShape[i] !== size)) {
-        throw new StageError('input_shape_mismatch', `the model takes [${inputShape.map((s) => s ?? '?').join(', ')}] but its preprocessing makes [${height}, ${width}, ${info.preprocess.channels}]`, {
-          modelInput: inputShape,
-          size: info.preprocess.size,
-          channels: info.preprocess.channels,
-        });
-      }
+      requireInputShape(model, [height, width, info.preprocess.channels], 'its preprocessing makes');
       // Inference never augments; keep the field (with everything off) so the file is a full spec.
       const spec: PreprocessSpec = { ...info.preprocess, augment: { ...NO_AUGMENT } };
       const lineage = [...info.lineage, 'export'];
-      const formats = params.format ?? ['tfjs'];
+      const formats = params.format;
       const exportInfo: ModelInfo = { ...info, preprocess: spec, lineage };
       // Dense unless asked: an export is for any TF.js app, and stock loaders cannot read the sparse encoding.
       const written = formats.includes('tfjs') ? await writeModelArtifact(ctx.outDir, model, exportInfo, params.sparse ? 'sparse' : 'dense') : { ...(await writeSummary(ctx.outDir, model, exportInfo)), weightsFile: undefined };

@@ -12,12 +12,13 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { disposeModels, readModelArtifact, type ModelInfo } from '../ml/artifact.js';
 import { useTf, type Tf } from '../ml/backend.js';
 import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
-import { checkInputShape } from './train-head.js';
+import { requireHead, requireInputShape, requireSameClasses } from './guards.js';
 
 /** `with:` of a `fine-tune` stage (see schemas/stages/fine-tune.schema.json). */
 export interface FineTuneParams extends TrainingParams {
   /** Learning rate; default head lr / lr_divisor. */
   lr?: number;
+  /** Divides the head's learning rate when `lr` is not set. Default 10. */
   lr_divisor: number;
 }
 
@@ -44,14 +45,13 @@ export const fineTune: StageDefinition<FineTuneParams> = {
 
 /** The checks and the training, with the model loaded (the caller disposes it). */
 async function tune(ctx: StageContext<FineTuneParams>, params: FineTuneParams, model: LayersModel, info: ModelInfo, tf: Tf) {
-  if (!info.classes) throw new StageError('no_head', 'fine-tune needs a model with a classifier head: put a train-head stage (then unfreeze) before it');
+  requireHead(info.classes, 'put a train-head stage (then unfreeze) before fine-tune');
   const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : undefined);
   if (lr === undefined) throw new StageError('no_learning_rate', 'the model does not record the head learning rate; set fine-tune lr explicitly');
   const dataset = await openDataset(ctx.input('shards').dir);
   try {
-    checkInputShape(model, dataset.recordShape);
-    if (dataset.classes.join('\n') !== info.classes.join('\n'))
-      throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
+    requireInputShape(model, dataset.recordShape, 'the shards hold records of', 'preprocess to the size train-head used');
+    requireSameClasses(info.classes, dataset.classes);
     const metrics = await trainAndSave({ tf, ctx, model, dataset, params, lr, info: { ...info, lineage: [...info.lineage, 'fine-tune'] } });
     return { metrics };
   } finally {

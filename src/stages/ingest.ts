@@ -12,7 +12,7 @@ import { AbortedError, StageError } from '../runtime/errors.js';
 import type { StageContext, StageDefinition } from '../runtime/types.js';
 import { REPORT_FILE, SPLITS, writeDataset, type DatasetEntry, type SplitName, type SplitSource } from '../data/dataset.js';
 import { inspectImageFile } from '../data/image.js';
-import { assignSplits, compare, DEFAULT_EXTENSIONS, parseManifestRows, readLabelManifest, scanFolders, type Candidate, type IgnoredPath, type ScanResult } from '../data/layout.js';
+import { assignSplits, compare, parseManifestRows, readLabelManifest, scanFolders, type Candidate, type IgnoredPath, type ScanResult } from '../data/layout.js';
 
 /** `with:` of an `ingest` stage (see schemas/stages/ingest.schema.json). */
 export interface IngestParams {
@@ -24,7 +24,7 @@ export interface IngestParams {
   split: { val: number; test: number };
   /** Fail on a bad image instead of skipping it. Default false. */
   strict: boolean;
-  /** Extensions considered images. */
+  /** Extensions considered images. Default `['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif']`. */
   extensions: string[];
 }
 
@@ -64,7 +64,7 @@ export const ingest: StageDefinition<IngestParams> = {
     if ((params.path === undefined) === (params.manifest === undefined)) {
       issues.push({ path: params.path === undefined ? 'path' : 'manifest', message: 'give exactly one of path (image folders) or manifest (CSV/JSONL)' });
     }
-    const split = params.split ?? { val: 0.2, test: 0 };
+    const split = params.split;
     if ((split.val ?? 0) + (split.test ?? 0) >= 1) {
       issues.push({ path: 'split', message: `split.val + split.test must be below 1 (is ${(split.val ?? 0) + (split.test ?? 0)}); something must be left to train on` });
     }
@@ -104,7 +104,7 @@ export const ingest: StageDefinition<IngestParams> = {
     const problems = ingest.check!(params);
     if (problems.length) throw new StageError('invalid_params', problems.map((p) => `${p.path}: ${p.message}`).join('; '), { problems });
     const scan = params.path !== undefined
-      ? await scanFolders(resolve(ctx.baseDir, params.path), params.extensions ?? DEFAULT_EXTENSIONS)
+      ? await scanFolders(resolve(ctx.baseDir, params.path), params.extensions)
       : await readLabelManifest(resolve(ctx.baseDir, params.manifest!));
     ctx.log.info({ root: scan.root, layout: scan.layout, candidates: scan.candidates.length, ignored: scan.ignored.length }, 'scanned');
 

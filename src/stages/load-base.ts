@@ -22,7 +22,7 @@ export interface LoadBaseParams {
   cut?: string;
   /** New input [h, w, c]. Default: the model's. */
   input_shape?: [number, number, number];
-  /** `pretrained` (default) or `random`. */
+  /** `pretrained` or `random` weights. Default `pretrained`. */
   init: 'pretrained' | 'random';
 }
 

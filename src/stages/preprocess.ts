@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import paramsSchema from '../../schemas/stages/preprocess.schema.json' with { type: 'json' };
 import { AbortedError, StageError } from '../runtime/errors.js';
 import type { StageDefinition } from '../runtime/types.js';
+import { withSchemaDefaults } from '../runtime/schema.js';
 import { readDatasetEntries, readDatasetHeader, resolveDatasetRoot, SPLITS, type DatasetEntry } from '../data/dataset.js';
 import { decodeImage, hashBytes } from '../data/image.js';
 import { recordsPerShardFor, shardDirectory, ShardWriter, writeShardIndex } from '../data/shard-writer.js';
@@ -22,26 +23,26 @@ export interface PreprocessParams {
   size: [number, number];
   /** Default `cover` (scale to fill, centre-crop: no distortion, nothing padded). */
   fit: FitMode;
-  /** 3 (RGB, default) or 1 (grayscale). */
+  /** 3 (RGB) or 1 (grayscale). Default 3. */
   channels: 1 | 3;
-  /** RGB 0–255 for transparency and `contain` padding. Default white. */
+  /** RGB 0–255 for transparency and `contain` padding. Default `[255, 255, 255]` (white). */
   background: [number, number, number];
   /** Default `imagenet`. */
   normalize: NormalizeName;
-  /** Train-only augmentation; missing fields are off. */
+  /** Train-only augmentation; missing fields are off. Default `{}`. */
   augment: Partial<AugmentSpec>;
 }
 
 /** Builds the recorded spec from params (defaults filled for direct callers). */
-export function specFromParams(params: Partial<PreprocessParams>): PreprocessSpec {
-  const channels = params.channels ?? 3;
+export function specFromParams(partial: Partial<PreprocessParams>): PreprocessSpec {
+  const params = withSchemaDefaults<PreprocessParams>(paramsSchema, partial);
   return {
-    size: params.size ?? [224, 224],
-    fit: params.fit ?? 'cover',
-    channels,
-    background: params.background ?? [255, 255, 255],
-    normalize: resolveNormalization(params.normalize ?? 'imagenet', channels),
-    augment: { ...NO_AUGMENT, ...(params.augment ?? {}) },
+    size: params.size,
+    fit: params.fit,
+    channels: params.channels,
+    background: params.background,
+    normalize: resolveNormalization(params.normalize, params.channels),
+    augment: { ...NO_AUGMENT, ...params.augment },
   };
 }
 

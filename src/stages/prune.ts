@@ -31,7 +31,7 @@ import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources
 import { markSparse } from '../ml/prune/sparse-format.js';
 import { analyzeChannels, chooseChannels, prunableGroups, rebuildPruned, scoreChannels } from '../ml/prune/structured.js';
 import { allLayers, closestNames } from '../ml/surgery.js';
-import { checkInputShape } from './train-head.js';
+import { requireHead, requireInputShape, requireSameClasses } from './guards.js';
 
 /** `schedule:` as written in the pipeline file. */
 export type ScheduleParam = 'constant' | { initial_sparsity?: number; power?: number; end_fraction?: number; frequency?: number };
@@ -53,7 +53,7 @@ export interface PruneParams {
   exclude: string[];
   /** Structured channel importance. Default l1. */
   importance: 'l1' | 'bn';
-  /** Magnitude schedule: constant, or polynomial decay fields. Default polynomial (0 → target, power 3). */
+  /** Magnitude schedule: constant, or polynomial decay fields. Default `{ initial_sparsity: 0, power: 3, end_fraction: 0.75, frequency: 4 }` (polynomial, 0 → target). */
   schedule: ScheduleParam;
   /** Recovery epochs. Default 2. */
   epochs: number;
@@ -141,13 +141,12 @@ export const prune: StageDefinition<PruneParams> = {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');
     const { model, info } = await readModelArtifact(modelInput.dir);
-    if (!info.classes) throw new StageError('no_head', 'prune needs a trained classifier: put it after train-head or fine-tune');
+    requireHead(info.classes, 'put prune after train-head or fine-tune');
     const dataset = await openDataset(ctx.input('shards').dir);
     const owned: LayersModel[] = [model];
     try {
-      checkInputShape(model, dataset.recordShape);
-      if (dataset.classes.join('\n') !== info.classes.join('\n'))
-        throw new StageError('classes_mismatch', `the model was trained on classes [${info.classes.join(', ')}] but the shards have [${dataset.classes.join(', ')}]`);
+      requireInputShape(model, dataset.recordShape, 'the shards hold records of', 'preprocess to the size train-head used');
+      requireSameClasses(info.classes, dataset.classes);
       checkExcluded(model, params.exclude);
       const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : 1e-4);
       const bytesBefore = (await stat(path.join(modelInput.dir, WEIGHTS_FILE))).size;

@@ -13,13 +13,19 @@ import type { StageDefinition } from '../runtime/types.js';
 import { disposeModels, readModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
 import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+import { requireInputShape } from './guards.js';
 
 /** `with:` of a `train-head` stage (see schemas/stages/train-head.schema.json). */
 export interface TrainHeadParams extends TrainingParams {
+  /** Classes come from the shards. Default `auto`. */
   classes: 'auto';
+  /** How the base's feature map becomes a vector. Default `avg`. */
   pooling: 'avg' | 'max' | 'flatten' | 'none';
+  /** Units of hidden dense layers before the softmax. Default `[]`. */
   dense: number[];
+  /** Dropout rate before each dense layer. Default 0.2. */
   dropout: number;
+  /** Learning rate. Default 0.001. */
   lr: number;
 }
 
@@ -39,7 +45,7 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
     const dataset = await openDataset(ctx.input('shards').dir);
     let model: LayersModel | undefined;
     try {
-      checkInputShape(base, dataset.recordShape);
+      requireInputShape(base, dataset.recordShape, 'the shards hold records of', `set preprocess size/channels to match, or load-base input_shape: [${dataset.recordShape.join(', ')}]`);
       model = await addHead(base, dataset.classes.length, params, ctx.seed);
       const metrics = await trainAndSave({
         tf,
@@ -57,18 +63,6 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
     }
   },
 };
-
-/** The base's expected input must be the shards' record shape (or the error says what to change). */
-export function checkInputShape(model: LayersModel, recordShape: number[]): void {
-  const expected = model.inputs[0].shape.slice(1);
-  if (expected.some((d, i) => d !== null && d !== recordShape[i])) {
-    throw new StageError(
-      'input_shape_mismatch',
-      `the model expects inputs [${expected.join(', ')}] but the shards hold [${recordShape.join(', ')}]; set preprocess size/channels to match, or load-base input_shape: [${recordShape.join(', ')}]`,
-      { model: expected, shards: recordShape },
-    );
-  }
-}
 
 /** base -> pooling -> (dropout, dense)* -> dropout -> dense softmax, with seeded initializers. */
 async function addHead(base: LayersModel, numClasses: number, params: TrainHeadParams, seed: number): Promise<LayersModel> {

@@ -11,7 +11,7 @@ export interface UnfreezeParams {
   from?: string;
   /** Or: the top N frozen blocks. */
   blocks?: number;
-  /** Keep unfrozen BatchNorm in inference mode (`frozen`, default) or let it train. */
+  /** Keep unfrozen BatchNorm in inference mode (`frozen`) or let it train. Default `frozen`. */
   batchnorm: 'frozen' | 'train';
 }
 

@@ -110,7 +110,7 @@ describe('evaluate', () => {
   it('refuses a model trained on other classes or another order', async () => {
     const reordered = await makeTinyModelArtifact(dir.root, { classes: ['sneaker', 'trouser', 't-shirt'], preprocess: data.spec });
     const error = await failure(run({}, [data.shards, reordered]));
-    expect(error.code).toBe('class_mismatch');
+    expect(error.code).toBe('classes_mismatch');
     expect(error.message).toContain('[sneaker, trouser, t-shirt] but the shards have [sneaker, t-shirt, trouser]');
   });
 
