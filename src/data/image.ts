@@ -4,7 +4,8 @@
  * what a valid image is and on every decoding step.
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { pseudoFilesystemOf, specialFileKind } from './layout.js';
 import type Sharp from 'sharp';
 
 /** sharp (libvips) is loaded on first use: a fully cached run must not pay ~130 ms to import it. */
@@ -100,6 +101,10 @@ export function hashBytes(bytes: Uint8Array): string {
 export async function inspectImageFile(file: string): Promise<ImageInspection> {
   let bytes: Buffer;
   try {
+    // Never open a FIFO, socket or device (a manifest row or a link may name one): the read could block forever.
+    const special = specialFileKind(await stat(file));
+    if (special) return { ok: false, reason: `${special}, not a regular file; not read` };
+    if (pseudoFilesystemOf(file)) return { ok: false, reason: 'in a kernel pseudo-filesystem (/proc, /sys, /dev); not read' };
     bytes = await readFile(file);
   } catch (error) {
     return { ok: false, reason: `unreadable: ${(error as Error).message}` };

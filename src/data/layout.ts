@@ -4,6 +4,7 @@
  * seeded stratified split. Pure file-system listing; no image is decoded here.
  */
 import { createHash } from 'node:crypto';
+import { realpathSync, type Stats } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, relative, resolve, sep } from 'node:path';
 import { StageError } from '../runtime/errors.js';
@@ -25,7 +26,7 @@ export interface Candidate {
 /** A file or folder the scan passed over, and why. */
 export interface IgnoredPath {
   path: string;
-  reason: 'hidden' | 'unsupported_extension' | 'outside_class_folder';
+  reason: 'hidden' | 'unsupported_extension' | 'outside_class_folder' | 'special_file';
 }
 
 /** What a scan found. */
@@ -44,13 +45,49 @@ export interface ScanResult {
 
 const isHidden = (name: string) => name.startsWith('.');
 
+/** Kernel pseudo-filesystems: their files have no stable content and some never end (/proc/self/pagemap, /dev/zero). */
+export const PSEUDO_FILESYSTEMS = ['/proc', '/sys', '/dev'];
+
+/**
+ * The pseudo-filesystem (`/proc`, `/sys`, `/dev`) `file` lies in once links are resolved, or
+ * undefined. A path that cannot be resolved is checked as written.
+ */
+export function pseudoFilesystemOf(file: string): string | undefined {
+  let real = resolve(file);
+  try {
+    real = realpathSync(real);
+  } catch {
+    // missing: the caller reports that
+  }
+  return PSEUDO_FILESYSTEMS.find((root) => real === root || real.startsWith(root + '/'));
+}
+
+/** What kind of special file `info` is (a FIFO, socket or device), or undefined for files and folders. */
+export function specialFileKind(info: Pick<Stats, 'isFIFO' | 'isSocket' | 'isBlockDevice' | 'isCharacterDevice'>): string | undefined {
+  if (info.isFIFO()) return 'a FIFO';
+  if (info.isSocket()) return 'a socket';
+  if (info.isBlockDevice() || info.isCharacterDevice()) return 'a device';
+  return undefined;
+}
+
+/** Why `root` cannot be a dataset folder or manifest (under /proc, /sys, /dev), or undefined. */
+export function refusedDataPath(root: string): string | undefined {
+  const pseudo = pseudoFilesystemOf(root);
+  if (pseudo) return `${root} is under ${pseudo}, a kernel pseudo-filesystem, not data; point it at a folder of images`;
+  return undefined;
+}
+
 /**
  * Scans a folder of class folders, or a folder with `train/` (+ `val/`, `test/`) of class
  * folders. Class folders are walked recursively; hidden files and dot-folders are skipped and
- * reported, as are files with other extensions and files outside any class folder.
- * @throws StageError `path_not_found` / `path_not_directory` naming the path.
+ * reported, as are files with other extensions and files outside any class folder, and special
+ * files (FIFOs, sockets, devices, also behind a link), which are never opened: reading one could
+ * block forever.
+ * @throws StageError `path_not_found` / `path_not_directory` / `path_special` naming the path.
  */
 export async function scanFolders(root: string, extensions: string[]): Promise<ScanResult> {
+  const refused = refusedDataPath(root);
+  if (refused) throw new StageError('path_special', `dataset path ${refused}`, { path: root });
   const info = await stat(root).catch(() => null);
   if (!info) throw new StageError('path_not_found', `dataset path ${root} does not exist`, { path: root });
   if (!info.isDirectory()) throw new StageError('path_not_directory', `dataset path ${root} is not a folder`, { path: root });
@@ -79,6 +116,7 @@ export async function scanFolders(root: string, extensions: string[]): Promise<S
       const path = prefix + entry.name;
       if (isHidden(entry.name)) result.ignored.push({ path, reason: 'hidden' });
       else if (isDirectoryEntry(entry)) await walkFiles(join(dir, entry.name), path + '/', className, split);
+      else if (await isSpecialEntry(join(dir, entry.name), entry)) result.ignored.push({ path, reason: 'special_file' });
       else if (allowed.has(extname(entry.name).toLowerCase())) result.candidates.push({ path, className, split });
       else result.ignored.push({ path, reason: 'unsupported_extension' });
     }
@@ -136,6 +174,14 @@ export function splitFoldersOf(root: string, dirs: string[]): Map<SplitName, str
 /** A real folder. A symbolic link counts as a file (a linked folder could loop; a linked image is read through the link). */
 function isDirectoryEntry(entry: { isDirectory(): boolean }): boolean {
   return entry.isDirectory();
+}
+
+/** A FIFO, socket or device, itself or behind a symbolic link (a dangling link is not: its read fails and says so). */
+async function isSpecialEntry(full: string, entry: Parameters<typeof specialFileKind>[0] & { isSymbolicLink(): boolean }): Promise<boolean> {
+  if (specialFileKind(entry)) return true;
+  if (!entry.isSymbolicLink()) return false;
+  const target = await stat(full).catch(() => null);
+  return target !== null && (specialFileKind(target) !== undefined || pseudoFilesystemOf(full) !== undefined);
 }
 
 /** Code-point order, independent of the locale, so class indices are the same everywhere. */

@@ -7,7 +7,7 @@
  * another host), and each weight group must have exactly the bytes its shapes and dtypes need,
  * so a truncated download fails here with a clear message, not later as garbage weights.
  */
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
@@ -67,6 +67,13 @@ export interface LoadModelOptions {
   signal?: AbortSignal;
   /** Per-request timeout for http(s), in milliseconds. Default 60000. */
   timeoutMs?: number;
+  /** Longest wait for the next bytes of an http(s) response, in milliseconds. Default 30000. */
+  idleTimeoutMs?: number;
+  /**
+   * Most bytes one http(s) response may have; a longer one is cut off with `model_too_large`.
+   * Default: env `PIPELINE_MAX_DOWNLOAD_BYTES`, else 4 GiB.
+   */
+  maxDownloadBytes?: number;
   /** Logs each file read, at debug level. */
   log?: Logger;
 }
@@ -117,7 +124,9 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
  * Loads a layers model from a local `model.json` (or a folder holding one), a `file:` URL, or an
  * http(s) URL of a model.json; weight files are read relative to it. Restores the freeze state
  * `saveModel` recorded. Errors are `StageError`s: `model_not_found`, `model_fetch_failed`
- * (with `url` and `status`), `model_bad_manifest`, `model_bad_topology`, `model_bad_weights`.
+ * (with `url` and `status`), `model_bad_manifest`, `model_bad_topology`, `model_bad_weights`, `model_too_large`.
+ * Only local paths (a `file:` URL is one) and http(s) are read; a weight file a symbolic link takes
+ * outside the model's folder is refused; a download is capped in size and fails when it stalls.
  * A manifest group with `"encoding": "finetune-sparse-v1"` is decoded (see saveModel) and the
  * model is marked so that saving it again keeps the sparse encoding.
  */
@@ -128,7 +137,8 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
   try {
     json = JSON.parse(text) as io.ModelJSON;
   } catch (error) {
-    throw badManifest(location, `it is not JSON (${(error as Error).message})`);
+    // Never the parser's message: it quotes the bytes, and the file may be anything (/etc/passwd).
+    throw badManifest(location, `not a TF.js model.json (invalid JSON at byte ${invalidJsonByte(text, error)})`);
   }
   checkTopology(json, location);
   const weightSpecs: io.WeightsManifestEntry[] = [];
@@ -136,7 +146,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
   let sparse = false;
   for (const [groupIndex, group] of (json.weightsManifest ?? []).entries()) {
     const expected = groupBytes(group, groupIndex, location);
-    const urls = group.paths.map((p) => resolveWeightUrl(p, location));
+    const urls = await Promise.all(group.paths.map((p) => confineLocal(resolveWeightUrl(p, location), location)));
     let parts = await Promise.all(urls.map((url) => readResource(url, 'weights', options)));
     const encoding = (group as { encoding?: unknown }).encoding;
     if (encoding !== undefined) {
@@ -179,17 +189,25 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
 }
 
 async function resolveSource(source: string, baseDir: string | undefined): Promise<URL> {
-  if (/^https?:\/\//i.test(source) || /^file:/i.test(source)) {
+  if (/^https?:\/\//i.test(source)) {
     try {
       return new URL(source);
     } catch (error) {
       throw new StageError('model_not_found', `"${source}" is not a valid URL`, { source }, { cause: error });
     }
   }
-  if (/^[a-z][a-z0-9+.-]+:\/\//i.test(source)) {
+  let local = source;
+  // A `file:` URL is a local path and nothing more: resolved like one (a folder means its model.json).
+  if (/^file:/i.test(source)) {
+    try {
+      local = fileURLToPath(source);
+    } catch (error) {
+      throw new StageError('model_not_found', `"${source}" is not a local file: URL; use a local path or an http(s) URL`, { source }, { cause: error });
+    }
+  } else if (/^[a-z][a-z0-9+.-]+:/i.test(source) && !/^[a-z]:[\\/]/i.test(source)) {
     throw new StageError('model_not_found', `cannot load a model from "${source}": use a local path or an http(s) URL`, { source });
   }
-  let file = path.resolve(baseDir ?? process.cwd(), source);
+  let file = path.resolve(baseDir ?? process.cwd(), local);
   const info = await stat(file).catch(() => null);
   if (info?.isDirectory()) file = path.join(file, MODEL_FILE);
   return pathToFileURL(file);
@@ -210,6 +228,34 @@ function resolveWeightUrl(entry: string, location: URL): URL {
   const folder = new URL('.', location);
   if (url.protocol !== location.protocol || url.host !== location.host || !url.pathname.startsWith(folder.pathname)) throw refuse('leaves the folder');
   return url;
+}
+
+/**
+ * A local weight file as its real path, refused when a symbolic link (of the file or a folder on
+ * the way) takes it outside model.json's real folder. http(s) URLs are returned as they are.
+ */
+async function confineLocal(url: URL, location: URL): Promise<URL> {
+  if (url.protocol !== 'file:') return url;
+  const file = fileURLToPath(url);
+  let real: string;
+  let folder: string;
+  try {
+    folder = await realpath(path.dirname(fileURLToPath(location)));
+    real = await realpath(file);
+  } catch {
+    return url; // missing: readResource reports it
+  }
+  if (real !== folder && !real.startsWith(folder + path.sep)) {
+    throw badManifest(location, `weights path "${path.relative(path.dirname(fileURLToPath(location)), file)}" is a symbolic link to ${real}, outside the model's folder; copy the file into the folder`, { path: file, target: real });
+  }
+  return pathToFileURL(real);
+}
+
+/** Byte offset of the first thing JSON.parse refused (its message's position, else the first non-blank byte). */
+function invalidJsonByte(text: string, error: unknown): number {
+  const position = /at position (\d+)/.exec((error as Error).message)?.[1];
+  const index = position !== undefined ? Number(position) : Math.max(0, text.search(/\S/));
+  return Buffer.byteLength(text.slice(0, index));
 }
 
 const BYTES_PER_ELEMENT: Record<string, number> = { float32: 4, int32: 4, bool: 1, complex64: 8, uint8: 1, uint16: 2, float16: 2 };
@@ -271,14 +317,51 @@ async function readResource(url: URL, what: 'model' | 'weights', options: LoadMo
     }
     throw new StageError('model_fetch_failed', `cannot fetch ${shown}: HTTP ${response.status} ${response.statusText}`.trim(), details);
   }
+  const maxBytes = options.maxDownloadBytes ?? defaultMaxDownloadBytes();
+  const declared = Number(response.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    await response.body?.cancel();
+    throw tooLarge(shown, maxBytes, response.status);
+  }
+  const idleMs = options.idleTimeoutMs ?? 30_000;
+  const reader = response.body?.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
   try {
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    options.log?.debug({ url: shown, bytes: bytes.byteLength }, 'model file fetched');
-    return bytes;
+    while (reader) {
+      let idle: NodeJS.Timeout | undefined;
+      const stalled = new Promise<'stalled'>((resolve) => (idle = setTimeout(() => resolve('stalled'), idleMs)));
+      const next = await Promise.race([reader.read(), stalled]).finally(() => clearTimeout(idle));
+      if (next === 'stalled') {
+        await reader.cancel().catch(() => {});
+        throw new StageError('model_fetch_failed', `download of ${shown} stalled: no bytes for ${idleMs / 1000}s after ${total} bytes`, { url: shown, status: response.status, bytes: total });
+      }
+      if (next.done) break;
+      total += next.value.byteLength;
+      if (total > maxBytes) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge(shown, maxBytes, response.status);
+      }
+      chunks.push(next.value);
+    }
   } catch (error) {
+    if (error instanceof StageError) throw error;
     if (options.signal?.aborted) throw new AbortedError();
     throw new StageError('model_fetch_failed', `download of ${shown} broke off: ${describeFetchError(error)}`, { url: shown, status: response.status }, { cause: error });
   }
+  const bytes = concatBytes(chunks);
+  options.log?.debug({ url: shown, bytes: bytes.byteLength }, 'model file fetched');
+  return bytes;
+}
+
+/** Default of `maxDownloadBytes`: env `PIPELINE_MAX_DOWNLOAD_BYTES` when a positive number, else 4 GiB. */
+export function defaultMaxDownloadBytes(): number {
+  const value = Number(process.env.PIPELINE_MAX_DOWNLOAD_BYTES);
+  return Number.isFinite(value) && value > 0 ? value : 4 * 1024 ** 3;
+}
+
+function tooLarge(shown: string, maxBytes: number, status: number): StageError {
+  return new StageError('model_too_large', `download of ${shown} is larger than the ${maxBytes} byte limit; raise max_download_mb (or PIPELINE_MAX_DOWNLOAD_BYTES) if the model really is this big`, { url: shown, status, maxBytes });
 }
 
 /** undici hides the useful part ("ECONNREFUSED") in `cause`. */

@@ -107,12 +107,18 @@ export class AbortedError extends PipelineError {
   }
 }
 
-/** Renders any thrown value as a one-line message with its code, never a stack. */
-export function describeError(error: unknown): { code: string; message: string } {
+/**
+ * Renders any thrown value as a one-line message with its code, never a stack. `where` is the
+ * folder the failing work wrote to: a system error that names no path (a `write` on a full
+ * disk is `ENOSPC: no space left on device, write`) is told where it happened.
+ */
+export function describeError(error: unknown, where?: string): { code: string; message: string } {
   if (error instanceof PipelineError) return { code: error.code, message: error.message };
   if (error instanceof Error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    return { code: typeof code === 'string' ? code.toLowerCase() : 'error', message: error.message };
+    const system = error as NodeJS.ErrnoException;
+    const code = typeof system.code === 'string' ? system.code.toLowerCase() : 'error';
+    const unplaced = where !== undefined && typeof system.errno === 'number' && system.path === undefined;
+    return { code, message: unplaced ? `${error.message} (writing under ${where})` : error.message };
   }
   return { code: 'error', message: String(error) };
 }

@@ -141,7 +141,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     } catch (error) {
       if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted while waiting for another run' } };
       // A lock that cannot be taken (a damaged lock path, a full disk) fails this stage only.
-      const described = describeError(error);
+      const described = describeError(error, store.root);
       log.error({ stage: stage.id, key, code: described.code }, `stage failed: ${described.message}`);
       return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
     }
@@ -234,11 +234,11 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     } catch (error) {
       await rm(outDir, { recursive: true, force: true });
       const seconds = round((performance.now() - t0) / 1000);
-      const described = signal.aborted ? { code: 'aborted', message: 'interrupted' } : describeError(error);
+      const described = signal.aborted ? { code: 'aborted', message: 'interrupted' } : describeError(error, outDir);
       const details = error instanceof StageError ? error.details : undefined;
       const metrics = error instanceof GateError ? ((error.details.metrics as Metrics) ?? {}) : {};
       if (error instanceof StageError || signal.aborted) stageLog.error({ code: described.code, details, seconds }, `stage failed: ${described.message}`);
-      else stageLog.error({ err: error, code: described.code, seconds }, 'stage failed');
+      else stageLog.error({ err: error, code: described.code, dir: outDir, seconds }, 'stage failed');
       return { ...base, status: 'failed', seconds, metrics, error: { ...described, ...(details ? { details } : {}) } };
     }
   };

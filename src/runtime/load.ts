@@ -80,6 +80,16 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   const lineCounter = new LineCounter();
   if (/[\x00-\x08\x0e-\x1a]/.test(text.slice(0, 8192)))
     return { ok: false, issues: [{ code: 'binary_file', path: '', file, message: 'this is a binary file, not a YAML pipeline file' }] };
+  // A NUL anywhere (not only in the first 8 KiB the check above looks at): YAML forbids it, and a
+  // string holding one would reach paths and shell-visible names cut short.
+  const nul = text.indexOf('\0');
+  if (nul !== -1) {
+    const before = text.slice(0, nul).split(/\r?\n/);
+    const line = before.length;
+    const col = before[line - 1].length + 1;
+    const snippet = text.split(/\r?\n/)[line - 1].replaceAll('\0', '\\0');
+    return { ok: false, issues: [{ code: 'nul_byte', path: '', file, line, col, snippet, message: 'a NUL byte (\\0) is not allowed in a pipeline file; the file is binary or corrupt, remove the byte' }] };
+  }
   // merge: `<<: *defaults` works as users of YAML anchors expect.
   const doc = YAML.parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false, merge: true });
   const lines = text.split(/\r?\n/);

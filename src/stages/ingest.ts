@@ -12,7 +12,7 @@ import { AbortedError, StageError } from '../runtime/errors.js';
 import type { StageContext, StageDefinition } from '../runtime/types.js';
 import { REPORT_FILE, SPLITS, writeDataset, type DatasetEntry, type SplitName, type SplitSource } from '../data/dataset.js';
 import { inspectImageFile } from '../data/image.js';
-import { assignSplits, compare, parseManifestRows, readLabelManifest, scanFolders, type Candidate, type IgnoredPath, type ScanResult } from '../data/layout.js';
+import { assignSplits, compare, parseManifestRows, refusedDataPath, specialFileKind, readLabelManifest, scanFolders, type Candidate, type IgnoredPath, type ScanResult } from '../data/layout.js';
 
 /** `with:` of an `ingest` stage (see schemas/stages/ingest.schema.json). */
 export interface IngestParams {
@@ -88,13 +88,18 @@ export const ingest: StageDefinition<IngestParams> = {
     if (params.path !== undefined) {
       const full = resolve(baseDir, params.path);
       const info = statMaybe(full);
-      if (!info) issues.push({ path: 'path', message: `the dataset folder ${full} does not exist; path is relative to the pipeline file's folder (${baseDir})` });
+      const refused = refusedDataPath(full);
+      if (refused) issues.push({ path: 'path', message: refused });
+      else if (!info) issues.push({ path: 'path', message: `the dataset folder ${full} does not exist; path is relative to the pipeline file's folder (${baseDir})` });
       else if (!info.isDirectory()) issues.push({ path: 'path', message: `${full} is a file, not a folder of class folders (for a CSV/JSONL label list use manifest:)` });
     }
     if (params.manifest !== undefined) {
       const full = resolve(baseDir, params.manifest);
       const info = statMaybe(full);
-      if (!info) issues.push({ path: 'manifest', message: `the manifest ${full} does not exist; manifest is relative to the pipeline file's folder (${baseDir})` });
+      const refused = refusedDataPath(full);
+      if (refused) issues.push({ path: 'manifest', message: refused });
+      else if (!info) issues.push({ path: 'manifest', message: `the manifest ${full} does not exist; manifest is relative to the pipeline file's folder (${baseDir})` });
+      else if (specialFileKind(info)) issues.push({ path: 'manifest', message: `${full} is ${specialFileKind(info)}, not a CSV/JSONL manifest; reading it could block forever` });
       else if (!info.isFile()) issues.push({ path: 'manifest', message: `${full} is a folder, not a CSV/JSONL manifest (for class folders use path:)` });
     }
     return issues;
@@ -220,6 +225,8 @@ function findDuplicates(entries: DatasetEntry[]): IngestReport['duplicates'] {
 function manifestScope(manifest: string): string {
   let text: string;
   try {
+    // A FIFO or device would block the read (and so `plan`): validation refuses it; key it by its path.
+    if (!statSync(manifest).isFile() || refusedDataPath(manifest)) return manifest;
     text = readFileSync(manifest, 'utf8');
   } catch {
     return manifest;

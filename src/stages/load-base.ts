@@ -24,6 +24,8 @@ export interface LoadBaseParams {
   input_shape?: [number, number, number];
   /** `pretrained` or `random` weights. Default `pretrained`. */
   init: 'pretrained' | 'random';
+  /** Most megabytes (MiB) one downloaded file may have. Default: env `PIPELINE_MAX_DOWNLOAD_BYTES`, else 4096. */
+  max_download_mb?: number;
 }
 
 const isUrl = (source: string) => /^https?:\/\//i.test(source);
@@ -59,9 +61,10 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   },
 
   checkPaths(params, baseDir) {
-    // URLs (http(s), file:) are the loader's to check; a plain path must name model.json or its folder.
-    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return [];
-    const full = path.resolve(baseDir, params.model);
+    // http(s) URLs are the loader's to check; a path (or a `file:` URL, which is one) must name model.json or its folder.
+    if (isUrl(params.model)) return [];
+    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model) && !/^file:/i.test(params.model)) return [{ path: 'model', message: `"${params.model}" is neither a local path nor an http(s) URL; model is a TF.js model.json (or its folder) or an http(s) URL of one` }];
+    const full = path.resolve(baseDir, /^file:/i.test(params.model) ? fileUrlPath(params.model) : params.model);
     let info;
     try {
       info = statSync(full);
@@ -86,7 +89,8 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   },
   async run(ctx, params) {
     await useTf(ctx.log);
-    const loaded = await loadModel(params.model, { baseDir: ctx.baseDir, signal: ctx.signal, log: ctx.log });
+    const maxDownloadBytes = params.max_download_mb !== undefined ? params.max_download_mb * 1024 * 1024 : undefined;
+    const loaded = await loadModel(params.model, { baseDir: ctx.baseDir, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
     const made: LayersModel[] = [loaded];
     const original = { layers: loaded.layers.length, inputShape: loaded.inputs[0].shape.slice(1) };
     let summary;
