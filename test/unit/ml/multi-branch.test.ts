@@ -7,8 +7,9 @@
  * `supplyNormalizationConstants`).
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestBackend } from '../stages/helpers.js';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
-import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
+import type { Tf, TfLayersApi } from '../../../src/ml/backend.js';
 import { disposeModels } from '../../../src/ml/artifact.js';
 import { buildBottom, buildTop, findFrontier } from '../../../src/ml/frontier.js';
 import { cachedSource } from '../../../src/ml/frozen-pass.js';
@@ -19,9 +20,7 @@ import { fitModel } from '../../../src/ml/train.js';
 let tf: Tf;
 let tfl: TfLayersApi;
 beforeAll(async () => {
-  configureBackend('wasm');
-  tf = await useTf();
-  tfl = await useLayers();
+  ({ tf, tfl } = await useTestBackend());
 });
 
 type Options = { scale: boolean; center?: boolean };

@@ -3,9 +3,10 @@
  * k Adam steps (loss, weights), on the wasm backend the training stages use.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestBackend } from '../stages/helpers.js';
 import type { LayersModel, LayerVariable, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
-import { configureBackend, useLayers, useTf, type Tf, type TfLayersApi } from '../../../src/ml/backend.js';
+import type { Tf, TfLayersApi } from '../../../src/ml/backend.js';
 import { setBatchNormInference } from '../../../src/ml/surgery.js';
 import { createOnnxStep } from '../../../src/ml/onnx/trainer.js';
 import { buildTrainingGraph, findUntrainableLayer, UnsupportedLayerError } from '../../../src/ml/onnx/train-graph.js';
@@ -17,9 +18,7 @@ import { compareGradients, randomBatch, relativeError } from './grad-parity.js';
 let tf: Tf;
 let tfl: TfLayersApi;
 beforeAll(async () => {
-  configureBackend('wasm');
-  tf = await useTf();
-  tfl = await useLayers();
+  ({ tf, tfl } = await useTestBackend());
 });
 
 const variablesOf = (model: LayersModel) => model.trainableWeights.map((w) => (w as LayerVariable).read() as TfCore.Variable);
