@@ -7,7 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
+import { createProgressView } from './progress-view.js';
+import { renderIssues, renderPlan, renderSummary } from './render.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
@@ -22,6 +23,8 @@ export interface CliIo {
   stderr: (text: string) => void;
   env: NodeJS.ProcessEnv;
   isTTY: boolean;
+  /** The stderr stream, for live progress bars when `isTTY` (absent: plain progress lines). */
+  stderrStream?: NodeJS.WritableStream;
   /** The TF.js backend: chosen lazily by the stages that need it. Absent in runtime-only use. */
   backend?: BackendControl;
 }
@@ -237,6 +240,8 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
   process.on('SIGTERM', onSignal);
   // With --json, stdout carries only the summary; stage lines still go to stderr (CONTRACT).
   const quiet = io.env.PIPELINE_QUIET === '1';
+  const live = io.isTTY && io.env.CI !== 'true' && !values.json;
+  const view = quiet ? undefined : createProgressView({ write: io.stderr, tty: live ? io.stderrStream : undefined, entryDir: (key) => new ArtifactStore(artifacts).entryDir(key), intervalMs: progressIntervalOf(io.env) });
   try {
     const summary: RunSummary = await runPipeline({
       file,
@@ -249,7 +254,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       waitTimeoutMs: waitTimeoutOf(values),
       onWait: (holder) => io.stderr(`waiting for ${holder} to finish…\n`),
       signal: controller.signal,
-      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json, (key) => new ArtifactStore(artifacts).entryDir(key)),
+      observer: view,
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => io.backend?.describe() ?? 'none',
     });
@@ -257,9 +262,16 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
     else io.stderr(renderSummary(summary));
     return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
   } finally {
+    view?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** `PIPELINE_PROGRESS_INTERVAL` (seconds between plain progress lines without a TTY) in ms; default 5 s. */
+function progressIntervalOf(env: NodeJS.ProcessEnv): number | undefined {
+  const seconds = Number(env.PIPELINE_PROGRESS_INTERVAL);
+  return env.PIPELINE_PROGRESS_INTERVAL !== undefined && Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
 /** Seconds of `--wait-timeout` as ms (it needs `--wait`). */

@@ -9,6 +9,7 @@ import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { canonicalJson, sha256 } from './hash.js';
+import { createTracker } from './progress.js';
 import { seedFor } from './seed.js';
 import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
@@ -216,6 +217,13 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       progress(event) {
         stageLog.debug({ progress: event }, 'progress');
         options.observer?.progress?.(stage.id, event);
+      },
+      track(label, total) {
+        return createTracker((event) => {
+          // Ticks are many (one per batch): only the start and end of a step go to the log.
+          if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
+          options.observer?.progress?.(stage.id, event);
+        }, label, total);
       },
       signal,
     };
