@@ -51,7 +51,7 @@ describe('finetune-pipeline as a dependency', () => {
   it('runs the README example: the demo to completion, then predicts the validation dresses', { timeout: 400_000 }, () => {
     const project = dir.path('consumer');
     writeFileSync(path.join(project, 'example.mjs'), readmeExample());
-    const env = { ...process.env, CI: 'true' };
+    const env: NodeJS.ProcessEnv = { ...process.env, CI: 'true' };
     delete env.PIPELINE_ARTIFACTS;
     const result = spawnSync(process.execPath, ['example.mjs'], { cwd: project, encoding: 'utf8', env, timeout: 380_000 });
     expect(result.status, result.stderr.slice(-4000)).toBe(0);
