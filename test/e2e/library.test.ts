@@ -65,6 +65,34 @@ describe('finetune-pipeline as a dependency', () => {
     expect(existsSync(path.join(project, 'artifacts/runs'))).toBe(true);
   });
 
+  it('plans, streams stage and progress events, and throws the typed errors it exports', { timeout: 200_000 }, () => {
+    const project = dir.path('consumer');
+    writeFileSync(path.join(project, 'bad.yaml'), 'name: bad\nstages:\n  a:\n    uses: no-such-kind\n');
+    writeFileSync(
+      path.join(project, 'events.mjs'),
+      `import { planPipeline, runPipeline, ValidationError, PipelineError } from 'finetune-pipeline';
+const plan = await planPipeline('pipelines/two-phase-finetune.yaml');
+const events = [];
+const summary = await runPipeline('pipelines/two-phase-finetune.yaml', { force: ['evaluate'], onEvent: (e) => events.push(e) });
+let error;
+try { await runPipeline('bad.yaml'); } catch (e) { error = { validation: e instanceof ValidationError, pipeline: e instanceof PipelineError, code: e.code, line: e.issues?.[0]?.line }; }
+console.log(JSON.stringify({ actions: plan.stages.map((s) => s.action), status: summary.status, events: events.map((e) => [e.type, e.stage ?? e.summary.id, e.progress?.unit, e.progress?.phase]), error }));
+`,
+    );
+    const result = spawnSync(process.execPath, ['events.mjs'], { cwd: project, encoding: 'utf8', env: { ...process.env, CI: 'true' }, timeout: 180_000 });
+    expect(result.status, result.stderr.slice(-4000)).toBe(0);
+    const out = JSON.parse(result.stdout);
+    expect(out.actions).toEqual(Array(10).fill('cached'));
+    expect(out.status).toBe('succeeded');
+    const ofEvaluate = out.events.filter(([, stage]: string[]) => stage === 'evaluate');
+    expect(ofEvaluate[0]).toEqual(['stage-start', 'evaluate', null, null]);
+    expect(ofEvaluate.slice(1, 3)).toEqual([['progress', 'evaluate', 'evaluate val', 'start'], ['progress', 'evaluate', 'evaluate val', 'tick']]);
+    expect(ofEvaluate.at(-2)).toEqual(['progress', 'evaluate', 'evaluate val', 'end']);
+    expect(ofEvaluate.at(-1)).toEqual(['stage-end', 'evaluate', null, null]);
+    expect(out.events.filter(([type]: string[]) => type === 'stage-end')).toHaveLength(10);
+    expect(out.error).toEqual({ validation: true, pipeline: true, code: 'unknown_stage_kind', line: 4 });
+  });
+
   it('a TypeScript consumer type-checks against the emitted declarations, and a wrong call does not', () => {
     const project = dir.path('consumer');
     writeFileSync(
