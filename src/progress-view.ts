@@ -83,6 +83,9 @@ export function createProgressView(options: ProgressViewOptions): ProgressView {
           fps: options.fps ?? 10,
           clearOnComplete: true,
           hideCursor: false,
+          // Leave the terminal's autowrap on: a long stage line (a report path) wraps instead of being cut.
+          // The bar lines themselves are cut to the width by cli-progress.
+          linewrap: true,
           gracefulExit: false,
           etaBuffer: 50,
         },
