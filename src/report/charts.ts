@@ -28,7 +28,7 @@ function safeName(text: string): string {
   return text.toLowerCase().replace(/[^a-z0-9-]+/g, '-');
 }
 
-/** The specs of every chart the model has data for, in page order. */
+/** The specs of every chart the model has data for, in page order (curves, confusion, size, timeline). */
 export function buildChartSpecs(model: ReportModel): ChartSpec[] {
   const charts: ChartSpec[] = [];
   const rows = model.curves.flatMap((c) =>
@@ -54,7 +54,7 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
             x: { field: 'epoch', type: 'quantitative', title: 'epoch (all training stages in run order)', axis: { tickMinStep: 1 } },
             y: { field: metric, type: 'quantitative', title: metric, scale: { zero: false } },
             color: { field: 'stage', type: 'nominal', sort: model.curves.map((c) => c.stage), title: 'stage' },
-            strokeDash: { field: 'split', type: 'nominal', title: 'split', scale: { domain: ['train', 'val'], range: [[1, 0], [5, 3]] } },
+            strokeDash: { field: 'split', type: 'nominal', title: 'split', scale: { domain: ['train', 'val'], range: [[1, 0], [5, 3]] }, legend: { symbolType: 'stroke', symbolStrokeWidth: 2, symbolStrokeColor: '#333' } },
             detail: { field: 'split' },
             tooltip: [{ field: 'stage' }, { field: 'stageEpoch', title: 'epoch in stage' }, { field: 'split' }, { field: metric, format: '.4f' }],
           },
@@ -76,7 +76,7 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
         title: `Confusion matrix: ${e.stage} on ${e.split}`,
         data: { values: cells },
         encoding: {
-          x: { field: 'predicted', type: 'nominal', sort: e.classes, title: 'predicted class' },
+          x: { field: 'predicted', type: 'nominal', sort: e.classes, title: 'predicted class', axis: { labelAngle: e.classes.length > 6 ? -45 : 0 } },
           y: { field: 'truth', type: 'nominal', sort: e.classes, title: 'true class' },
         },
         layer: [
@@ -89,7 +89,32 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
       },
     });
   }
-  const timed = model.timeline.map((t, order) => ({ stage: t.id, status: t.status, start: t.start ?? 0, end: (t.start ?? 0) + Math.max(t.seconds, 0.005), seconds: t.seconds, order }));
+  if (model.modelSizes.length) {
+    charts.push({
+      name: 'model-size',
+      title: 'Model weight bytes per stage',
+      spec: {
+        $schema: SCHEMA,
+        config: CONFIG,
+        width: 560,
+        height: { step: 22 },
+        title: 'Weight bytes of each model stage (pruning shrinks them)',
+        data: { values: model.modelSizes.map((m, order) => ({ stage: m.stage, kind: m.kind, bytes: m.weightBytes, order })) },
+        encoding: {
+          y: { field: 'stage', type: 'nominal', sort: { field: 'order' }, title: null },
+          x: { field: 'bytes', type: 'quantitative', title: 'weight bytes' },
+          tooltip: [{ field: 'stage' }, { field: 'kind' }, { field: 'bytes', format: ',' }],
+        },
+        layer: [
+          { mark: { type: 'bar', color: '#4c78a8' } },
+          { mark: { type: 'text', align: 'left', dx: 4, fontSize: 11 }, encoding: { text: { field: 'bytes', type: 'quantitative', format: ',' } } },
+        ],
+      },
+    });
+  }
+  // A cached stage takes ~0 s: it gets a sliver (1% of the run) so its status still shows.
+  const sliver = Math.max(0.005, model.run.seconds / 100);
+  const timed = model.timeline.map((t, order) => ({ stage: t.id, status: t.status, start: t.start ?? 0, end: (t.start ?? 0) + Math.max(t.seconds, sliver), seconds: t.seconds, order }));
   if (timed.length) {
     charts.push({
       name: 'timeline',
@@ -108,27 +133,6 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
           x2: { field: 'end' },
           color: { field: 'status', type: 'nominal', scale: STATUS_COLORS, title: 'status' },
           tooltip: [{ field: 'stage' }, { field: 'status' }, { field: 'seconds', format: '.2f' }],
-        },
-      },
-    });
-  }
-  if (model.modelSizes.length) {
-    charts.push({
-      name: 'model-size',
-      title: 'Model weight bytes per stage',
-      spec: {
-        $schema: SCHEMA,
-        config: CONFIG,
-        width: 560,
-        height: { step: 22 },
-        title: 'Weight bytes of each model stage (pruning shrinks them)',
-        data: { values: model.modelSizes.map((m, order) => ({ stage: m.stage, kind: m.kind, bytes: m.weightBytes, order })) },
-        mark: 'bar',
-        encoding: {
-          y: { field: 'stage', type: 'nominal', sort: { field: 'order' }, title: null },
-          x: { field: 'bytes', type: 'quantitative', title: 'weight bytes' },
-          color: { field: 'kind', type: 'nominal', title: 'kind' },
-          tooltip: [{ field: 'stage' }, { field: 'bytes', format: ',' }],
         },
       },
     });

@@ -18,3 +18,13 @@ export function formatSigned(value: number, metric: string): string {
   const text = formatMetric(Math.abs(value), metric);
   return value > 0 ? `+${text}` : value < 0 ? `-${text}` : '0';
 }
+
+/**
+ * Which way a metric is better: 1 higher (accuracy, F1, AUC), -1 lower (loss, bytes, time, an
+ * accuracy drop), 0 neither (epochs run, steps): the report colours a change only when it knows.
+ */
+export function betterDirection(metric: string): 1 | -1 | 0 {
+  if (/loss|bytes|seconds|latency|drop|macs/.test(metric)) return -1;
+  if (/acc|precision|recall|f1|auc/.test(metric)) return 1;
+  return 0;
+}

@@ -5,7 +5,7 @@
  */
 import type { RenderedChart } from './charts.js';
 import type { EvaluationView, ReportModel } from './model.js';
-import { formatBytes, formatMetric, formatSigned } from './format.js';
+import { betterDirection, formatBytes, formatMetric, formatSigned } from './format.js';
 
 /** Escapes text for HTML element content and double-quoted attribute values. */
 export function escapeHtml(text: unknown): string {
@@ -67,15 +67,16 @@ function table(head: string[], rows: string[][], numeric: number[] = []): string
 function delta(before: number | undefined, after: number, metric: string): string {
   if (before === undefined) return '';
   const d = after - before;
-  const better = /loss|bytes|seconds|latency/.test(metric) ? d < 0 : d > 0;
-  return `<span class="${better ? 'up' : 'down'}">${escapeHtml(formatSigned(d, metric))}</span>`;
+  const direction = betterDirection(metric);
+  const tone = d === 0 || direction === 0 ? '' : d * direction > 0 ? ' class="up"' : ' class="down"';
+  return `<span${tone}>${escapeHtml(formatSigned(d, metric))}</span>`;
 }
 
 function keyMetricsTable(model: ReportModel): string {
   if (!model.keyMetrics.length) return '<p class="meta">no metrics recorded</p>';
   return table(
     ['stage', 'metric', 'value', 'previous run', 'change'],
-    model.keyMetrics.map((k) => [escapeHtml(k.stage), escapeHtml(k.metric), escapeHtml(formatMetric(k.value, k.metric)), k.before === undefined ? '' : escapeHtml(formatMetric(k.before, k.metric)), delta(k.before, k.value, k.metric)]),
+    model.keyMetrics.map((k) => [escapeHtml(k.stage), escapeHtml(k.metric), escapeHtml(formatMetric(k.value, k.metric)), k.before === undefined ? '' : escapeHtml(formatMetric(k.before, k.metric)), k.before === k.value ? '' : delta(k.before, k.value, k.metric)]),
     [2, 3, 4],
   );
 }

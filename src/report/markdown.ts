@@ -28,7 +28,7 @@ export function renderMarkdown(model: ReportModel, pngs: { name: string; title: 
     out.push(
       table(
         ['stage', 'metric', 'value', 'previous', 'change'],
-        model.keyMetrics.map((k) => [escapeMarkdown(k.stage), escapeMarkdown(k.metric), formatMetric(k.value, k.metric), k.before === undefined ? '' : formatMetric(k.before, k.metric), k.before === undefined ? '' : formatSigned(k.value - k.before, k.metric)]),
+        model.keyMetrics.map((k) => [escapeMarkdown(k.stage), escapeMarkdown(k.metric), formatMetric(k.value, k.metric), k.before === undefined ? '' : formatMetric(k.before, k.metric), k.before === undefined || k.before === k.value ? '' : formatSigned(k.value - k.before, k.metric)]),
       ),
     );
   }

@@ -111,7 +111,7 @@ export interface KeyMetric {
   stage: string;
   metric: string;
   value: number;
-  /** The previous run's value when it differs. */
+  /** The previous run's value (from its summary, or this run's `changes`). */
   before?: number;
 }
 
@@ -175,10 +175,12 @@ function buildKeyMetrics(inputs: ReportInputs): KeyMetric[] {
   const out: KeyMetric[] = [];
   for (const stage of inputs.stages) {
     const { id, metrics, changes } = stage.summary;
+    const previous = inputs.previous?.stages.find((s) => s.id === id)?.metrics;
     const names = stage.evaluation ? EVALUATION_METRICS : stage.history ? TRAINING_METRICS : numberOf(metrics.bytes_before) !== undefined ? ['sparsity', 'bytes_after'] : [];
     for (const metric of names) {
       const value = numberOf(metrics[metric]);
-      if (value !== undefined) out.push({ stage: id, metric, value, ...(changes?.[metric] ? { before: changes[metric].before } : {}) });
+      const before = changes?.[metric]?.before ?? numberOf(previous?.[metric]);
+      if (value !== undefined) out.push({ stage: id, metric, value, ...(before !== undefined ? { before } : {}) });
     }
   }
   return out;
