@@ -101,7 +101,7 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
         title: 'Weight bytes of each model stage (pruning shrinks them)',
         data: { values: model.modelSizes.map((m, order) => ({ stage: m.stage, kind: m.kind, bytes: m.weightBytes, order })) },
         encoding: {
-          y: { field: 'stage', type: 'nominal', sort: { field: 'order' }, title: null },
+          y: { field: 'stage', type: 'nominal', sort: model.modelSizes.map((m) => m.stage), title: null },
           x: { field: 'bytes', type: 'quantitative', title: 'weight bytes' },
           tooltip: [{ field: 'stage' }, { field: 'kind' }, { field: 'bytes', format: ',' }],
         },

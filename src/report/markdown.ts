@@ -9,7 +9,8 @@ import { formatBytes, formatMetric, formatSigned } from './format.js';
 /** Escapes text for a Markdown table cell (and inline HTML GitHub would render). */
 export function escapeMarkdown(text: unknown): string {
   return String(text)
-    .replace(/[\\`*_{}[\]()#+!|<>~]/g, (c) => `\\${c}`)
+    .replace(/[\\`*_{}[\]()#+!|~]/g, (c) => `\\${c}`)
+    .replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]!)
     .replace(/\r?\n/g, ' ');
 }
 
