@@ -6,11 +6,11 @@
  * Without chromium the browser test skips with a message, except under CI (`CI=true` or
  * `BROWSER_TESTS_REQUIRED=1`), where it fails: `.ci/services.sh` installs chromium.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findChromium, screenshotReport } from '../../scripts/report-screenshot.js';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
@@ -18,15 +18,6 @@ const bin = path.join(root, 'bin/pipeline.js');
 const CHARTS = ['curves-loss', 'curves-accuracy', 'confusion-evaluate', 'model-size', 'timeline'];
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
-/** The chromium binary, or undefined when it is not installed. */
-function findChromium(): string | undefined {
-  if (process.env.CHROMIUM_PATH) return process.env.CHROMIUM_PATH;
-  try {
-    return execFileSync('which', ['chromium'], { encoding: 'utf8' }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
 const chromium = findChromium();
 const browserRequired = process.env.CI === 'true' || process.env.BROWSER_TESTS_REQUIRED === '1';
 if (!chromium && !browserRequired) console.warn('report.test.ts: chromium is not installed (apt-get install -y chromium): the browser test is skipped');
@@ -117,40 +108,18 @@ describe('pipeline report', () => {
 
   it.skipIf(!chromium && !browserRequired)('renders in headless chromium with no console error, with the charts as SVG', { timeout: 120_000 }, async () => {
     expect(chromium, 'chromium is required under CI: .ci/services.sh installs it (apt-get install -y chromium)').toBeTruthy();
-    const { chromium: launcher } = await import('playwright-core');
-    const profile = mkdtempSync(path.join(tmpdir(), 'report-chromium-'));
-    const context = await launcher.launchPersistentContext(profile, {
-      executablePath: chromium,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      viewport: { width: 1200, height: 900 },
-    });
-    try {
-      const page = await context.newPage();
-      const problems: string[] = [];
-      page.on('console', (message) => {
-        if (message.type() === 'error') problems.push(`console: ${message.text()}`);
-      });
-      page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-      page.on('requestfailed', (request) => problems.push(`request failed: ${request.url()}`));
-      await page.goto(`file://${report.html}`, { waitUntil: 'load' });
-      const charts = await page.$$eval('figure.chart', (figures) => figures.map((f) => ({ name: f.getAttribute('data-chart'), marks: f.querySelectorAll('svg path, svg rect, svg line').length, width: f.querySelector('svg')?.getBoundingClientRect().width ?? 0 })));
-      expect(charts.map((c) => c.name)).toEqual(CHARTS);
-      for (const chart of charts) {
-        expect(chart.marks, chart.name!).toBeGreaterThan(3);
-        expect(chart.width, chart.name!).toBeGreaterThan(100);
-      }
-      const thumbnails = await page.$$eval('.thumb img', (images) => images.map((img) => (img as HTMLImageElement).naturalWidth));
-      expect(thumbnails.length).toBeGreaterThan(0);
-      for (const width of thumbnails) expect(width).toBeGreaterThan(0); // every data: URI decodes
-      expect(await page.locator('h2').allTextContents()).toEqual(expect.arrayContaining(['Key metrics', 'Training curves', 'Evaluation: evaluate on val', 'Model size', 'Ingest: ingest', 'Stage timeline']));
-      const screenshot = process.env.REPORT_SCREENSHOT ?? dir.path('report.png');
-      await page.screenshot({ path: screenshot, fullPage: true });
-      expect(statSync(screenshot).size).toBeGreaterThan(50_000);
-      expect(problems).toEqual([]);
-    } finally {
-      await context.close();
+    const screenshot = process.env.REPORT_SCREENSHOT ?? dir.path('report.png');
+    const facts = await screenshotReport(report.html, screenshot, chromium!);
+    expect(facts.problems).toEqual([]);
+    expect(facts.charts.map((c) => c.name)).toEqual(CHARTS);
+    for (const chart of facts.charts) {
+      expect(chart.marks, chart.name!).toBeGreaterThan(3);
+      expect(chart.width, chart.name!).toBeGreaterThan(100);
     }
+    expect(facts.thumbnails.length).toBeGreaterThan(0);
+    for (const width of facts.thumbnails) expect(width).toBeGreaterThan(0); // every data: URI decodes
+    expect(facts.headings).toEqual(expect.arrayContaining(['Key metrics', 'Training curves', 'Evaluation: evaluate on val', 'Model size', 'Ingest: ingest', 'Stage timeline']));
+    expect(statSync(screenshot).size).toBeGreaterThan(50_000);
   });
 });
 
