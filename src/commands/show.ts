@@ -104,8 +104,10 @@ export function renderStageView(view: StageView): string {
     const width = Math.max(...entries.map(([k]) => k.length));
     for (const [k, v] of entries) lines.push(`  ${k.padEnd(width)}  ${formatValue(v)}`);
   }
-  // The history's columns: the latest run's numeric metrics, at most 6, each with a value in some run.
-  const columns = Object.keys(numericMetrics(view.metrics)).slice(0, 6);
+  // The history's columns: at most 6 of the latest run's numeric metrics, those that differ between runs first.
+  const names = Object.keys(numericMetrics(view.metrics));
+  const varies = (name: string) => new Set(view.history.map((h) => h.metrics[name])).size > 1;
+  const columns = [...names.filter(varies), ...names.filter((n) => !varies(n))].slice(0, 6);
   lines.push(`history (${view.history.length} run${view.history.length === 1 ? '' : 's'}, newest first):`);
   const head = ['run', 'status', 'key', 'seconds', ...columns];
   const rows = view.history.map((h) => [h.run, h.status, h.key.slice(0, 12), h.seconds.toFixed(2), ...columns.map((c) => (h.metrics[c] === undefined ? '-' : formatValue(h.metrics[c])))]);
