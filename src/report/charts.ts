@@ -22,6 +22,11 @@ export interface RenderedChart extends ChartSpec {
 const STATUS_COLORS = { domain: ['ran', 'cached', 'failed', 'skipped'], range: ['#2f7ed8', '#8bbf5a', '#d9534f', '#aaaaaa'] };
 const CONFIG = { font: 'sans-serif', view: { stroke: '#ddd' }, axis: { labelFontSize: 11, titleFontSize: 12 }, legend: { labelFontSize: 11 } };
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
+/**
+ * The train/val legend as dashed strokes: vega-lite passes `encode` through to vega (the stroke
+ * would be unset otherwise, as the symbols take the line's color channel), but its types omit it.
+ */
+const STROKE_LEGEND = { symbolType: 'stroke', symbolStrokeWidth: 2, symbolSize: 300, encode: { symbols: { update: { stroke: { value: '#333' }, fill: { value: 'transparent' } } } } } as never;
 
 /** A file-safe name for a stage-specific chart (stage ids are `[a-z][a-z0-9-]*` already; be safe anyway). */
 function safeName(text: string): string {
@@ -54,7 +59,7 @@ export function buildChartSpecs(model: ReportModel): ChartSpec[] {
             x: { field: 'epoch', type: 'quantitative', title: 'epoch (all training stages in run order)', axis: { tickMinStep: 1 } },
             y: { field: metric, type: 'quantitative', title: metric, scale: { zero: false } },
             color: { field: 'stage', type: 'nominal', sort: model.curves.map((c) => c.stage), title: 'stage' },
-            strokeDash: { field: 'split', type: 'nominal', title: 'split', scale: { domain: ['train', 'val'], range: [[1, 0], [5, 3]] }, legend: { symbolType: 'stroke', symbolStrokeWidth: 2, symbolStrokeColor: '#333' } },
+            strokeDash: { field: 'split', type: 'nominal', title: 'split', scale: { domain: ['train', 'val'], range: [[1, 0], [5, 3]] }, legend: STROKE_LEGEND },
             detail: { field: 'split' },
             tooltip: [{ field: 'stage' }, { field: 'stageEpoch', title: 'epoch in stage' }, { field: 'split' }, { field: metric, format: '.4f' }],
           },
