@@ -5,8 +5,17 @@
 #   bash .ci/services.sh && export REMOTE_TESTS_REQUIRED=1
 # Measured on the 2-core machine: install ~65-130 s (apt-get update included), first start ~27 s,
 # later starts ~9 s. The test file reuses a running Swift and leaves it running.
+# Also installs Debian's chromium when missing: test/e2e/report.test.ts opens the run report in
+# it headless (and fails under CI without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null; then
+  started=$SECONDS
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q chromium >/dev/null
+  echo "services: installed chromium in $((SECONDS - started)) s"
+fi
 packages=(swift-proxy swift-object swift-container swift-account memcached python3-swift)
 if ! command -v swift-proxy-server >/dev/null || ! command -v swift-object-server >/dev/null ||
   ! command -v swift-container-server >/dev/null || ! command -v swift-account-server >/dev/null ||

@@ -52,6 +52,16 @@ const COMMANDS: Record<string, { synopsis: string; summary: string; details?: st
   status: { synopsis: 'status', summary: 'the latest run of each pipeline, its stages and metrics' },
   runs: { synopsis: 'runs', summary: 'recent runs' },
   gc: { synopsis: 'gc', summary: 'remove cache entries no recent run of any pipeline uses (--dry-run lists them)' },
+  report: {
+    synopsis: 'report [RUN]',
+    summary: 'a run\'s report: one self-contained HTML page + Markdown + chart PNGs (default: the latest run)',
+    details: 'Written to runs/<run-id>/report.html in the store (report.md and report-assets/ beside it); the page\'s path is printed.',
+  },
+  show: {
+    synopsis: 'show STAGE [FILE]',
+    summary: 'a stage\'s latest metrics, its history across runs, its report files and where its artifact lives',
+    details: 'FILE (a pipeline file) picks the pipeline when several have a stage of that id; default: the latest run\'s.',
+  },
   predict: {
     synopsis: 'predict MODEL IMAGE...',
     summary: 'classify images with an exported model',
@@ -78,6 +88,7 @@ const OPTION_HELP: Record<string, string> = {
   keep: '--keep N             keep what the newest N runs of each pipeline use (default 10)',
   'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
   top: '--top K              print the K most probable classes per image (default 1)',
+  out: '--out FILE           report: write the HTML page here (FILE.md and FILE-assets/ beside it)',
 };
 
 const USAGE = `usage: pipeline <command> [options]
@@ -125,6 +136,8 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
   runs: ['json', 'artifacts'],
   gc: ['json', 'keep', 'artifacts', 'wait', 'wait-timeout', 'dry-run'],
   predict: ['json', 'top', 'backend'],
+  report: ['json', 'out', 'artifacts'],
+  show: ['json', 'artifacts'],
 };
 
 const OPTIONS = {
@@ -141,6 +154,7 @@ const OPTIONS = {
   'dry-run': { type: 'boolean' },
   keep: { type: 'string' },
   top: { type: 'string' },
+  out: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -214,6 +228,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         if (failures.length) io.stderr(`pipeline: ${failures.length} of ${predictions.length + failures.length} images could not be predicted\n`);
         return failures.length ? EXIT.failed : EXIT.ok;
       }
+      case 'report':
+        return await (await import('./commands/report.js')).commandReport(rest, values, artifacts, io);
+      case 'show':
+        return await (await import('./commands/show.js')).commandShow(rest, values, artifacts, io);
       default:
         throw new UsageError(`unknown command '${command}'`);
     }
@@ -366,7 +384,7 @@ function reportError(error: unknown, io: CliIo, json: boolean, command?: string)
     // A system error (disk full, permission denied) is the machine's state, not our bug.
     const system = error instanceof Error && typeof (error as NodeJS.ErrnoException).errno === 'number';
     const bug = !(error instanceof PipelineError) && !system ? ' (unexpected: please report it)' : '';
-    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
+    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError && error.code === 'usage' ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }
   io.stderr(text);
