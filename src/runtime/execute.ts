@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { ComputeFailure, computeStage } from './compute.js';
 import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import type { ResolvedPipeline } from './load.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { Metrics, ProgressEvent, StageInput } from './types.js';
 
@@ -80,7 +81,19 @@ export interface StageDispatcher {
    * Computes `planned` (its final key) and resolves to the committed entry's record, or rejects
    * with a `PipelineError` that says why. `upstream` maps each input stage id to its key.
    */
-  compute(planned: PlannedStage, request: { upstream: Record<string, string>; log: Logger; signal: AbortSignal; progress(event: ProgressEvent): void }): Promise<EntryMeta>;
+  compute(planned: PlannedStage, request: DispatchRequest): Promise<EntryMeta>;
+}
+
+/** What a dispatcher is told besides the stage. */
+export interface DispatchRequest {
+  pipeline: ResolvedPipeline;
+  runId: string;
+  /** Input stage id -> its cache key (direct `needs` first, then their ancestors). */
+  upstream: Record<string, string>;
+  /** The stage's child of the run log: the worker's lines are written to it. */
+  log: Logger;
+  signal: AbortSignal;
+  progress(event: ProgressEvent): void;
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -221,7 +234,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
     try {
       const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));
-      const entry = await dispatcher.compute(planned, { upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
+      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
       const summary = await finished(planned, base, entry, seconds);
