@@ -105,16 +105,20 @@ export function redisOptions(url: string, flag = '--redis'): RedisOptions {
  */
 export async function checkRedis(url: string, options: RedisOptions): Promise<void> {
   const client = new Redis({ ...options, lazyConnect: true, connectTimeout: 3000, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
-  client.on('error', () => undefined); // reported below
+  let cause: Error | undefined;
+  // The socket's reason (ECONNREFUSED), at once: `connect()` alone would wait for its timeout.
+  const failed = new Promise<never>((_, reject) => client.on('error', (error) => reject((cause ??= error))));
+  failed.catch(() => undefined);
   try {
-    await client.connect();
+    await Promise.race([client.connect(), failed]);
     const info = await client.info('server');
     const version = /redis_version:(\d+)\.(\d+)/.exec(info);
     if (version && (Number(version[1]) < 6 || (Number(version[1]) === 6 && Number(version[2]) < 2)))
       throw new PipelineError('redis_unreachable', `Redis at ${url} is version ${version[1]}.${version[2]}; BullMQ needs 6.2 or later`);
   } catch (error) {
     if (error instanceof PipelineError) throw error;
-    throw new PipelineError('redis_unreachable', `cannot reach Redis at ${url}: ${(error as Error).message}; start redis-server there or fix --redis`, { cause: error });
+    const reason = (cause ?? (error as Error)).message;
+    throw new PipelineError('redis_unreachable', `cannot reach Redis at ${url}: ${reason}; start redis-server there or fix --redis`, { cause: cause ?? error });
   } finally {
     client.disconnect();
   }
