@@ -75,6 +75,7 @@ export class BullmqDispatcher implements StageDispatcher {
       inputs: Object.entries(request.upstream).map(([id, inputKey]) => ({ id, key: inputKey })),
       run: request.runId,
       backend: this.options.backend,
+      force: planned.forced === true,
     };
     const listener: Listener = { log: request.log, progress: request.progress };
     this.listeners.set(key, [...(this.listeners.get(key) ?? []), listener]);

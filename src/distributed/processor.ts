@@ -84,7 +84,7 @@ export default async function processStage(job: SandboxedJob<StageJobData, Stage
     const claim = await store.claim(data.key, `worker ${worker} run ${data.run} stage ${stage.id}`, signal);
     let result: StageJobResult;
     try {
-      const found = await store.existing(data.key);
+      const found = data.force ? undefined : await store.existing(data.key);
       if (found) {
         log.info({ key: data.key, outcome: found.outcome }, 'stage found');
         result = { entry: found.entry, worker, outcome: found.outcome, backend: describeBackend()?.name ?? 'none', seconds: seconds(t0) };

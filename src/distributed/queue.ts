@@ -42,6 +42,8 @@ export interface StageJobData {
   run: string;
   /** The TF.js backend the coordinator was asked for (`auto`, `wasm`, …). */
   backend: string;
+  /** `--force`/`--from` chose the stage: compute it even when an entry of its key exists. */
+  force: boolean;
 }
 
 /** A job's result. */

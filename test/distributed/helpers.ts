@@ -15,9 +15,9 @@ export interface Cli {
   exited: Promise<number | string>;
 }
 
-/** Starts `pipeline ARGS…` from the repository root. */
-export function cli(args: string[]): Cli {
-  const child = spawn(process.execPath, [bin, ...args], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `pipeline ARGS…` from the repository root (`extraEnv` added to the environment). */
+export function cli(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Cli {
+  const child = spawn(process.execPath, [bin, ...args], { cwd: root, env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
   const run: Cli = { child, stdout: '', stderr: '', exited: undefined as never };
   child.stdout!.on('data', (d) => (run.stdout += d));
   child.stderr!.on('data', (d) => (run.stderr += d));
@@ -37,8 +37,8 @@ export async function until<T>(what: string, check: () => T | undefined | false 
 }
 
 /** A worker: started, and ready once it says it serves its queues. */
-export async function startWorker(redis: string, artifacts: string, extra: string[] = []): Promise<Cli> {
-  const worker = cli(['worker', '--redis', redis, '--artifacts', artifacts, '--stall-seconds', '4', ...extra]);
+export async function startWorker(redis: string, artifacts: string, extra: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Cli> {
+  const worker = cli(['worker', '--redis', redis, '--artifacts', artifacts, '--stall-seconds', '4', ...extra], extraEnv);
   await until('the worker to serve its queues', () => worker.stderr.includes(': serving ') || worker.child.exitCode !== null, 30_000);
   if (worker.child.exitCode !== null) throw new Error(`worker exited: ${worker.stderr}`);
   return worker;
