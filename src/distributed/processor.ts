@@ -14,6 +14,7 @@ import pino from 'pino';
 import { UnrecoverableError, type SandboxedJob } from 'bullmq';
 import { configureBackend, describeBackend, type BackendPreference } from '../ml/backend.js';
 import { computeStage, ComputeFailure } from '../runtime/compute.js';
+import { RemoteError } from '../remote/remote.js';
 import { describeError, PipelineError } from '../runtime/errors.js';
 import { StatCache } from '../runtime/hash.js';
 import { downstreamHints, stageRecordOf } from '../runtime/plan.js';
@@ -125,7 +126,7 @@ function refuse(code: string, message: string): UnrecoverableError {
 /**
  * The error BullMQ records (its message is the job's `failedReason`): `message [code]`, which the
  * coordinator reads back. A stage's own error (bad data, a failed gate) is not retried: it would
- * fail again; a system error (a full disk, a lost lock) is.
+ * fail again; a system error (a full disk, a lost lock) or an unreachable remote is.
  */
 function asJobError(error: unknown, log: pino.Logger): Error {
   if (error instanceof UnrecoverableError) {
@@ -136,7 +137,13 @@ function asJobError(error: unknown, log: pino.Logger): Error {
   const described = describeError(cause, error instanceof ComputeFailure ? error.outDir : undefined);
   log.error({ code: described.code }, `stage failed: ${described.message}`);
   const message = `${described.message} [${described.code}]`;
-  return cause instanceof PipelineError ? new UnrecoverableError(message) : new Error(message);
+  return isTransient(cause) ? new Error(message) : new UnrecoverableError(message);
+}
+
+/** Worth another try: a system error, or a remote that did not answer or failed (5xx). */
+function isTransient(error: unknown): boolean {
+  if (error instanceof RemoteError) return error.code === 'remote_unreachable' || error.code === 'remote_server';
+  return !(error instanceof PipelineError);
 }
 
 function seconds(t0: number): number {
