@@ -165,4 +165,25 @@ describe.skipIf(skip)('pipeline run --executor bullmq with pipeline workers', ()
       await queue.close();
     }
   });
+  it('a transient failure (the remote cache does not answer) is retried 3 times with exponential backoff, then fails the stage', { timeout: 60_000 }, async () => {
+    const file = dir.write('retry/pipeline.yaml', `name: retry\nseed: 4\nstages:\n  ingest:\n    uses: ingest\n    with: { path: ${path.join(root, 'data/fashion-target')} }\n`);
+    const store = dir.path('retry/artifacts');
+    // An S3 endpoint where nothing listens: every pull is remote_unreachable.
+    const env = { AWS_ENDPOINT_URL: 'http://127.0.0.1:9', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' };
+    const worker = await startWorker(redis.url, dir.path('retry/worker'), ['--queue', 'io', '--remote', 's3://nowhere/cache'], env);
+    try {
+      const t0 = performance.now();
+      const coordinator = cli(['run', file, '--executor', 'bullmq', '--redis', redis.url, '--artifacts', store, '--json']);
+      expect(await coordinator.exited).toBe(1);
+      const seconds = (performance.now() - t0) / 1000;
+      const [ingest] = summaryOf(coordinator).stages;
+      expect(ingest.status).toBe('failed');
+      expect(ingest.error!.code).toBe('remote_unreachable');
+      expect(ingest.error!.message).toMatch(/after 3 attempt\(s\)\)$/);
+      expect(worker.stderr.match(/ ingest \w+ started \(attempt \d\)/g)).toEqual([' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 1)', ' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 2)', ' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 3)']);
+      expect(seconds).toBeGreaterThan(3); // waited 1 s, then 2 s between the tries
+    } finally {
+      await stopWorker(worker);
+    }
+  });
 });
