@@ -13,6 +13,7 @@ import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedE
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
 import { ArtifactStore } from './runtime/store.js';
+import { commandWorker, openExecutor, WORKER_COMMAND, WORKER_OPTION_HELP } from './commands/worker.js';
 import type { StageRegistry } from './runtime/types.js';
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, locked: 3, interrupted: 130 } as const;
@@ -62,6 +63,8 @@ const COMMANDS: Record<string, { synopsis: string; summary: string; details?: st
     summary: 'a stage\'s latest metrics, its history across runs, its report files and where its artifact lives',
     details: 'FILE (a pipeline file) picks the pipeline when several have a stage of that id; default: the latest run\'s.',
   },
+
+  worker: WORKER_COMMAND,
   predict: {
     synopsis: 'predict MODEL IMAGE...',
     summary: 'classify images with an exported model',
@@ -89,6 +92,8 @@ const OPTION_HELP: Record<string, string> = {
   'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
   top: '--top K              print the K most probable classes per image (default 1)',
   out: '--out FILE           report: write the HTML page here (FILE.md and FILE-assets/ beside it)',
+
+  ...WORKER_OPTION_HELP,
 };
 
 const USAGE = `usage: pipeline <command> [options]
@@ -129,7 +134,8 @@ function readJsonFileMaybe(file: string): unknown {
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis'],
+  worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'backend', 'stall-seconds'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
@@ -155,6 +161,13 @@ const OPTIONS = {
   keep: { type: 'string' },
   top: { type: 'string' },
   out: { type: 'string' },
+
+  executor: { type: 'string' },
+  redis: { type: 'string' },
+  queue: { type: 'string' },
+  concurrency: { type: 'string' },
+  remote: { type: 'string' },
+  'stall-seconds': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -213,6 +226,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await commandRuns(command, values.json ?? false, artifacts, io);
       case 'gc':
         return await commandGc(values, artifacts, io);
+      case 'worker':
+        if (rest.length) throw new UsageError(`worker takes no file (the jobs name theirs), got ${rest.join(' ')}`);
+        if (values.backend !== undefined) usableBackend(values.backend, '--backend', io);
+        return await commandWorker(values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
@@ -254,6 +271,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
     io.stderr(`\n${signal}: stopping; finished stages are kept (press Ctrl-C again to exit now)\n`);
     controller.abort();
   };
+  const dispatcher = await openExecutor(values, file);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   // With --json, stdout carries only the summary; stage lines still go to stderr (CONTRACT).
@@ -274,7 +292,8 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       signal: controller.signal,
       observer: view,
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
-      backend: () => io.backend?.describe() ?? 'none',
+      backend: () => dispatcher?.describeBackends() ?? io.backend?.describe() ?? 'none',
+      dispatcher,
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
     else io.stderr(renderSummary(summary));
@@ -283,6 +302,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
     view?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    await dispatcher?.close();
   }
 }
 
@@ -379,6 +399,7 @@ function reportError(error: unknown, io: CliIo, json: boolean, command?: string)
     if (error instanceof UsageError) code = EXIT.invalid;
     else if (error instanceof StoreLockedError) code = EXIT.locked;
     else if (error instanceof LockPathError) code = EXIT.invalid;
+    else if (error instanceof PipelineError && error.code === 'redis_unreachable') code = EXIT.invalid; // nothing was run
     else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
     // A system error (disk full, permission denied) is the machine's state, not our bug.

@@ -126,6 +126,11 @@ export const ERROR_CODES = {
   remote_config: 'the remote URL or the client settings are invalid',
   remote_server: 'the remote failed (5xx) after the retries',
   remote_error: 'the remote refused the request for another reason',
+  // Distributed execution (BullMQ workers on Redis).
+  redis_unreachable: 'Redis does not answer at --redis, or is older than 6.2 (exit 2)',
+  version_skew: 'a worker computes another cache key for the stage than the coordinator: another toolkit version, pipeline file or input data',
+  worker_input_missing: "a stage's input is neither in the worker's store nor on its remote",
+  job_failed: 'a worker job failed without an error code (its worker crashed or stalled too often)',
 } as const;
 
 type CatalogueKey = keyof typeof ERROR_CODES;

@@ -4,16 +4,14 @@
  * `skipped` while the others finish; an abort (SIGINT/SIGTERM) lets running stages stop at
  * their next check and keeps every finished one.
  */
-import { mkdir, rm } from 'node:fs/promises';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
-import { canonicalJson, sha256 } from './hash.js';
-import { createTracker } from './progress.js';
-import { seedFor } from './seed.js';
+import { ComputeFailure, computeStage } from './compute.js';
 import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import type { ResolvedPipeline } from './load.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { Metrics, ProgressEvent, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -70,6 +68,32 @@ export interface ExecuteOptions {
   backend: () => string;
   /** Called with each key the run comes to use beyond its plan (re-keyed stages, memo entries), before it is used. */
   onKey?(key: string): Promise<void>;
+  /** Computes the stages that must run elsewhere (BullMQ workers) instead of in this process. */
+  dispatcher?: StageDispatcher;
+}
+
+/**
+ * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,
+ * skipping dependents of a failure) stays in `executePlan`; a dispatcher only computes one key.
+ */
+export interface StageDispatcher {
+  /**
+   * Computes `planned` (its final key) and resolves to the committed entry's record, or rejects
+   * with a `PipelineError` that says why. `upstream` maps each input stage id to its key.
+   */
+  compute(planned: PlannedStage, request: DispatchRequest): Promise<EntryMeta>;
+}
+
+/** What a dispatcher is told besides the stage. */
+export interface DispatchRequest {
+  pipeline: ResolvedPipeline;
+  runId: string;
+  /** Input stage id -> its cache key (direct `needs` first, then their ancestors). */
+  upstream: Record<string, string>;
+  /** The stage's child of the run log: the worker's lines are written to it. */
+  log: Logger;
+  signal: AbortSignal;
+  progress(event: ProgressEvent): void;
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -98,6 +122,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
     if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
+    if (options.dispatcher) return dispatchOne(planned, base, options.dispatcher);
     const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
     // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
     // stage still runs; a queued task checks the signal itself when it starts.
@@ -113,15 +138,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     digests.set(stage.id, entryDigest(entry));
     // The record says what the latest run used, so `plan` explains changes against it.
     await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-    if (stage.definition.checkout) {
-      try {
-        await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
-      } catch (error) {
-        const described = describeError(error);
-        log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
-        return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
-      }
-    }
+    const failed = await checkoutOf(planned, base, entry, false);
+    if (failed) return failed;
     log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
     return { ...base, status: 'cached', seconds: 0, metrics: entry.metrics };
   };
@@ -160,87 +178,30 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
-    const outDir = await store.createTempDir(key);
-    const workDir = store.workDir(key);
-    await mkdir(workDir, { recursive: true });
     options.observer?.stageStarted?.(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage start');
-    const memoKeys: string[] = [];
-    const inputs = [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
-    const ctx: StageContext = {
-      id: stage.id,
-      kind: stage.kind,
-      params: stage.params,
-      key,
-      seed: seedFor(plan.pipeline.seed, stage.id),
-      baseDir: plan.pipeline.baseDir,
-      outDir,
-      workDir,
-      inputs,
-      input(type) {
-        const found = inputs.find((i) => i.provides.includes(type));
-        if (!found) throw new StageError('missing_input', `stage '${stage.id}' found no upstream artifact of type '${type}'`);
-        return found;
-      },
-      downstream: planned.downstream,
-      async memo(name, parts, compute, memoOptions) {
-        const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
-        memoKeys.push(memoKey);
-        await options.onKey?.(memoKey);
-        const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
-        try {
-          const check = await store.checkEntry(memoKey);
-          if (check.state === 'ok') {
-            stageLog.info({ memo: name, key: memoKey }, 'memo cached');
-            return store.entryDir(memoKey);
-          }
-          if (check.state === 'corrupt') {
-            stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-            await store.discardEntry(memoKey);
-          }
-          const t = performance.now();
-          const dir = await store.createTempDir(memoKey);
-          try {
-            await compute(dir);
-          } catch (error) {
-            await rm(dir, { recursive: true, force: true });
-            throw error;
-          }
-          await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
-          stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
-          return store.entryDir(memoKey);
-        } finally {
-          await claim.release();
-        }
-      },
-      log: stageLog,
-      progress(event) {
-        stageLog.debug({ progress: event }, 'progress');
-        options.observer?.progress?.(stage.id, event);
-      },
-      track(label, total) {
-        return createTracker((event) => {
-          // Ticks are many (one per batch): only the start and end of a step go to the log.
+    try {
+      const entry = await computeStage(stage, {
+        store,
+        key,
+        inputs: inputsOf(planned),
+        downstream: planned.downstream,
+        pipeline: plan.pipeline,
+        runId: options.runId,
+        log: stageLog,
+        signal,
+        onKey: options.onKey,
+        progress(event) {
+          // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
           if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
           options.observer?.progress?.(stage.id, event);
-        }, label, total);
-      },
-      signal,
-    };
-    try {
-      const result = await stage.definition.run(ctx, stage.params);
-      if (signal.aborted) throw new AbortedError();
-      const metrics = result.metrics ?? {};
-      const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
-      digests.set(stage.id, entryDigest(entry));
-      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-      await rm(workDir, { recursive: true, force: true });
-      outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));
+        },
+      });
       const seconds = round((performance.now() - t0) / 1000);
-      stageLog.info({ key, seconds, metrics }, 'stage done');
-      return { ...base, status: 'ran', seconds, metrics };
-    } catch (error) {
-      await rm(outDir, { recursive: true, force: true });
+      stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
+      return await finished(planned, base, entry, seconds);
+    } catch (failure) {
+      const { error, outDir } = failure instanceof ComputeFailure ? failure : { error: failure, outDir: undefined };
       const seconds = round((performance.now() - t0) / 1000);
       const described = signal.aborted ? { code: 'aborted', message: 'interrupted' } : describeError(error, outDir);
       const details = error instanceof StageError ? error.details : undefined;
@@ -248,6 +209,66 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       if (error instanceof StageError || signal.aborted) stageLog.error({ code: described.code, details, seconds }, `stage failed: ${described.message}`);
       else stageLog.error({ err: error, code: described.code, dir: outDir, seconds }, 'stage failed');
       return { ...base, status: 'failed', seconds, metrics, error: { ...described, ...(details ? { details } : {}) } };
+    }
+  };
+
+  /** The upstream artifacts of a stage: direct `needs` first, then their ancestors. */
+  const inputsOf = (planned: PlannedStage): StageInput[] => {
+    const { stage } = planned;
+    return [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
+  };
+
+  /** A stage's entry was committed (here or by a worker): it becomes its dependents' input. */
+  const finished = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta, seconds: number): Promise<StageSummary> => {
+    digests.set(planned.stage.id, entryDigest(entry));
+    await store.writeRecord(plan.pipeline.name, planned.stage.id, planned.record);
+    outputs.set(planned.stage.id, toInput(planned, store.entryDir(planned.key), entry.metrics));
+    return { ...base, status: 'ran', seconds, metrics: entry.metrics };
+  };
+
+  /** Hands the stage to the dispatcher (BullMQ workers); its entry is committed there. */
+  const dispatchOne = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, dispatcher: StageDispatcher): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    const stageLog = log.child({ stage: stage.id, kind: stage.kind });
+    const t0 = performance.now();
+    options.observer?.stageStarted?.(planned);
+    stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
+    try {
+      const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));
+      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
+      const seconds = round((performance.now() - t0) / 1000);
+      stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
+      const summary = await finished(planned, base, entry, seconds);
+      // What the stage writes outside the store (export's copy) is restored here too.
+      const failed = await checkoutOf(planned, base, entry, true);
+      return failed ?? summary;
+    } catch (error) {
+      const seconds = round((performance.now() - t0) / 1000);
+      const described = signal.aborted ? { code: 'aborted', message: 'interrupted while workers ran it' } : describeError(error);
+      stageLog.error({ code: described.code, seconds }, `stage failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds, metrics: {}, error: described };
+    }
+  };
+
+  /**
+   * Runs the stage's checkout on its entry (side effects outside the store); a failure is the
+   * stage's. `remote`: a worker committed the entry, which may live in another machine's store.
+   */
+  const checkoutOf = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta, remote: boolean): Promise<StageSummary | undefined> => {
+    const { stage, key } = planned;
+    if (!stage.definition.checkout) return undefined;
+    const stageLog = log.child({ stage: stage.id, kind: stage.kind });
+    if (remote && (await store.checkEntry(key)).state !== 'ok') {
+      stageLog.warn({ key }, 'checkout skipped: the entry is not in the local store (the worker keeps it, or pushed it to the remote)');
+      return undefined;
+    }
+    try {
+      await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: stageLog }, stage.params);
+      return undefined;
+    } catch (error) {
+      const described = describeError(error);
+      log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
     }
   };
 

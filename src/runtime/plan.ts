@@ -90,21 +90,11 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
   for (const stage of pipeline.stages) {
     const upstream: Record<string, string> = {};
     for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
-    const external: Record<string, string> = {};
-    for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) {
-      external[input] = await hashExternal(input, pipeline.baseDir, statCache);
-    }
-    // The key covers content, not names: the upstream digests (sorted) rather than the ids.
-    // The seed is derived from the pipeline seed and the stage id: it drives initialization,
-    // shuffling, augmentation and splits, so a new seed must not reuse results.
-    const seed = seedFor(pipeline.seed, stage.id);
-    const downstream = downstreamHints(pipeline, stage.id);
-    // Only a stage that plans with its descendants' hints is keyed by them.
-    const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
-    const key = stageKey({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead });
+    const { key: _key, ...keyed } = await stageRecordOf(pipeline, stage, upstream, statCache);
+    const key = stageKey(keyed);
     keys.set(stage.id, key);
     if (!included.has(stage.id)) continue;
-    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
+    const record: StageRecord = { key, ...keyed };
     const check = await store.checkEntry(key);
     const reasons: string[] = [];
     let action: 'run' | 'cached' = 'cached';
@@ -123,14 +113,35 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     }
     if (action === 'run') willRun.add(stage.id);
     else if (check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
-    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
+    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream: downstreamHints(pipeline, stage.id), ...(forced.has(stage.id) ? { forced: true } : {}) });
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
 }
 
+/**
+ * What a stage's key is computed from, given its upstream output digests (`upstream`: id ->
+ * digest): kind, version, derived seed, params, the content of its external inputs and, for a
+ * `lookahead` stage, its descendants' hints. A BullMQ worker recomputes a key with it.
+ */
+export async function stageRecordOf(pipeline: ResolvedPipeline, stage: ResolvedStage, upstream: Record<string, string>, statCache: StatCache): Promise<StageRecord> {
+  const external: Record<string, string> = {};
+  for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) {
+    external[input] = await hashExternal(input, pipeline.baseDir, statCache);
+  }
+  // The key covers content, not names: the upstream digests (sorted) rather than the ids.
+  // The seed is derived from the pipeline seed and the stage id: it drives initialization,
+  // shuffling, augmentation and splits, so a new seed must not reuse results.
+  const seed = seedFor(pipeline.seed, stage.id);
+  const downstream = downstreamHints(pipeline, stage.id);
+  // Only a stage that plans with its descendants' hints is keyed by them.
+  const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
+  const record = { kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
+  return { key: stageKey(record), ...record };
+}
+
 /** The hints of every stage that depends on `id`, in pipeline order. */
-function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint[] {
+export function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint[] {
   const below = descendants(pipeline.needs, id);
   const out: DownstreamHint[] = [];
   for (const stage of pipeline.stages) {

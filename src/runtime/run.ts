@@ -7,7 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import { ValidationError } from './errors.js';
-import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
+import { executePlan, type ExecutionObserver, type RunSummary, type StageDispatcher } from './execute.js';
 import { writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
@@ -40,6 +40,8 @@ export interface RunOptions extends PipelineOptions {
   prepare?(pipeline: ResolvedPipeline): void;
   /** The backend's name for the summary, asked when the run ends. */
   backend?: () => string;
+  /** Computes the stages elsewhere (`--executor bullmq`); default: in this process. */
+  dispatcher?: StageDispatcher;
 }
 
 /** Loads and validates, or throws `ValidationError` with every issue found. */
@@ -93,6 +95,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       signal: options.signal ?? new AbortController().signal,
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
+      dispatcher: options.dispatcher,
       onKey(key) {
         keys.add(key);
         // One write at a time, each with every key so far: the last one on disk is complete.
