@@ -45,7 +45,7 @@
  */
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ENTRY_FILE } from '../runtime/store.js';
+import { ENTRY_FILE } from '../runtime/cache.js';
 import { isCacheKey, isDigest, isSafeRelativePath, MANIFEST_FORMAT, RemoteError, type ManifestFile, type RemoteCache, type RemoteManifest } from './remote.js';
 
 export interface TransferOptions {

@@ -10,8 +10,9 @@ import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { canonicalJson, sha256 } from './hash.js';
 import { seedFor } from './seed.js';
-import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
-import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
+import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
+import type { ArtifactStore } from './store.js';
+import { lookUp, rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
@@ -48,6 +49,8 @@ export interface RunSummary {
   engines?: Record<string, Record<string, string>>;
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
+  /** What went wrong without failing the run (a remote push that failed). */
+  warnings?: string[];
 }
 
 /** Hooks the CLI uses to show progress; all optional. */
@@ -74,6 +77,8 @@ export interface ExecuteOptions {
 /** Runs the plan and returns its summary; never throws for a stage failure. */
 export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<RunSummary> {
   const { store, log, signal } = options;
+  // Entries go through the cache interface; the store gives records and locks.
+  const cache: ArtifactCache = store.cache;
   const started = Date.now();
   const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
   const tfQueue = new PQueue({ concurrency: 1 });
@@ -82,11 +87,28 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
   const digests = new Map<string, string>();
 
+  /**
+   * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
+   * stage (its result is here and sound): it is logged and listed in the summary's warnings.
+   */
+  const warnings: string[] = [];
+  const pushQuietly = async (key: string, stageLog: Logger): Promise<void> => {
+    if (!cache.push) return;
+    try {
+      const pushed = await cache.push(key);
+      stageLog.info({ key, remote: pushed.to, uploaded: pushed.uploaded, present: pushed.present, bytes: pushed.bytesUploaded, manifest: pushed.manifest }, 'pushed');
+    } catch (error) {
+      const described = describeError(error);
+      stageLog.warn({ err: error, key, code: described.code }, 'remote push failed');
+      warnings.push(`push of ${key} to ${cache.remote} failed (${described.code}): ${described.message}`);
+    }
+  };
+
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
     const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
     const known = plannedFirst.stage.needs.every((d) => digests.has(d));
-    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
+    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
@@ -108,13 +130,14 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
   const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
     const { stage, key } = planned;
-    outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    const dir = await cache.materialize(key);
+    outputs.set(stage.id, toInput(planned, dir, entry.metrics));
     digests.set(stage.id, entryDigest(entry));
     // The record says what the latest run used, so `plan` explains changes against it.
     await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
     if (stage.definition.checkout) {
       try {
-        await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
+        await stage.definition.checkout({ dir, baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
       } catch (error) {
         const described = describeError(error);
         log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
@@ -146,7 +169,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
     }
     try {
-      const now = await store.checkEntry(key);
+      const now = await cache.check(key);
       // Committed since we planned (by the run we waited for): reuse it, even under --force.
       if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
       return await executeClaimed(planned, base);
@@ -159,8 +182,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
-    const outDir = await store.createTempDir(key);
-    const workDir = store.workDir(key);
+    const outDir = await cache.createTempDir(key);
+    const workDir = cache.workDir(key);
     await mkdir(workDir, { recursive: true });
     options.observer?.stageStarted?.(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage start');
@@ -188,26 +211,28 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         await options.onKey?.(memoKey);
         const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
         try {
-          const check = await store.checkEntry(memoKey);
-          if (check.state === 'ok') {
-            stageLog.info({ memo: name, key: memoKey }, 'memo cached');
-            return store.entryDir(memoKey);
+          const found = await lookUp(cache, memoKey);
+          if (found.check.state === 'ok') {
+            stageLog.info({ memo: name, key: memoKey, ...(found.pulled ? { remote: found.pulled } : {}) }, 'memo cached');
+            return cache.materialize(memoKey);
           }
-          if (check.state === 'corrupt') {
-            stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-            await store.discardEntry(memoKey);
+          if (found.check.state === 'corrupt') {
+            stageLog.warn({ memo: name, key: memoKey, reason: found.check.reason }, 'memo entry corrupt; recomputing');
+            await cache.discard(memoKey);
           }
+          for (const note of found.notes) stageLog.warn({ memo: name, key: memoKey }, note);
           const t = performance.now();
-          const dir = await store.createTempDir(memoKey);
+          const dir = await cache.createTempDir(memoKey);
           try {
             await compute(dir);
           } catch (error) {
             await rm(dir, { recursive: true, force: true });
             throw error;
           }
-          await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
+          await cache.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
           stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
-          return store.entryDir(memoKey);
+          await pushQuietly(memoKey, stageLog);
+          return cache.materialize(memoKey);
         } finally {
           await claim.release();
         }
@@ -223,11 +248,12 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const result = await stage.definition.run(ctx, stage.params);
       if (signal.aborted) throw new AbortedError();
       const metrics = result.metrics ?? {};
-      const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+      const entry = await cache.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
       digests.set(stage.id, entryDigest(entry));
       await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
       await rm(workDir, { recursive: true, force: true });
-      outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));
+      outputs.set(stage.id, toInput(planned, await cache.materialize(key), metrics));
+      await pushQuietly(key, stageLog);
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics }, 'stage done');
       return { ...base, status: 'ran', seconds, metrics };
@@ -261,6 +287,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     seconds: round((Date.now() - started) / 1000),
     stages,
   };
+  if (warnings.length) summary.warnings = warnings;
+  await cache.flush?.();
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
   return summary;
