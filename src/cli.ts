@@ -7,6 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { commandCache, remoteCacheOf } from './commands/cache.js';
+import { RemoteError } from './remote/remote.js';
 import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
@@ -49,6 +51,16 @@ const COMMANDS: Record<string, { synopsis: string; summary: string; details?: st
   status: { synopsis: 'status', summary: 'the latest run of each pipeline, its stages and metrics' },
   runs: { synopsis: 'runs', summary: 'recent runs' },
   gc: { synopsis: 'gc', summary: 'remove cache entries no recent run of any pipeline uses (--dry-run lists them)' },
+  cache: {
+    synopsis: 'cache push|pull [KEY...|FILE]',
+    summary: 'share cache entries through a remote cache (S3): push local entries, pull what a pipeline needs',
+    details: [
+      'push: the given keys, or every key the newest run of each pipeline used. pull FILE: the',
+      'entries a run of FILE would use; pull KEY...: those keys. Blobs go by sha256 (only the',
+      'missing ones), the manifest last; every downloaded blob is re-hashed before use.',
+      'Credentials come from the AWS environment/profile chain; the endpoint from AWS_ENDPOINT_URL.',
+    ].join('\n'),
+  },
   predict: {
     synopsis: 'predict MODEL IMAGE...',
     summary: 'classify images with an exported model',
@@ -75,6 +87,8 @@ const OPTION_HELP: Record<string, string> = {
   keep: '--keep N             keep what the newest N runs of each pipeline use (default 10)',
   'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
   top: '--top K              print the K most probable classes per image (default 1)',
+  remote: '--remote URL         remote cache s3://bucket/prefix (default $PIPELINE_REMOTE); run: pull on a miss, push after each stage',
+  'remote-endpoint': '--remote-endpoint U  S3 endpoint of the remote, e.g. http://127.0.0.1:8080 (default $AWS_ENDPOINT_URL, else AWS)',
 };
 
 const USAGE = `usage: pipeline <command> [options]
@@ -115,13 +129,14 @@ function readJsonFileMaybe(file: string): unknown {
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'remote', 'remote-endpoint'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
   runs: ['json', 'artifacts'],
   gc: ['json', 'keep', 'artifacts', 'wait', 'wait-timeout', 'dry-run'],
   predict: ['json', 'top', 'backend'],
+  cache: ['json', 'set', 'artifacts', 'remote', 'remote-endpoint'],
 };
 
 const OPTIONS = {
@@ -138,6 +153,8 @@ const OPTIONS = {
   'dry-run': { type: 'boolean' },
   keep: { type: 'string' },
   top: { type: 'string' },
+  remote: { type: 'string' },
+  'remote-endpoint': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -196,6 +213,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await commandRuns(command, values.json ?? false, artifacts, io);
       case 'gc':
         return await commandGc(values, artifacts, io);
+      case 'cache':
+        return await commandCache(rest, values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
@@ -237,6 +256,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
   process.on('SIGTERM', onSignal);
   // With --json, stdout carries only the summary; stage lines still go to stderr (CONTRACT).
   const quiet = io.env.PIPELINE_QUIET === '1';
+  const openCache = await remoteCacheOf(values, io.env);
   try {
     const summary: RunSummary = await runPipeline({
       file,
@@ -244,6 +264,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       overrides: values.set,
       selection: selectionOf(values),
       artifacts,
+      openCache,
       jobs,
       wait: values.wait,
       waitTimeoutMs: waitTimeoutOf(values),
@@ -254,7 +275,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       backend: () => io.backend?.describe() ?? 'none',
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
-    else io.stderr(renderSummary(summary));
+    else io.stderr(renderSummary(summary) + (summary.warnings ?? []).map((w) => `warning: ${w}\n`).join(''));
     return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
   } finally {
     process.off('SIGINT', onSignal);
@@ -290,7 +311,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
   const timeoutMs = waitTimeoutOf(values);
   const dryRun = values['dry-run'] ?? false;
   if (!existsSync(artifacts)) {
-    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
+    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedBlobs: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
     return EXIT.ok;
   }
   const store = new ArtifactStore(artifacts);
@@ -303,7 +324,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
         for (const skipped of result.skippedRuns) io.stderr(`note: run ${skipped.run} ignored (${skipped.reason})\n`);
         if (dryRun) for (const key of result.removed) io.stdout(`would remove cache/${key}\n`);
         if (dryRun) for (const key of result.removedWork) io.stdout(`would remove work/${key}\n`);
-        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
+        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries and ${result.removedBlobs} blobs (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
       }
     } finally {
       await release();
@@ -349,6 +370,7 @@ function reportError(error: unknown, io: CliIo, json: boolean, command?: string)
     if (error instanceof UsageError) code = EXIT.invalid;
     else if (error instanceof StoreLockedError) code = EXIT.locked;
     else if (error instanceof LockPathError) code = EXIT.invalid;
+    else if (error instanceof RemoteError && (error.code === 'remote_config' || error.code === 'remote_auth')) code = EXIT.invalid;
     else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
     // A system error (disk full, permission denied) is the machine's state, not our bug.

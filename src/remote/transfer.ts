@@ -43,7 +43,7 @@
  * printing the message (it names the bucket and the variable to set). Only `cache push|pull`
  * exit on them; `run` logs them and goes on without the remote.
  */
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ENTRY_FILE } from '../runtime/cache.js';
 import { isCacheKey, isDigest, isSafeRelativePath, MANIFEST_FORMAT, RemoteError, type ManifestFile, type RemoteCache, type RemoteManifest } from './remote.js';
@@ -51,6 +51,13 @@ import { isCacheKey, isDigest, isSafeRelativePath, MANIFEST_FORMAT, RemoteError,
 export interface TransferOptions {
   /** Blobs moved at once. Default 4. */
   concurrency?: number;
+  /** Push: blobs to upload even when the remote has an object of that name (found corrupt). */
+  replace?: ReadonlySet<string>;
+  /**
+   * Pull: a local file already holding the blob `digest` (the store's CAS), verified by the
+   * caller, or undefined: it is linked (or copied) instead of downloaded.
+   */
+  localBlob?(digest: string): Promise<string | undefined>;
 }
 
 export interface PushResult {
@@ -73,6 +80,8 @@ export interface PullResult {
   bytes: number;
   /** The `_entry.json` written, with this machine's mtimes. */
   entry: Record<string, unknown>;
+  /** Blobs downloaded (the others came from `localBlob`). */
+  downloaded: number;
 }
 
 /**
@@ -94,7 +103,7 @@ export async function pushEntry(remote: RemoteCache, key: string, entryDir: stri
   }
   const result: PushResult = { key, uploaded: 0, present: 0, bytesUploaded: 0, manifest: 'exists' };
   await forEachLimited([...byDigest], options.concurrency ?? 4, async ([digest, { file, size }]) => {
-    if ((await remote.putBlob(digest, file)) === 'present') result.present++;
+    if ((await remote.putBlob(digest, file, { replace: options.replace?.has(digest) ?? false })) === 'present') result.present++;
     else {
       result.uploaded++;
       result.bytesUploaded += size;
@@ -125,10 +134,16 @@ export async function pullEntry(remote: RemoteCache, key: string, tmpDir: string
   }
   const localFiles: Record<string, ManifestFile & { mtimeMs: number }> = {};
   let bytes = 0;
+  let downloaded = 0;
   await forEachLimited(entries, options.concurrency ?? 4, async ([rel, file]) => {
     const full = path.join(root, rel);
     await mkdir(path.dirname(full), { recursive: true });
-    await remote.getBlob(file.sha256, full);
+    const local = await options.localBlob?.(file.sha256);
+    if (local) await link(local, full).catch(() => copyFile(local, full));
+    else {
+      await remote.getBlob(file.sha256, full);
+      downloaded++;
+    }
     const info = await stat(full);
     // The digest matched, so the size does too, unless the manifest lies about it.
     if (info.size !== file.size)
@@ -141,7 +156,7 @@ export async function pullEntry(remote: RemoteCache, key: string, tmpDir: string
   const sorted = Object.fromEntries(Object.keys(localFiles).sort().map((rel) => [rel, localFiles[rel]]));
   const entry = { ...manifest.entry, key, files: sorted };
   await writeFile(path.join(root, ENTRY_FILE), JSON.stringify(entry, null, 1) + '\n');
-  return { key, files: entries.length, bytes, entry };
+  return { key, files: entries.length, bytes, entry, downloaded };
 }
 
 async function readEntry(remote: RemoteCache, key: string, entryDir: string): Promise<Record<string, unknown>> {

@@ -34,6 +34,14 @@ export interface EntryMeta {
 /** What a caller gives `commit`: the record without what the cache fills in. */
 export type EntryDraft = Omit<EntryMeta, 'files' | 'created'>;
 
+/** Options of `ArtifactCache.commit`. */
+export interface CommitOptions {
+  /** rel -> sha256 of files the caller already proved (a pull): they are not hashed again. */
+  digests?: Record<string, string>;
+  /** Keep an entry that is already there (return it) instead of replacing it. Default false. */
+  keepExisting?: boolean;
+}
+
 export type EntryCheck = { state: 'ok'; meta: EntryMeta } | { state: 'missing' } | { state: 'corrupt'; reason: string };
 
 /** A digest of an entry's bytes (paths + file hashes): what downstream keys are built from. */
@@ -79,7 +87,7 @@ export interface ArtifactCache {
    * ones are linked, not copied) and the entry lists them by digest. Replaces an older entry
    * of the key (a forced re-run). `digests` (rel -> sha256) skips hashing files the caller proved.
    */
-  commit(tempDir: string, draft: EntryDraft, options?: { digests?: Record<string, string> }): Promise<EntryMeta>;
+  commit(tempDir: string, draft: EntryDraft, options?: CommitOptions): Promise<EntryMeta>;
   /** Moves a corrupt entry out of the way (and any damaged blob it names), so it is recomputed. */
   discard(key: string): Promise<void>;
   /** The entry's files as a local directory a stage can read; call once `check` said `ok`. */

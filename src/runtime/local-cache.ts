@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BlobStore, sameStat } from './cas.js';
-import { ENTRY_FILE, type ArtifactCache, type EntryCheck, type EntryDraft, type EntryMeta } from './cache.js';
+import { ENTRY_FILE, type ArtifactCache, type CommitOptions, type EntryCheck, type EntryDraft, type EntryMeta } from './cache.js';
 import { writeJsonAtomic } from './fsutil.js';
 import { checkEntryMeta, parseJson } from './guards.js';
 import { hashFile } from './hash.js';
@@ -113,7 +113,7 @@ export class LocalCache implements ArtifactCache {
    * (a forced re-run) is renamed away first, so a reader sees the old entry, the new one or a miss.
    * Call with the key's lock held.
    */
-  async commit(tempDir: string, draft: EntryDraft, options: { digests?: Record<string, string> } = {}): Promise<EntryMeta> {
+  async commit(tempDir: string, draft: EntryDraft, options: CommitOptions = {}): Promise<EntryMeta> {
     // Only regular files are part of an entry; anything else (a link a stage left) goes, so the
     // entry holds exactly what it lists.
     const regular = new Set(await listFiles(tempDir));
@@ -137,11 +137,30 @@ export class LocalCache implements ArtifactCache {
     await writeJsonAtomic(path.join(tempDir, ENTRY_FILE), entry);
     const target = this.entryDir(draft.key);
     await mkdir(path.dirname(target), { recursive: true });
+    if (options.keepExisting) return this.landUnlessPresent(tempDir, target, entry);
     const old = `${tempDir}.old`;
     const replaced = await rename(target, old).then(() => true, () => false);
     await rename(tempDir, target);
     if (replaced) await rm(old, { recursive: true, force: true });
     return entry;
+  }
+
+  /**
+   * The rename of a commit that must not replace anything (a pull, made without the key's lock):
+   * when an entry got there first, that one stays and is returned if it is sound.
+   */
+  private async landUnlessPresent(tempDir: string, target: string, entry: EntryMeta): Promise<EntryMeta> {
+    try {
+      await rename(tempDir, target);
+      return entry;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      await rm(tempDir, { recursive: true, force: true });
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+      const there = await this.check(entry.key);
+      if (there.state === 'ok') return there.meta;
+      throw new Error(`${target} appeared while it was being pulled and is ${there.state}`, { cause: error });
+    }
   }
 
   /** Keys of every entry folder (sound or not), for gc. */

@@ -9,7 +9,7 @@
  * S3 remote behind the same interface. The methods below the parts delegate to them, so code
  * that held the one class keeps working (`store.checkEntry(key)` is `store.cache.check(key)`).
  */
-import type { ArtifactCache, EntryCheck, EntryDraft, EntryMeta } from './cache.js';
+import type { ArtifactCache, CommitOptions, EntryCheck, EntryDraft, EntryMeta } from './cache.js';
 import type { RunPlanRecord, Checked } from './guards.js';
 import { RunHistory, type StageRecord } from './history.js';
 import { LocalCache } from './local-cache.js';
@@ -81,7 +81,7 @@ export class ArtifactStore {
   clearTempOf(key: string): Promise<void> {
     return this.cache.clearTempOf(key);
   }
-  commit(tempDir: string, draft: EntryDraft, options?: { digests?: Record<string, string> }): Promise<EntryMeta> {
+  commit(tempDir: string, draft: EntryDraft, options?: CommitOptions): Promise<EntryMeta> {
     return this.cache.commit(tempDir, draft, options);
   }
 
