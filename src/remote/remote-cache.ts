@@ -34,6 +34,8 @@ export class RemoteBackedCache extends LocalCache {
   readonly remote: string;
   /** Blobs a pull found corrupt on the remote: the next push of an entry with them replaces them. */
   private readonly corruptOnRemote = new Set<string>();
+  /** The first "cannot reach" of this process: later calls fail at once instead of timing out again. */
+  private unreachable: RemoteError | undefined;
 
   constructor(
     root: string,
@@ -44,6 +46,24 @@ export class RemoteBackedCache extends LocalCache {
   }
 
   async pull(key: string): Promise<PullOutcome | undefined> {
+    return this.reachable(() => this.pullOnce(key));
+  }
+
+  async push(key: string): Promise<PushOutcome> {
+    return this.reachable(() => this.pushOnce(key));
+  }
+
+  private async reachable<T>(work: () => Promise<T>): Promise<T> {
+    if (this.unreachable) throw this.unreachable;
+    try {
+      return await work();
+    } catch (error) {
+      if (error instanceof RemoteError && error.code === 'remote_unreachable') this.unreachable = error;
+      throw error;
+    }
+  }
+
+  private async pullOnce(key: string): Promise<PullOutcome | undefined> {
     const tmp = await this.createTempDir(key);
     try {
       const pulled = await pullEntry(this.client, key, tmp, { localBlob: async (digest) => ((await this.blobs.isIntact(digest)) ? this.blobs.blobPath(digest) : undefined) }).catch((error: unknown) => {
@@ -70,7 +90,7 @@ export class RemoteBackedCache extends LocalCache {
     }
   }
 
-  async push(key: string): Promise<PushOutcome> {
+  private async pushOnce(key: string): Promise<PushOutcome> {
     const pushed = await pushEntry(this.client, key, this.entryDir(key), { replace: this.corruptOnRemote });
     const meta = await this.readMeta(key);
     for (const file of Object.values(meta?.files ?? {})) this.corruptOnRemote.delete(file.sha256);

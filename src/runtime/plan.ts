@@ -73,7 +73,7 @@ export async function rekeyStage(planned: PlannedStage, upstream: Record<string,
     const reasons = found.pulled ? [found.pulled] : ['upstream outputs are the same bytes as before: cached'];
     return { ...planned, key: record.key, record, entry: found.check.meta, action: 'cached', reasons };
   }
-  const reasons = [...(found.check.state === 'corrupt' ? [`cache entry is corrupt (${found.check.reason}); recomputing`] : planned.reasons), ...found.notes];
+  const reasons = [...new Set([...(found.check.state === 'corrupt' ? [`cache entry is corrupt (${found.check.reason}); recomputing`] : planned.reasons), ...found.notes])];
   return { ...planned, key: record.key, record, entry: undefined, action: 'run', reasons };
 }
 

@@ -9,6 +9,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
@@ -174,5 +175,33 @@ describe.skipIf(!swiftInstalled)('remote cache on a real S3 API (Swift s3api)', 
     const none = await cli('cache', 'push', '--artifacts', dir.path('store-h'));
     expect(none.status).toBe(2);
     expect(none.stderr).toMatch(/needs a remote: --remote s3:\/\/bucket\/prefix, or set PIPELINE_REMOTE/);
+  });
+});
+
+describe('remote cache that cannot be reached (no server needed)', () => {
+  it('costs one failed lookup: every stage runs here, pushes become warnings, the run succeeds', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const server = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as net.AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const dir = testdir({ 'p.yaml': pipeline });
+    const remote = new S3Remote({ url: 's3://team-cache/x', endpoint: `http://127.0.0.1:${port}`, credentials: { accessKeyId: 'a', secretAccessKey: 'b' }, connectTimeoutMs: 2_000 });
+    try {
+      calls.length = 0;
+      const started = Date.now();
+      const summary = await runPipeline({ file: dir.path('p.yaml'), registry: fakeRegistry, artifacts: dir.path('store'), openCache: (root) => new RemoteBackedCache(root, remote) });
+      expect(summary.status).toBe('succeeded');
+      expect(calls).toEqual(['ingest', 'features', 'features:memo', 'head', 'export']);
+      expect(summary.stages[0]!.reasons!.join(' ')).toMatch(/remote s3:\/\/team-cache\/x could not serve it \(remote_unreachable/);
+      expect(summary.warnings?.length).toBe(5); // four stages and the memo entry
+      expect(summary.warnings![0]).toMatch(/remote_unreachable/);
+      // The first failure is remembered: later lookups and pushes do not wait for the network again.
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      remote.close();
+      dir.cleanup();
+    }
   });
 });
