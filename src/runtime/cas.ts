@@ -79,12 +79,9 @@ export class BlobStore {
       await this.note(digest, blob);
       return 'stored';
     }
-    const temp = `${file}.${randomBytes(4).toString('hex')}.link`;
     try {
-      await link(blob, temp);
-      await rename(temp, file);
+      await placeAt(file, (temp) => link(blob, temp));
     } catch (error) {
-      await rm(temp, { force: true });
       if (NO_LINK.has((error as NodeJS.ErrnoException).code ?? '')) return 'copied';
       throw error;
     }
@@ -173,14 +170,7 @@ export class BlobStore {
 
   private async copyIn(file: string, blob: string, digest: string): Promise<Placement> {
     if (!(await this.isIntact(digest))) {
-      const temp = `${blob}.${randomBytes(4).toString('hex')}.part`;
-      try {
-        await copyFile(file, temp);
-        await rename(temp, blob);
-      } catch (error) {
-        await rm(temp, { force: true });
-        throw error;
-      }
+      await placeAt(blob, (temp) => copyFile(file, temp));
       await this.note(digest, blob);
     }
     return 'copied';
@@ -188,17 +178,24 @@ export class BlobStore {
 
   /** Atomically puts `file`'s inode (or a copy) at `blob`, over what is there. */
   private async replaceWith(file: string, blob: string): Promise<void> {
-    const temp = `${blob}.${randomBytes(4).toString('hex')}.part`;
-    try {
-      await link(file, temp).catch(async (error: NodeJS.ErrnoException) => {
+    await placeAt(blob, (temp) =>
+      link(file, temp).catch(async (error: NodeJS.ErrnoException) => {
         if (!NO_LINK.has(error.code ?? '')) throw error;
         await copyFile(file, temp);
-      });
-      await rename(temp, blob);
-    } catch (error) {
-      await rm(temp, { force: true });
-      throw error;
-    }
+      }),
+    );
+  }
+}
+
+/** Writes `dest` atomically: `write` fills a temp name beside it, which is renamed over `dest`. */
+async function placeAt(dest: string, write: (temp: string) => Promise<void>): Promise<void> {
+  const temp = `${dest}.${randomBytes(4).toString('hex')}.part`;
+  try {
+    await write(temp);
+    await rename(temp, dest);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
   }
 }
 

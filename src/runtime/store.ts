@@ -9,16 +9,15 @@
  * S3 remote behind the same interface. The methods below the parts delegate to them, so code
  * that held the one class keeps working (`store.checkEntry(key)` is `store.cache.check(key)`).
  */
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { ArtifactCache, CommitOptions, EntryCheck, EntryDraft, EntryMeta } from './cache.js';
-import type { RunPlanRecord, Checked } from './guards.js';
+import type { RunSummary } from './execute.js';
+import type { Checked, RunPlanRecord } from './guards.js';
 import { RunHistory, type StageRecord } from './history.js';
 import { LocalCache } from './local-cache.js';
 import type { HeldLock, LockHolder } from './lock.js';
 import { StoreLocks, type StoreWaitOptions } from './store-locks.js';
-import type { RunSummary } from './execute.js';
-import { rm } from 'node:fs/promises';
-import path from 'node:path';
-import { readdir } from 'node:fs/promises';
 
 export { ENTRY_FILE, entryDigest, type EntryCheck, type EntryMeta } from './cache.js';
 export { listFiles } from './local-cache.js';
@@ -166,5 +165,5 @@ export class ArtifactStore {
   }
 }
 
-/** The store's cache as the interface (for code that should not reach past it). */
+/** The cache interface, for code that should not reach past it. */
 export type { ArtifactCache };

@@ -6,13 +6,9 @@
  * idempotent and `cache pull FILE` fills a store. Skipped with a message when Swift is not
  * installed (REMOTE_TESTS_REQUIRED=1 makes that a failure).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
 import { RemoteBackedCache } from '../../src/remote/remote-cache.js';
@@ -20,15 +16,8 @@ import { S3Remote } from '../../src/remote/s3.js';
 import { entryDigest } from '../../src/runtime/cache.js';
 import { runPipeline } from '../../src/runtime/run.js';
 import { calls, fakeRegistry } from '../fixtures/fake-stages.js';
+import { startSwift, swiftInstalled, type Swift } from '../fixtures/swift.js';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
-
-const script = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'services', 'swift.sh');
-const swiftInstalled = spawnSync('bash', ['-c', 'command -v swift-proxy-server && command -v memcached'], { stdio: 'ignore' }).status === 0;
-if (!swiftInstalled) {
-  const install = 'run .ci/services.sh (apt-get install -y swift-proxy swift-object swift-container swift-account memcached python3-swift)';
-  if (process.env.REMOTE_TESTS_REQUIRED === '1') throw new Error(`OpenStack Swift is not installed and REMOTE_TESTS_REQUIRED=1: ${install}`);
-  console.warn(`OpenStack Swift is not installed, so the remote cache tests are skipped: ${install}`);
-}
 
 /** Like the demo: a source, a stage with a cached intermediate (memo), a model-sized file, a last stage. */
 const pipeline = `name: team
@@ -40,7 +29,7 @@ stages:
 `;
 
 describe.skipIf(!swiftInstalled)('remote cache on a real S3 API (Swift s3api)', () => {
-  let startedHere = false;
+  let swift: Swift | undefined;
   let endpoint = '';
   let credentials = { accessKeyId: '', secretAccessKey: '' };
   let raw: S3Client;
@@ -50,25 +39,18 @@ describe.skipIf(!swiftInstalled)('remote cache on a real S3 API (Swift s3api)', 
   const savedEnv = { ...process.env };
 
   beforeAll(async () => {
-    startedHere = spawnSync('bash', [script, 'status'], { stdio: 'ignore' }).status !== 0;
-    const out = execFileSync('bash', [script, 'start'], { encoding: 'utf8', timeout: 150_000 });
-    const env = Object.fromEntries(out.trim().split('\n').map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]));
-    endpoint = env.AWS_ENDPOINT_URL ?? '';
-    credentials = { accessKeyId: env.AWS_ACCESS_KEY_ID ?? '', secretAccessKey: env.AWS_SECRET_ACCESS_KEY ?? '' };
+    swift = await startSwift('fp-rc');
+    ({ endpoint, credentials, raw, bucket } = swift);
     // The CLI takes credentials from the standard AWS chain: the environment here.
     Object.assign(process.env, { AWS_ACCESS_KEY_ID: credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey, AWS_REGION: 'us-east-1' });
-    raw = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
-    bucket = `fp-rc-${randomBytes(4).toString('hex')}`;
-    await raw.send(new CreateBucketCommand({ Bucket: bucket }));
     dir = testdir({ 'p.yaml': pipeline });
   }, 180_000);
 
   afterAll(() => {
     for (const remote of remotes) remote.close();
-    raw?.destroy();
+    swift?.stop();
     dir?.cleanup();
     process.env = savedEnv;
-    if (startedHere && process.env.SWIFT_TEST_KEEP !== '1') spawnSync('bash', [script, 'stop'], { stdio: 'ignore' });
   });
 
   beforeEach(() => {
