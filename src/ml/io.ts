@@ -264,7 +264,8 @@ const BYTES_PER_ELEMENT: Record<string, number> = { float32: 4, int32: 4, bool: 
 /**
  * The weights in name order, not TF.js's trainable-first order: freezing or unfreezing a layer
  * then writes the same weights.bin bytes, which the content-addressed store keeps once (a freeze
- * stage costs a model.json, not a model). Loading maps weights by name, so any order loads.
+ * stage costs a model.json, not a model). Loading maps model weights by name, so any order
+ * loads; optimizer weights (restored by position) keep theirs, after the model's.
  */
 function sortWeightsByName(specs: io.WeightsManifestEntry[], data: Uint8Array): { specs: io.WeightsManifestEntry[]; data: Uint8Array } {
   let offset = 0;
@@ -276,7 +277,10 @@ function sortWeightsByName(specs: io.WeightsManifestEntry[], data: Uint8Array): 
   });
   // Strings (no fixed size) or sizes that do not add up: keep TF.js's layout untouched.
   if (offset !== data.byteLength || parts.some((p) => p.end === p.start && p.spec.shape.reduce((a, b) => a * b, 1) > 0)) return { specs, data };
-  const sorted = [...parts].sort((a, b) => (a.spec.name < b.spec.name ? -1 : a.spec.name > b.spec.name ? 1 : 0));
+  // Optimizer state stays last and in its own order: TF.js restores it by position.
+  const model = parts.filter((p) => p.spec.group !== 'optimizer');
+  const optimizer = parts.filter((p) => p.spec.group === 'optimizer');
+  const sorted = [...model.sort((a, b) => (a.spec.name < b.spec.name ? -1 : a.spec.name > b.spec.name ? 1 : 0)), ...optimizer];
   const out = new Uint8Array(data.byteLength);
   let at = 0;
   for (const part of sorted) {
