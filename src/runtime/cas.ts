@@ -126,13 +126,19 @@ export class BlobStore {
     return true;
   }
 
-  /** Every blob with its size, for gc. */
-  async list(): Promise<{ digest: string; size: number }[]> {
+  /**
+   * Every blob with its size, for gc. With `removeStrays`, files that are not blobs (the `.part`
+   * of a write a killed process left) are removed on the way: call it only with the store locked.
+   */
+  async list(options: { removeStrays?: boolean } = {}): Promise<{ digest: string; size: number }[]> {
     const out: { digest: string; size: number }[] = [];
     const top = path.join(this.dir, 'sha256');
     for (const prefix of await readdir(top).catch(() => [] as string[])) {
       for (const name of await readdir(path.join(top, prefix)).catch(() => [] as string[])) {
-        if (!DIGEST.test(name)) continue;
+        if (!DIGEST.test(name)) {
+          if (options.removeStrays) await rm(path.join(top, prefix, name), { force: true });
+          continue;
+        }
         const info = await stat(path.join(top, prefix, name)).catch(() => undefined);
         if (info?.isFile()) out.push({ digest: name, size: info.size });
       }

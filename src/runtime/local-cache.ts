@@ -199,7 +199,7 @@ export class LocalCache implements ArtifactCache {
     for (const key of kept) for (const file of Object.values((await this.readMeta(key))?.files ?? {})) referenced.set(file.sha256, (referenced.get(file.sha256) ?? 0) + 1);
     let removed = 0;
     let freedBytes = 0;
-    for (const blob of await this.blobs.list()) {
+    for (const blob of await this.blobs.list({ removeStrays: !dryRun })) {
       if (referenced.has(blob.digest)) continue;
       removed++;
       freedBytes += blob.size;
