@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createProgressView } from './progress-view.js';
 import { renderIssues, renderPlan, renderSummary } from './render.js';
+import { commandCache, remoteCacheOf } from './commands/cache.js';
+import { RemoteError } from './remote/remote.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
@@ -63,8 +65,17 @@ const COMMANDS: Record<string, { synopsis: string; summary: string; details?: st
     summary: 'a stage\'s latest metrics, its history across runs, its report files and where its artifact lives',
     details: 'FILE (a pipeline file) picks the pipeline when several have a stage of that id; default: the latest run\'s.',
   },
-
   worker: WORKER_COMMAND,
+  cache: {
+    synopsis: 'cache push|pull [KEY...|FILE]',
+    summary: 'share cache entries through a remote cache (S3): push local entries, pull what a pipeline needs',
+    details: [
+      'push: the given keys, or every key the newest run of each pipeline used. pull FILE: the',
+      'entries a run of FILE would use; pull KEY...: those keys. Blobs go by sha256 (only the',
+      'missing ones), the manifest last; every downloaded blob is re-hashed before use.',
+      'Credentials come from the AWS environment/profile chain; the endpoint from AWS_ENDPOINT_URL.',
+    ].join('\n'),
+  },
   predict: {
     synopsis: 'predict MODEL IMAGE...',
     summary: 'classify images with an exported model',
@@ -92,8 +103,9 @@ const OPTION_HELP: Record<string, string> = {
   'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
   top: '--top K              print the K most probable classes per image (default 1)',
   out: '--out FILE           report: write the HTML page here (FILE.md and FILE-assets/ beside it)',
-
   ...WORKER_OPTION_HELP,
+  remote: '--remote URL         remote cache s3://bucket/prefix (default $PIPELINE_REMOTE); run: pull on a miss, push after each stage',
+  'remote-endpoint': '--remote-endpoint U  S3 endpoint of the remote, e.g. http://127.0.0.1:8080 (default $AWS_ENDPOINT_URL, else AWS)',
 };
 
 const USAGE = `usage: pipeline <command> [options]
@@ -134,8 +146,8 @@ function readJsonFileMaybe(file: string): unknown {
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis'],
   worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'backend', 'stall-seconds'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis', 'remote', 'remote-endpoint'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
@@ -144,6 +156,7 @@ const COMMAND_OPTIONS: Record<string, string[]> = {
   predict: ['json', 'top', 'backend'],
   report: ['json', 'out', 'artifacts'],
   show: ['json', 'artifacts'],
+  cache: ['json', 'set', 'artifacts', 'remote', 'remote-endpoint'],
 };
 
 const OPTIONS = {
@@ -161,13 +174,13 @@ const OPTIONS = {
   keep: { type: 'string' },
   top: { type: 'string' },
   out: { type: 'string' },
-
   executor: { type: 'string' },
   redis: { type: 'string' },
   queue: { type: 'string' },
   concurrency: { type: 'string' },
   remote: { type: 'string' },
   'stall-seconds': { type: 'string' },
+  'remote-endpoint': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -230,6 +243,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         if (rest.length) throw new UsageError(`worker takes no file (the jobs name theirs), got ${rest.join(' ')}`);
         if (values.backend !== undefined) usableBackend(values.backend, '--backend', io);
         return await commandWorker(values, artifacts, io);
+      case 'cache':
+        return await commandCache(rest, values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
@@ -278,6 +293,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
   const quiet = io.env.PIPELINE_QUIET === '1';
   const live = io.isTTY && io.env.CI !== 'true' && !values.json;
   const view = quiet ? undefined : createProgressView({ write: io.stderr, tty: live ? io.stderrStream : undefined, entryDir: (key) => new ArtifactStore(artifacts).entryDir(key), intervalMs: progressIntervalOf(io.env) });
+  const openCache = await remoteCacheOf(values, io.env);
   try {
     const summary: RunSummary = await runPipeline({
       file,
@@ -285,6 +301,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       overrides: values.set,
       selection: selectionOf(values),
       artifacts,
+      openCache,
       jobs,
       wait: values.wait,
       waitTimeoutMs: waitTimeoutOf(values),
@@ -296,7 +313,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       dispatcher,
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
-    else io.stderr(renderSummary(summary));
+    else io.stderr(renderSummary(summary) + (summary.warnings ?? []).map((w) => `warning: ${w}\n`).join(''));
     return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
   } finally {
     view?.close();
@@ -340,7 +357,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
   const timeoutMs = waitTimeoutOf(values);
   const dryRun = values['dry-run'] ?? false;
   if (!existsSync(artifacts)) {
-    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
+    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedBlobs: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
     return EXIT.ok;
   }
   const store = new ArtifactStore(artifacts);
@@ -353,7 +370,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
         for (const skipped of result.skippedRuns) io.stderr(`note: run ${skipped.run} ignored (${skipped.reason})\n`);
         if (dryRun) for (const key of result.removed) io.stdout(`would remove cache/${key}\n`);
         if (dryRun) for (const key of result.removedWork) io.stdout(`would remove work/${key}\n`);
-        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
+        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries and ${result.removedBlobs} blobs (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
       }
     } finally {
       await release();
@@ -400,6 +417,7 @@ function reportError(error: unknown, io: CliIo, json: boolean, command?: string)
     else if (error instanceof StoreLockedError) code = EXIT.locked;
     else if (error instanceof LockPathError) code = EXIT.invalid;
     else if (error instanceof PipelineError && error.code === 'redis_unreachable') code = EXIT.invalid; // nothing was run
+    else if (error instanceof RemoteError && (error.code === 'remote_config' || error.code === 'remote_auth')) code = EXIT.invalid;
     else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
     // A system error (disk full, permission denied) is the machine's state, not our bug.

@@ -17,7 +17,7 @@ import { computeStage, ComputeFailure } from '../runtime/compute.js';
 import { RemoteError } from '../remote/remote.js';
 import { describeError, PipelineError } from '../runtime/errors.js';
 import { StatCache } from '../runtime/hash.js';
-import { downstreamHints, stageRecordOf } from '../runtime/plan.js';
+import { downstreamHints, hashStageExternals, stageRecordOf } from '../runtime/plan.js';
 import { resolvePipeline } from '../runtime/run.js';
 import type { StageInput } from '../runtime/types.js';
 import { stages } from '../stages/index.js';
@@ -66,7 +66,7 @@ export default async function processStage(job: SandboxedJob<StageJobData, Stage
     if (!stage) throw refuse('version_skew', `${data.file} on worker ${worker} has no stage '${data.stage}': the worker's copy of the file differs from the coordinator's`);
     const statCache = new StatCache(store.statCacheFile());
     await statCache.load();
-    const record = await stageRecordOf(pipeline, stage, data.upstream, statCache);
+    const record = stageRecordOf(pipeline, stage, data.upstream, await hashStageExternals(pipeline, stage, statCache));
     await statCache.save().catch(() => undefined); // only a speed-up
     if (record.key !== data.key)
       throw refuse(

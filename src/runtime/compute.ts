@@ -11,7 +11,9 @@ import { canonicalJson, sha256 } from './hash.js';
 import { createTracker } from './progress.js';
 import type { ResolvedStage } from './load.js';
 import { seedFor } from './seed.js';
-import type { ArtifactStore, EntryMeta } from './store.js';
+import type { EntryMeta } from './cache.js';
+import { lookUp } from './plan.js';
+import type { ArtifactStore } from './store.js';
 import type { DownstreamHint, ProgressEvent, StageContext, StageInput } from './types.js';
 
 /** What computing a stage needs besides the stage itself. */
@@ -33,6 +35,8 @@ export interface ComputeOptions {
   progress(event: ProgressEvent): void;
   /** Called with each memo key before it is used (the run's plan lists it for gc). */
   onKey?(key: string): Promise<void>;
+  /** Called after each commit (the stage's entry and its memos): sends it to the remote cache, never throws. */
+  push?(key: string): Promise<void>;
 }
 
 /**
@@ -42,8 +46,10 @@ export interface ComputeOptions {
  */
 export async function computeStage(stage: ResolvedStage, options: ComputeOptions): Promise<EntryMeta> {
   const { store, key, inputs, log, signal } = options;
-  const outDir = await store.createTempDir(key);
-  const workDir = store.workDir(key);
+  // Entries go through the cache interface (local, or backed by a remote); the store gives locks.
+  const cache = store.cache;
+  const outDir = await cache.createTempDir(key);
+  const workDir = cache.workDir(key);
   await mkdir(workDir, { recursive: true });
   const memoKeys: string[] = [];
   const ctx: StageContext = {
@@ -68,26 +74,28 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
       await options.onKey?.(memoKey);
       const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
       try {
-        const check = await store.checkEntry(memoKey);
-        if (check.state === 'ok') {
-          log.info({ memo: name, key: memoKey }, 'memo cached');
-          return store.entryDir(memoKey);
+        const found = await lookUp(cache, memoKey);
+        if (found.check.state === 'ok') {
+          log.info({ memo: name, key: memoKey, ...(found.pulled ? { remote: found.pulled } : {}) }, 'memo cached');
+          return cache.materialize(memoKey);
         }
-        if (check.state === 'corrupt') {
-          log.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-          await store.discardEntry(memoKey);
+        if (found.check.state === 'corrupt') {
+          log.warn({ memo: name, key: memoKey, reason: found.check.reason }, 'memo entry corrupt; recomputing');
+          await cache.discard(memoKey);
         }
+        for (const note of found.notes) log.warn({ memo: name, key: memoKey }, note);
         const t = performance.now();
-        const dir = await store.createTempDir(memoKey);
+        const dir = await cache.createTempDir(memoKey);
         try {
           await compute(dir);
         } catch (error) {
           await rm(dir, { recursive: true, force: true });
           throw error;
         }
-        await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
+        await cache.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
         log.info({ memo: name, key: memoKey, seconds: Math.round(performance.now() - t) / 1000 }, 'memo computed');
-        return store.entryDir(memoKey);
+        await options.push?.(memoKey);
+        return cache.materialize(memoKey);
       } finally {
         await claim.release();
       }
@@ -101,8 +109,9 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
     const result = await stage.definition.run(ctx, stage.params);
     if (signal.aborted) throw new AbortedError();
     const metrics = result.metrics ?? {};
-    const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+    const entry = await cache.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
     await rm(workDir, { recursive: true, force: true });
+    await options.push?.(key);
     return entry;
   } catch (error) {
     await rm(outDir, { recursive: true, force: true });

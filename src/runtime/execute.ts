@@ -8,7 +8,8 @@ import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
 import { ComputeFailure, computeStage } from './compute.js';
-import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
+import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { Metrics, ProgressEvent, StageInput } from './types.js';
@@ -47,6 +48,8 @@ export interface RunSummary {
   engines?: Record<string, Record<string, string>>;
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
+  /** What went wrong without failing the run (a remote push that failed). */
+  warnings?: string[];
 }
 
 /** Hooks the CLI uses to show progress; all optional. */
@@ -99,6 +102,8 @@ export interface DispatchRequest {
 /** Runs the plan and returns its summary; never throws for a stage failure. */
 export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<RunSummary> {
   const { store, log, signal } = options;
+  // Entries go through the cache interface; the store gives records and locks.
+  const cache: ArtifactCache = store.cache;
   const started = Date.now();
   const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
   const tfQueue = new PQueue({ concurrency: 1 });
@@ -107,11 +112,28 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
   const digests = new Map<string, string>();
 
+  /**
+   * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
+   * stage (its result is here and sound): it is logged and listed in the summary's warnings.
+   */
+  const warnings: string[] = [];
+  const pushQuietly = async (key: string, stageLog: Logger): Promise<void> => {
+    if (!cache.push) return;
+    try {
+      const pushed = await cache.push(key);
+      stageLog.info({ key, remote: pushed.to, uploaded: pushed.uploaded, present: pushed.present, bytes: pushed.bytesUploaded, manifest: pushed.manifest }, 'pushed');
+    } catch (error) {
+      const described = describeError(error);
+      stageLog.warn({ err: error, key, code: described.code }, 'remote push failed');
+      warnings.push(`push of ${key} to ${cache.remote} failed (${described.code}): ${described.message}`);
+    }
+  };
+
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
     const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
     const known = plannedFirst.stage.needs.every((d) => digests.has(d));
-    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
+    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
@@ -134,7 +156,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
   const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
     const { stage, key } = planned;
-    outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    outputs.set(stage.id, toInput(planned, await cache.materialize(key), entry.metrics));
     digests.set(stage.id, entryDigest(entry));
     // The record says what the latest run used, so `plan` explains changes against it.
     await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
@@ -165,7 +187,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
     }
     try {
-      const now = await store.checkEntry(key);
+      const now = await cache.check(key);
       // Committed since we planned (by the run we waited for): reuse it, even under --force.
       if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
       return await executeClaimed(planned, base);
@@ -191,6 +213,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         log: stageLog,
         signal,
         onKey: options.onKey,
+        push: (entryKey) => pushQuietly(entryKey, stageLog),
         progress(event) {
           // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
           if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
@@ -222,7 +245,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const finished = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta, seconds: number): Promise<StageSummary> => {
     digests.set(planned.stage.id, entryDigest(entry));
     await store.writeRecord(plan.pipeline.name, planned.stage.id, planned.record);
-    outputs.set(planned.stage.id, toInput(planned, store.entryDir(planned.key), entry.metrics));
+    outputs.set(planned.stage.id, toInput(planned, await cache.materialize(planned.key), entry.metrics));
     return { ...base, status: 'ran', seconds, metrics: entry.metrics };
   };
 
@@ -258,12 +281,12 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const { stage, key } = planned;
     if (!stage.definition.checkout) return undefined;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
-    if (remote && (await store.checkEntry(key)).state !== 'ok') {
+    if (remote && (await cache.check(key)).state !== 'ok') {
       stageLog.warn({ key }, 'checkout skipped: the entry is not in the local store (the worker keeps it, or pushed it to the remote)');
       return undefined;
     }
     try {
-      await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: stageLog }, stage.params);
+      await stage.definition.checkout({ dir: cache.entryDir(key), baseDir: plan.pipeline.baseDir, log: stageLog }, stage.params);
       return undefined;
     } catch (error) {
       const described = describeError(error);
@@ -290,6 +313,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     seconds: round((Date.now() - started) / 1000),
     stages,
   };
+  if (warnings.length) summary.warnings = warnings;
+  await cache.flush?.();
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
   return summary;
