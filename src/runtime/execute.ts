@@ -46,6 +46,11 @@ export interface RunSummary {
    * (`frozen_engine: onnxruntime`, `train_engine: tfjs`), so a run says where its time went.
    */
   engines?: Record<string, Record<string, string>>;
+  /**
+   * What the stages warn about (a stage's `warnings` metric: a list of strings), in stage
+   * order; cached stages repeat theirs. Absent when there are none.
+   */
+  warnings?: { stage: string; message: string }[];
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
 }
@@ -263,6 +268,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   };
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
+  const warnings = stages.flatMap((s) => (Array.isArray(s.metrics?.warnings) ? s.metrics.warnings.filter((w): w is string => typeof w === 'string').map((message) => ({ stage: s.id, message })) : []));
+  if (warnings.length) summary.warnings = warnings;
   return summary;
 }
 
