@@ -54,7 +54,10 @@ export interface RankBenchRow {
   params: number;
   headAcc: number;
   tunedAcc: number;
+  /** Seconds of the fine-tune pipeline's stages (ingest cached). */
   tuneSeconds: number;
+  /** Seconds of the rank-bases stage for the whole target (all bases). */
+  rankSeconds: number;
 }
 
 export async function benchRank(argv: string[] = []): Promise<RankBenchRow[]> {
@@ -132,6 +135,7 @@ stages:
           headAcc: stage('head').metrics.val_acc as number,
           tunedAcc: stage('tune').metrics.val_acc as number,
           tuneSeconds: summary.stages.reduce((s, x) => s + x.seconds, 0),
+          rankSeconds: rankStage.seconds,
         });
         process.stderr.write(`  ${base.name}: head ${fmt(rows.at(-1)!.headAcc)} fine-tuned ${fmt(rows.at(-1)!.tunedAcc)} (${rows.at(-1)!.tuneSeconds.toFixed(1)} s)${summary.warnings ? ` warnings: ${summary.warnings.map((w) => w.message).join('; ')}` : ''}\n`);
       }
@@ -154,16 +158,17 @@ async function run(file: string, artifacts: string): Promise<RunSummary> {
 
 /** The rows as Markdown, with per target whether the LogME order is the fine-tuned order. */
 export function formatTable(rows: RankBenchRow[], backend: string): string {
-  const lines = ['| target | base | LogME | probe acc ± std | features (s) | params | head val acc | fine-tuned val acc | LogME rank | fine-tune rank |', '|---|---|---|---|---|---|---|---|---|---|'];
+  const lines = ['| target | base | LogME | probe acc ± std | features (s) | params | head val acc | fine-tuned val acc | fine-tune (s) | LogME rank | fine-tune rank |', '|---|---|---|---|---|---|---|---|---|---|---|'];
   const verdicts: string[] = [];
   for (const target of [...new Set(rows.map((r) => r.target))]) {
     const group = rows.filter((r) => r.target === target);
     const byLogme = [...group].sort((a, b) => b.logme - a.logme).map((r) => r.base);
     const byTuned = [...group].sort((a, b) => b.tunedAcc - a.tunedAcc).map((r) => r.base);
     for (const r of group) {
-      lines.push(`| ${r.target} | ${r.base} | ${r.logme.toFixed(3)} | ${r.probe.toFixed(3)} ± ${r.probeStd.toFixed(3)} | ${r.featureSeconds.toFixed(2)} | ${r.params.toLocaleString('en-US')} | ${fmt(r.headAcc)} | **${fmt(r.tunedAcc)}** | ${byLogme.indexOf(r.base) + 1} | ${byTuned.indexOf(r.base) + 1} |`);
+      lines.push(`| ${r.target} | ${r.base} | ${r.logme.toFixed(3)} | ${r.probe.toFixed(3)} ± ${r.probeStd.toFixed(3)} | ${r.featureSeconds.toFixed(2)} | ${r.params.toLocaleString('en-US')} | ${fmt(r.headAcc)} | **${fmt(r.tunedAcc)}** | ${r.tuneSeconds.toFixed(1)} | ${byLogme.indexOf(r.base) + 1} | ${byTuned.indexOf(r.base) + 1} |`);
     }
-    verdicts.push(`${target}: LogME order ${byLogme.join(' > ')}; fine-tuned order ${byTuned.join(' > ')} — ${byLogme.join() === byTuned.join() ? 'match' : 'differ'}`);
+    const tuning = group.reduce((s, r) => s + r.tuneSeconds, 0);
+    verdicts.push(`${target}: LogME order ${byLogme.join(' > ')}; fine-tuned order ${byTuned.join(' > ')} — ${byLogme.join() === byTuned.join() ? 'match' : byLogme[0] === byTuned[0] ? 'same best, rest differ' : 'differ'} (ranking ${group[0].rankSeconds.toFixed(1)} s, the fine-tunes ${tuning.toFixed(1)} s)`);
   }
   return `${lines.join('\n')}\n\n${verdicts.map((v) => `- ${v}`).join('\n')}\n\n(backend ${backend})\n`;
 }
