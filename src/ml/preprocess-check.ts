@@ -12,6 +12,7 @@
  *   base expects: the one whose statistics are closest. A large discrepancy for the chosen one,
  *   with another much closer, is a warning naming the likely right `normalize`.
  */
+import path from 'node:path';
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { normalizePixels, resolveNormalization, type NormalizeName, type PreprocessSpec } from '../data/spec.js';
@@ -47,6 +48,8 @@ export interface PreprocessCheckResult {
 export interface CheckContext {
   modelStage: string;
   shardsStage: string;
+  /** The pipeline file's folder: a relative base path is shown resolved against it. */
+  baseDir?: string;
 }
 
 /** The check for a base (`info` of the model artifact) against the shards' spec; throws `preprocess_mismatch`. */
@@ -82,10 +85,11 @@ function checkRecorded(base: NonNullable<ModelInfo['base']>, spec: PreprocessSpe
   if (differs.length === 0) return { method: 'recorded', warnings: [], metrics: { preprocess_check: 'recorded' } };
   const describe = (s: PreprocessSpec) => differs.map((k) => (k === 'size' ? `size [${s.size.join(', ')}]` : k === 'channels' ? `channels ${s.channels}` : `normalize ${s.normalize.name}`)).join(', ');
   const fix = differs.map((k) => (k === 'size' ? `size: [${trained.size.join(', ')}]` : k === 'channels' ? `channels: ${trained.channels}` : `normalize: ${trained.normalize.name}`)).join(', ');
-  const facts = `the base ${base.source} (from '${where.modelStage}') was trained with ${describe(trained)}, and the shards of '${where.shardsStage}' have ${describe(spec)}`;
+  const source = where.baseDir && !/^[a-z][a-z0-9+.-]+:/i.test(base.source) ? path.resolve(where.baseDir, base.source) : base.source;
+  const facts = `the base ${source} (from '${where.modelStage}') was trained with ${describe(trained)}, and the shards of '${where.shardsStage}' have ${describe(spec)}`;
   if (!base.allowPreprocessMismatch) {
     throw new StageError('preprocess_mismatch', `${facts}; set ${fix} on '${where.shardsStage}' (preprocess), or allow_preprocess_mismatch: true on '${where.modelStage}' (load-base) to train anyway`, {
-      base: base.source,
+      base: source,
       differs,
       trained: { size: trained.size, channels: trained.channels, normalize: trained.normalize.name },
       shards: { size: spec.size, channels: spec.channels, normalize: spec.normalize.name },

@@ -48,7 +48,7 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
     let model: LayersModel | undefined;
     try {
       // Preprocessing first: a mismatch against what the base records explains a shape error too.
-      const check = await checkPreprocessing(tf, base, info, dataset, { modelStage: ctx.inputs.find((i) => i.kind === 'load-base')?.id ?? modelInput.id, shardsStage: shardsInput.id });
+      const check = await checkPreprocessing(tf, base, info, dataset, { modelStage: ctx.inputs.find((i) => i.kind === 'load-base')?.id ?? modelInput.id, shardsStage: shardsInput.id, baseDir: ctx.baseDir });
       for (const warning of check.warnings) ctx.log.warn({ check: check.method }, warning);
       requireInputShape(base, dataset.recordShape, 'the shards hold records of', `set preprocess size/channels to match, or load-base input_shape: [${dataset.recordShape.join(', ')}]`);
       model = await addHead(base, dataset.classes.length, params, ctx.seed);
