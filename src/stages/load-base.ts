@@ -63,8 +63,8 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
   async run(ctx, params) {
     await useTf(ctx.log);
     const maxDownloadBytes = params.max_download_mb !== undefined ? params.max_download_mb * 1024 * 1024 : undefined;
-    const { spec, rankedBy } = params.from === 'rank' ? await rankedChoice(ctx.input('ranking')) : { spec: { model: params.model!, cut: params.cut, input_shape: params.input_shape, init: params.init }, rankedBy: undefined };
-    const base = await loadBaseModel(spec, { baseDir: ctx.baseDir, seed: ctx.seed, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
+    const { spec, rankedBy, initSeed } = params.from === 'rank' ? await rankedChoice(ctx.input('ranking')) : { spec: { model: params.model!, cut: params.cut, input_shape: params.input_shape, init: params.init }, rankedBy: undefined, initSeed: ctx.seed };
+    const base = await loadBaseModel(spec, { baseDir: ctx.baseDir, seed: initSeed, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
     let summary;
     try {
       summary = await writeModelArtifact(ctx.outDir, base.model, {
@@ -98,7 +98,7 @@ export const loadBase: StageDefinition<LoadBaseParams> = {
 };
 
 /** The base a rank-bases artifact chose. */
-async function rankedChoice(input: { id: string; dir: string }): Promise<{ spec: BaseSpec; rankedBy: string }> {
+async function rankedChoice(input: { id: string; dir: string }): Promise<{ spec: BaseSpec; rankedBy: string; initSeed: number }> {
   const file = path.join(input.dir, RANKING_FILE);
   let ranking: Ranking;
   try {
@@ -108,5 +108,6 @@ async function rankedChoice(input: { id: string; dir: string }): Promise<{ spec:
   }
   const best = ranking.candidates.find((c) => c.name === ranking.best);
   if (!best) throw new StageError('ranking_unreadable', `the ranking ${file} of '${input.id}' names no candidate '${ranking.best}'; re-run it with --force ${input.id}`, { file });
-  return { spec: best.spec, rankedBy: input.id };
+  // A random candidate gets the weights it was scored with.
+  return { spec: best.spec, rankedBy: input.id, initSeed: best.init_seed };
 }

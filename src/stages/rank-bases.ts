@@ -58,6 +58,8 @@ export interface CandidateScore {
   name: string;
   /** How load-base loads it (`from: rank`). */
   spec: BaseSpec;
+  /** The seed of its fresh weights (`init: random`), so load-base from: rank builds the very network scored. */
+  init_seed: number;
   /** The normalization its images got. */
   normalize: NormalizeName;
   /** LogME of its features (higher is better). */
@@ -174,7 +176,8 @@ async function scoreCandidate(tf: Tf, ctx: StageContext<RankBasesParams>, params
   const t0 = performance.now();
   const maxDownloadBytes = params.max_download_mb !== undefined ? params.max_download_mb * 1024 * 1024 : undefined;
   const spec: BaseSpec = { model: candidate.model, ...(candidate.cut ? { cut: candidate.cut } : {}), ...(candidate.input_shape ? { input_shape: candidate.input_shape } : {}), init: candidate.init ?? 'pretrained' };
-  const base = await loadBaseModel(spec, { baseDir: ctx.baseDir, seed: deriveSeed(ctx.seed, 'init', candidate.name), signal: ctx.signal, log: ctx.log, maxDownloadBytes });
+  const initSeed = deriveSeed(ctx.seed, 'init', candidate.name);
+  const base = await loadBaseModel(spec, { baseDir: ctx.baseDir, seed: initSeed, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
   let featureModel: LayersModel | undefined;
   try {
     const inputShape = base.model.inputs[0].shape.slice(1) as number[];
@@ -208,18 +211,19 @@ async function scoreCandidate(tf: Tf, ctx: StageContext<RankBasesParams>, params
     const t1 = performance.now();
     const evidence = logme(features, indices.length, d, labels, numClasses);
     const probe = linearProbe(features, indices.length, d, labels, numClasses, { folds: params.folds, ridge: params.ridge, seed: deriveSeed(ctx.seed, 'probe') });
-    const params_ = base.model.countParams();
+    const paramCount = base.model.countParams();
     return {
       name: candidate.name,
       spec,
+      init_seed: initSeed,
       normalize,
       logme: evidence.score,
       probe,
       feature_seconds: round(featureSeconds, 3),
       score_seconds: round((performance.now() - t1) / 1000, 3),
       features: d,
-      params: params_,
-      weight_bytes: params_ * 4,
+      params: paramCount,
+      weight_bytes: paramCount * 4,
       input_shape: inputShape,
       engine: runner.engine,
     };

@@ -7,6 +7,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { disposeModels, readModelArtifact } from '../../../src/ml/artifact.js';
+import { loadBaseModel } from '../../../src/ml/base-model.js';
 import { loadPipeline } from '../../../src/runtime/load.js';
 import { runPipeline } from '../../../src/runtime/run.js';
 import { stages } from '../../../src/stages/index.js';
@@ -83,6 +85,21 @@ describe('rank-bases', () => {
     expect(ranking.candidates.find((c) => c.name === 'random')!.normalize).toBe('unit');
     const probes = ranking.candidates.map((c) => c.probe.accuracy);
     expect(probes[0]).toBeGreaterThanOrEqual(probes[1]);
+  });
+
+  it('from: rank builds a random winner with the very weights that were scored', { timeout: 120_000 }, async () => {
+    const only = `  rank:\n    uses: rank-bases\n    needs: [shards]\n    with:\n      folds: 3\n      models:\n        - { name: random, model: ${JSON.stringify(BASE)}, cut: block_3_relu2, init: random }\n`;
+    const file = dir.write('r.yaml', head(only + '  base: { uses: load-base, needs: [rank], with: { from: rank } }\n'));
+    const summary = await runPipeline({ file, registry: stages, artifacts: dir.path('artifacts4') });
+    expect(summary.status).toBe('succeeded');
+    const key = (id: string) => summary.stages.find((s) => s.id === id)!.key;
+    const ranking = JSON.parse(readFileSync(path.join(dir.path('artifacts4'), 'cache', key('rank'), RANKING_FILE), 'utf8')) as Ranking;
+    const scored = await loadBaseModel(ranking.candidates[0].spec, { baseDir: dir.root, seed: ranking.candidates[0].init_seed });
+    const { model } = await readModelArtifact(path.join(dir.path('artifacts4'), 'cache', key('base')));
+    const [a, b] = [scored.model.getWeights(), model.getWeights()];
+    expect(b.length).toBe(a.length);
+    a.forEach((w, i) => expect(Array.from(b[i].dataSync())).toEqual(Array.from(w.dataSync())));
+    disposeModels(model, ...scored.made);
   });
 
   it('samples at most max_images, stratified and seeded', () => {
