@@ -10,6 +10,8 @@ import path from 'node:path';
 import type { SymbolicTensor } from '@tensorflow/tfjs-layers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDataset } from '../../../src/data/shards.js';
+import { disposeModels } from '../../../src/ml/artifact.js';
+import { loadBaseModel } from '../../../src/ml/base-model.js';
 import { checkPreprocessing, batchNormDiscrepancy } from '../../../src/ml/preprocess-check.js';
 import { renderSummary } from '../../../src/render.js';
 import { runPipeline } from '../../../src/runtime/run.js';
@@ -81,6 +83,25 @@ describe('a base that records its preprocessing (the fashion base: 28x28, 1 chan
 });
 
 describe('a foreign base: the first BatchNormalization against the target statistics', () => {
+  it('names imagenet for the fashion base when it is taken as foreign (it was trained with imagenet)', { timeout: 60_000 }, async () => {
+    const info = { base: { source: BASE, init: 'pretrained' as const }, lineage: ['load-base'] };
+    const base = await loadBaseModel({ model: BASE, cut: 'block_3_relu2' }, { baseDir: dir.root, seed: 1 });
+    const results: Record<string, Awaited<ReturnType<typeof checkPreprocessing>>> = {};
+    for (const normalize of ['imagenet', 'tf', 'unit']) {
+      const text = `name: bn-${normalize}\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(FASHION)}, split: { val: 0.25 } } }\n  shards: { uses: preprocess, needs: [data], with: { size: [28, 28], channels: 1, normalize: ${normalize} } }\n`;
+      const summary = await runPipeline({ file: dir.write(`bn-${normalize}.yaml`, text), registry: stages, artifacts: dir.path('artifacts-bn') });
+      const dataset = await openDataset(path.join(dir.path('artifacts-bn'), 'cache', summary.stages.find((s) => s.id === 'shards')!.key));
+      results[normalize] = await checkPreprocessing(tf, base.model, info, dataset, { modelStage: 'base', shardsStage: 'shards' });
+      await dataset.close();
+    }
+    disposeModels(...base.made);
+    expect(results.imagenet).toMatchObject({ method: 'bn_stats', warnings: [], metrics: { bn_layer: 'block_1_bn1', bn_best_normalize: 'imagenet' } });
+    const metrics = results.imagenet.metrics as Record<string, number>;
+    expect(metrics.bn_discrepancy_imagenet).toBeLessThan(0.2);
+    expect(metrics.bn_discrepancy_tf).toBeGreaterThan(0.5);
+    for (const wrong of ['tf', 'unit']) expect(results[wrong].warnings[0]).toMatch(new RegExp(`^normalize: ${wrong} does not match .*\\(block_1_bn1\\).*likely trained with normalize: imagenet`));
+  });
+
   it('finds the normalization whose statistics the BN holds, and warns for the others', { timeout: 60_000 }, async () => {
     // conv -> BN whose moving statistics are the conv outputs' on these very images under `tf`.
     const tfShards = await buildTinyShards(dir.root, { normalize: 'tf' });
