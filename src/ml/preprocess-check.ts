@@ -65,18 +65,24 @@ export async function checkPreprocessing(tf: Tf, model: LayersModel, info: Model
   const stats = await batchNormDiscrepancy(tf, model, dataset);
   if (!stats) return { method: 'none', warnings: [], metrics: {} };
   const chosen = dataset.spec.normalize.name;
-  const best = NORMALIZATIONS.reduce((a, b) => (stats.discrepancy[b] < stats.discrepancy[a] ? b : a));
-  const warnings: string[] = [];
-  if (best !== chosen && stats.discrepancy[chosen] > WARN_ABOVE && stats.discrepancy[best] <= BETTER_BY * stats.discrepancy[chosen]) {
-    warnings.push(
-      `normalize: ${chosen} does not match what the base's first BatchNormalization (${stats.layer}) saw in training (statistics discrepancy ${NORMALIZATIONS.map((n) => `${n} ${stats.discrepancy[n].toFixed(2)}`).join(', ')}); the base was likely trained with normalize: ${best}: set it on '${where.shardsStage}' (preprocess)`,
-    );
-  }
+  const { best, mismatch } = judgeNormalization(stats, chosen);
+  const warnings = mismatch ? [`${mismatch}: set it on '${where.shardsStage}' (preprocess)`] : [];
   return {
     method: 'bn_stats',
     warnings,
     metrics: { preprocess_check: 'bn_stats', bn_layer: stats.layer, bn_discrepancy: round(stats.discrepancy[chosen]), bn_best_normalize: best, ...Object.fromEntries(NORMALIZATIONS.map((n) => [`bn_discrepancy_${n}`, round(stats.discrepancy[n])])) },
   };
+}
+
+/**
+ * The normalization with the smallest discrepancy, and when `chosen` disagrees badly (above
+ * `WARN_ABOVE`, and another at most `BETTER_BY` of it) a sentence saying so, naming the likely one.
+ */
+export function judgeNormalization(stats: BatchNormDiscrepancy, chosen: NormalizeName): { best: NormalizeName; mismatch?: string } {
+  const best = NORMALIZATIONS.reduce((a, b) => (stats.discrepancy[b] < stats.discrepancy[a] ? b : a));
+  if (best === chosen || !(stats.discrepancy[chosen] > WARN_ABOVE && stats.discrepancy[best] <= BETTER_BY * stats.discrepancy[chosen])) return { best };
+  const scores = NORMALIZATIONS.map((n) => `${n} ${stats.discrepancy[n].toFixed(2)}`).join(', ');
+  return { best, mismatch: `normalize: ${chosen} does not match what the base's first BatchNormalization (${stats.layer}) saw in training (statistics discrepancy ${scores}); the base was likely trained with normalize: ${best}` };
 }
 
 function checkRecorded(base: NonNullable<ModelInfo['base']>, spec: PreprocessSpec, where: CheckContext): PreprocessCheckResult {
@@ -110,14 +116,35 @@ export interface BatchNormDiscrepancy {
   discrepancy: Record<NormalizeName, number>;
 }
 
+/** Raw sample images for `discrepancyOnImages`, and how to bring normalized ones to the model's input. */
+export interface SampleImages {
+  /** `count` uint8 HWC records back to back. */
+  raw: Uint8Array;
+  count: number;
+  /** `[h, w, c]` of a record. */
+  shape: [number, number, number];
+  /** Normalized NHWC values -> the model's input (repeat a channel, resize); default as they are. */
+  prepare?(x: Float32Array): { x: Float32Array; shape: number[] };
+}
+
 /**
  * The first BatchNormalization whose input is a convolution's output, compared with that
  * output's per-channel batch statistics on up to `SAMPLE` train images under each normalization;
  * null when the model has no such layer.
  */
 export async function batchNormDiscrepancy(tf: Tf, model: LayersModel, dataset: ShardDataset, sample = SAMPLE): Promise<BatchNormDiscrepancy | null> {
+  const count = Math.min(sample, dataset.splits.train?.count ?? 0);
+  if (count === 0) return null;
+  // Evenly spaced records: every class of a sorted split is represented.
+  const total = dataset.splits.train.count;
+  const indices = Int32Array.from({ length: count }, (_, i) => Math.floor((i * total) / count));
+  return discrepancyOnImages(tf, model, { raw: await dataset.readRecords('train', indices), count, shape: dataset.recordShape });
+}
+
+/** `batchNormDiscrepancy` on given images. */
+export async function discrepancyOnImages(tf: Tf, model: LayersModel, images: SampleImages): Promise<BatchNormDiscrepancy | null> {
   const found = firstConvBatchNorm(model);
-  if (!found) return null;
+  if (!found || images.count === 0) return null;
   const { bn, conv } = found;
   const weight = (suffix: string) => bn.weights.find((w) => w.originalName.endsWith(suffix) || w.name.endsWith(suffix));
   const meanWeight = weight('moving_mean');
@@ -125,21 +152,16 @@ export async function batchNormDiscrepancy(tf: Tf, model: LayersModel, dataset: 
   if (!meanWeight || !varianceWeight) return null;
   const movingMean = (await meanWeight.read().data()) as Float32Array;
   const movingVariance = (await varianceWeight.read().data()) as Float32Array;
-  const epsilon = ((bn.getConfig() as { epsilon?: number }).epsilon ?? 1e-3);
+  const epsilon = (bn.getConfig() as { epsilon?: number }).epsilon ?? 1e-3;
   const tfl = await useLayers();
   const probe = tfl.model({ inputs: model.inputs, outputs: conv.output as SymbolicTensor });
-  const count = Math.min(sample, dataset.splits.train?.count ?? 0);
-  if (count === 0) return null;
-  // Evenly spaced records: every class of a sorted split is represented.
-  const total = dataset.splits.train.count;
-  const indices = Int32Array.from({ length: count }, (_, i) => Math.floor((i * total) / count));
-  const raw = await dataset.readRecords('train', indices);
-  const [h, w, c] = dataset.recordShape;
+  const [h, w, c] = images.shape;
   const discrepancy = {} as Record<NormalizeName, number>;
   for (const name of NORMALIZATIONS) {
-    const x = normalizePixels(raw, resolveNormalization(name, c as 1 | 3));
+    const normalized = normalizePixels(images.raw, resolveNormalization(name, c as 1 | 3));
+    const input = images.prepare ? images.prepare(normalized) : { x: normalized, shape: [images.count, h, w, c] };
     const [mean, variance] = tf.tidy(() => {
-      const out = probe.predict(tf.tensor4d(x, [count, h, w, c])) as TfCore.Tensor;
+      const out = probe.predict(tf.tensor(input.x, input.shape)) as TfCore.Tensor;
       const moments = tf.moments(out, [0, 1, 2]);
       return [moments.mean.dataSync() as Float32Array, moments.variance.dataSync() as Float32Array];
     });

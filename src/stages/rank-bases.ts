@@ -24,6 +24,7 @@ import { useLayers, useTf, type Tf } from '../ml/backend.js';
 import { canonicalModelPath, checkModelPath, loadBaseModel, modelExternalInput, type BaseSpec } from '../ml/base-model.js';
 import { createFrozenRunner } from '../ml/engine.js';
 import { logme } from '../ml/logme.js';
+import { discrepancyOnImages, judgeNormalization } from '../ml/preprocess-check.js';
 import { linearProbe } from '../ml/probe.js';
 
 /** One candidate of `models`. */
@@ -79,6 +80,12 @@ export interface CandidateScore {
   input_shape: number[];
   /** Which engine computed the features. */
   engine: string;
+  /**
+   * For a pretrained base that records no preprocessing: its first BatchNormalization against
+   * the images' statistics under each normalization (src/ml/preprocess-check.ts), the closest
+   * one, and a warning when `normalize` disagrees badly.
+   */
+  bn?: { layer: string; best: NormalizeName; discrepancy: Record<NormalizeName, number>; warning?: string };
 }
 
 /** `ranking.json`. */
@@ -97,6 +104,8 @@ export interface Ranking {
 }
 
 export const RANKING_FILE = 'ranking.json';
+/** Images of the sample the BatchNorm statistics check uses. */
+const BN_SAMPLE = 32;
 export const RANKING_REPORT = 'ranking.md';
 
 export const rankBases: StageDefinition<RankBasesParams> = {
@@ -152,6 +161,8 @@ export const rankBases: StageDefinition<RankBasesParams> = {
       await writeFile(path.join(ctx.outDir, RANKING_REPORT), table);
       ctx.log.info({ best: ranking.best, table }, 'bases ranked');
       const byProbe = [...scores].sort((a, b) => b.probe.accuracy - a.probe.accuracy);
+      const warnings = scores.flatMap((c) => (c.bn?.warning ? [c.bn.warning] : []));
+      for (const warning of warnings) ctx.log.warn(warning);
       return {
         metrics: {
           best: ranking.best,
@@ -163,6 +174,7 @@ export const rankBases: StageDefinition<RankBasesParams> = {
           agree: byProbe[0].name === scores[0].name,
           ranking: scores.map((s) => ({ name: s.name, logme: round(s.logme, 4), probe_acc: round(s.probe.accuracy, 4), probe_std: round(s.probe.std, 4) })) as Json,
           report: RANKING_REPORT,
+          ...(warnings.length ? { warnings } : {}),
         },
       };
     } finally {
@@ -194,18 +206,32 @@ async function scoreCandidate(tf: Tf, ctx: StageContext<RankBasesParams>, params
     const runner = await createFrozenRunner(tf, featureModel, featureModel, { from: null, to: [outLayer] }, { log: ctx.log });
     const d = featureModel.outputs[0].shape[1] as number;
     const features = new Float32Array(indices.length * d);
+    // Normalized records -> the base's input: a grayscale channel repeated, another size resized.
+    const toInput = (normalized: Float32Array) => {
+      const count = normalized.length / (recordH * recordW * recordC);
+      let x = recordC !== channels ? repeatChannel(normalized, channels) : normalized;
+      if (recordH !== height || recordW !== width) x = resize(tf, x, [count, recordH, recordW, channels], [height, width]);
+      return { x, shape: [count, height, width, channels] };
+    };
     try {
       for (let start = 0; start < indices.length; start += params.batch) {
         if (ctx.signal.aborted) throw new AbortedError();
         const batch = indices.subarray(start, Math.min(indices.length, start + params.batch));
-        let x = normalizePixels(await dataset.readRecords(params.split, batch), norm);
-        if (recordC !== channels) x = repeatChannel(x, channels);
-        if (recordH !== height || recordW !== width) x = resize(tf, x, [batch.length, recordH, recordW, channels], [height, width]);
-        const [out] = await runner.run([{ x, shape: [batch.length, height, width, channels] }]);
+        const [out] = await runner.run([toInput(normalizePixels(await dataset.readRecords(params.split, batch), norm))]);
         features.set(out, start * d);
       }
     } finally {
       await runner.dispose();
+    }
+    // A base that records no preprocessing: does its first BatchNorm agree with this normalization?
+    let bn: CandidateScore['bn'];
+    if (!base.recordedPreprocess && spec.init !== 'random') {
+      const sample = indices.filter((_, i) => i % Math.max(1, Math.floor(indices.length / BN_SAMPLE)) === 0).slice(0, BN_SAMPLE);
+      const stats = await discrepancyOnImages(tf, base.model, { raw: await dataset.readRecords(params.split, sample), count: sample.length, shape: dataset.recordShape, prepare: toInput });
+      if (stats) {
+        const judged = judgeNormalization(stats, normalize);
+        bn = { layer: stats.layer, best: judged.best, discrepancy: Object.fromEntries(Object.entries(stats.discrepancy).map(([k, v]) => [k, round(v, 3)])) as Record<NormalizeName, number>, ...(judged.mismatch ? { warning: `candidate '${candidate.name}': ${judged.mismatch}; its scores are for normalize: ${normalize}: set normalize: ${judged.best} on it` } : {}) };
+      }
     }
     const featureSeconds = (performance.now() - t0) / 1000;
     const t1 = performance.now();
@@ -226,6 +252,7 @@ async function scoreCandidate(tf: Tf, ctx: StageContext<RankBasesParams>, params
       weight_bytes: paramCount * 4,
       input_shape: inputShape,
       engine: runner.engine,
+      ...(bn ? { bn } : {}),
     };
   } finally {
     disposeModels(featureModel, ...base.made);
@@ -286,7 +313,7 @@ export function formatRanking(ranking: Ranking): string {
     '| rank | base | LogME | probe accuracy | features (s) | weights (MiB) | params | feature dim | normalize | engine |',
     '|---|---|---|---|---|---|---|---|---|---|',
     ...ranking.candidates.map((c, i) =>
-      `| ${i + 1} | ${c.name} | ${c.logme.toFixed(4)} | ${c.probe.accuracy.toFixed(3)} ± ${c.probe.std.toFixed(3)} | ${c.feature_seconds.toFixed(2)} | ${(c.weight_bytes / 2 ** 20).toFixed(2)} | ${c.params} | ${c.features} | ${c.normalize} | ${c.engine} |`,
+      `| ${i + 1} | ${c.name} | ${c.logme.toFixed(4)} | ${c.probe.accuracy.toFixed(3)} ± ${c.probe.std.toFixed(3)} | ${c.feature_seconds.toFixed(2)} | ${(c.weight_bytes / 2 ** 20).toFixed(2)} | ${c.params} | ${c.features} | ${c.normalize}${c.bn && c.bn.best !== c.normalize ? ` (BatchNorm statistics suggest ${c.bn.best})` : ''} | ${c.engine} |`,
     ),
   ];
   return lines.join('\n') + '\n';

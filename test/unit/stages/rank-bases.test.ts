@@ -4,7 +4,7 @@
  * weights, the table, `load-base from: rank` loading the winner, and the bad inputs
  * validation refuses (exit 2 issues at file:line).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { disposeModels, readModelArtifact } from '../../../src/ml/artifact.js';
@@ -100,6 +100,24 @@ describe('rank-bases', () => {
     expect(b.length).toBe(a.length);
     a.forEach((w, i) => expect(Array.from(b[i].dataSync())).toEqual(Array.from(w.dataSync())));
     disposeModels(model, ...scored.made);
+  });
+
+  it('warns when a foreign candidate gets a normalization its first BatchNorm disagrees with', { timeout: 120_000 }, async () => {
+    // The fashion base without its recorded preprocessing: a "foreign" model trained on imagenet normalization.
+    const json = JSON.parse(readFileSync(BASE, 'utf8'));
+    delete json.userDefinedMetadata;
+    dir.write('foreign/model.json', JSON.stringify(json));
+    copyFileSync(path.join(path.dirname(BASE), 'weights.bin'), dir.path('foreign/weights.bin'));
+    const models = `  rank:\n    uses: rank-bases\n    needs: [shards]\n    with:\n      folds: 3\n      models:\n        - { name: as-is, model: foreign/model.json, cut: block_3_relu2 }\n        - { name: wrong, model: foreign/model.json, cut: block_3_relu2, normalize: unit }\n`;
+    const summary = await runPipeline({ file: dir.write('f.yaml', head(models)), registry: stages, artifacts: dir.path('artifacts5') });
+    expect(summary.status).toBe('succeeded');
+    const rank = summary.stages.find((s) => s.id === 'rank')!;
+    expect(summary.warnings).toEqual([{ stage: 'rank', message: expect.stringMatching(/^candidate 'wrong': normalize: unit does not match .*\(block_1_bn1\).*likely trained with normalize: imagenet; its scores are for normalize: unit: set normalize: imagenet on it$/) }]);
+    const ranking = JSON.parse(readFileSync(path.join(dir.path('artifacts5'), 'cache', rank.key, RANKING_FILE), 'utf8')) as Ranking;
+    const asIs = ranking.candidates.find((c) => c.name === 'as-is')!;
+    expect(asIs.bn).toMatchObject({ layer: 'block_1_bn1', best: 'imagenet' });
+    expect(asIs.bn!.warning).toBeUndefined();
+    expect(readFileSync(path.join(dir.path('artifacts5'), 'cache', rank.key, 'ranking.md'), 'utf8')).toContain('| unit (BatchNorm statistics suggest imagenet) |');
   });
 
   it('samples at most max_images, stratified and seeded', () => {
