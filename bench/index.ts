@@ -1,6 +1,6 @@
 /**
  * `npm run bench [name]`: the quick benchmarks (runtime, preprocess, prune) by default; the ones
- * that need the real MobileNetV2 (onnx, onnx-train, train-top, finetune — the last ~10 min with the PyTorch
+ * that need the real MobileNetV2 (onnx, onnx-train, train-top, rank, finetune — the last ~10 min with the PyTorch
  * baseline) run only when named: `npm run bench finetune`, or `npm run bench:finetune`. Figures
  * are reported against a baseline measured in the same run.
  */
@@ -9,6 +9,7 @@ import { benchOnnx } from './onnx.js';
 import { benchOnnxTrain } from './onnx-train.js';
 import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
+import { benchRank } from './rank.js';
 import { benchRuntime } from './runtime.js';
 import { benchTrainTop } from './train-top.js';
 
@@ -21,8 +22,9 @@ const benches: Record<string, () => Promise<unknown>> = {
   onnx: () => benchOnnx(),
   finetune: () => benchFinetune(parseBenchOptions(process.argv.slice(3))),
   'onnx-train': () => benchOnnxTrain(),
+  rank: () => benchRank(process.argv.slice(3)),
 };
-const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune']);
+const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune', 'rank']);
 if (only && !(only in benches)) {
   console.error(`no benchmark '${only}'; choose one of: ${Object.keys(benches).join(', ')}`);
   process.exit(2);

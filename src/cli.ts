@@ -313,7 +313,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       dispatcher,
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
-    else io.stderr(renderSummary(summary) + (summary.warnings ?? []).map((w) => `warning: ${w}\n`).join(''));
+    else io.stderr(renderSummary(summary));
     return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
   } finally {
     view?.close();

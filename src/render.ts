@@ -71,5 +71,6 @@ function fmt(value: number): string {
 export function renderSummary(summary: RunSummary): string {
   const counts = summary.stages.reduce<Record<string, number>>((acc, s) => ({ ...acc, [s.status]: (acc[s.status] ?? 0) + 1 }), {});
   const parts = Object.entries(counts).map(([status, n]) => `${n} ${status}`);
-  return `${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
+  const warnings = (summary.warnings ?? []).map((w) => `⚠ ${w.stage}: ${w.message}\n`).join('');
+  return `${warnings}${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
 }

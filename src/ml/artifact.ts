@@ -20,8 +20,13 @@ export interface ModelInfo {
   classes?: string[];
   /** The preprocessing the model was trained with (copied from the shards it saw). */
   preprocess?: PreprocessSpec;
-  /** Where the base came from (path or URL), where it was cut, how it was initialized. */
-  base?: { source: string; cut?: string; init: 'pretrained' | 'random'; inputShape?: number[] };
+  /**
+   * Where the base came from (path or URL), where it was cut, how it was initialized; the
+   * preprocessing its source model records it was trained with (`preprocess`, a model this
+   * toolkit exported), and whether a different preprocessing is allowed on purpose
+   * (`allowPreprocessMismatch`); `rankedBy` names the rank-bases stage that chose it.
+   */
+  base?: { source: string; cut?: string; init: 'pretrained' | 'random'; inputShape?: number[]; preprocess?: PreprocessSpec; allowPreprocessMismatch?: boolean; rankedBy?: string };
   /** Learning rate the head was trained at; fine-tune defaults to a tenth of it. */
   headLr?: number;
   /** Stage kinds applied so far, oldest first (`load-base`, `freeze`, `train-head`, ...). */

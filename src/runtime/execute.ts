@@ -46,10 +46,13 @@ export interface RunSummary {
    * (`frozen_engine: onnxruntime`, `train_engine: tfjs`), so a run says where its time went.
    */
   engines?: Record<string, Record<string, string>>;
+  /**
+   * What the stages warn about (a stage's `warnings` metric: a list of strings), in stage
+   * order; cached stages repeat theirs. Absent when there are none.
+   */
+  warnings?: { stage: string; message: string }[];
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
-  /** What went wrong without failing the run (a remote push that failed). */
-  warnings?: string[];
 }
 
 /** Hooks the CLI uses to show progress; all optional. */
@@ -116,8 +119,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
    * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
    * stage (its result is here and sound): it is logged and listed in the summary's warnings.
    */
-  const warnings: string[] = [];
-  const pushQuietly = async (key: string, stageLog: Logger): Promise<void> => {
+  const pushWarnings: { stage: string; message: string }[] = [];
+  const pushQuietly = async (key: string, stageId: string, stageLog: Logger): Promise<void> => {
     if (!cache.push) return;
     try {
       const pushed = await cache.push(key);
@@ -125,7 +128,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     } catch (error) {
       const described = describeError(error);
       stageLog.warn({ err: error, key, code: described.code }, 'remote push failed');
-      warnings.push(`push of ${key} to ${cache.remote} failed (${described.code}): ${described.message}`);
+      pushWarnings.push({ stage: stageId, message: `push of ${key} to ${cache.remote} failed (${described.code}): ${described.message}` });
     }
   };
 
@@ -213,7 +216,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         log: stageLog,
         signal,
         onKey: options.onKey,
-        push: (entryKey) => pushQuietly(entryKey, stageLog),
+        push: (entryKey) => pushQuietly(entryKey, stage.id, stageLog),
         progress(event) {
           // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
           if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
@@ -313,10 +316,12 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     seconds: round((Date.now() - started) / 1000),
     stages,
   };
-  if (warnings.length) summary.warnings = warnings;
   await cache.flush?.();
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
+  const stageWarnings = stages.flatMap((s) => (Array.isArray(s.metrics?.warnings) ? s.metrics.warnings.filter((w): w is string => typeof w === 'string').map((message) => ({ stage: s.id, message })) : []));
+  const warnings = [...stageWarnings, ...pushWarnings];
+  if (warnings.length) summary.warnings = warnings;
   return summary;
 }
 

@@ -219,7 +219,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   if (cycle || !graphComplete) return { ok: false, issues };
   for (const stage of stages) {
     const upstream = ancestors(needs, stage.id);
-    for (const type of stage.definition.consumes) {
+    for (const type of stage.definition.consumesFor?.(stage.params) ?? stage.definition.consumes) {
       if (!upstream.some((dep) => !byId.has(dep) || byId.get(dep)!.definition.provides.includes(type))) {
         issues.push({
           code: 'missing_input',

@@ -89,6 +89,12 @@ export function describeAjvError(error: ErrorObject, data: unknown): { code: Err
     }
     case 'uniqueItems':
       return { code: 'duplicate_item', path: where, segments, atKey: false, message: `${where} lists the same value twice (items ${params.j + 1} and ${params.i + 1}); remove one` };
+    case 'minItems':
+    case 'maxItems': {
+      const count = Array.isArray(value) ? value.length : 0;
+      const bound = `${error.keyword === 'minItems' ? 'at least' : 'at most'} ${params.limit} item${params.limit === 1 ? '' : 's'}`;
+      return { code: `schema_${error.keyword.toLowerCase()}`, path: where, segments, atKey: false, message: `${where} must list ${bound}, got ${count}` };
+    }
     case 'minimum':
     case 'maximum':
     case 'exclusiveMinimum':

@@ -156,6 +156,12 @@ export interface StageDefinition<P = any> {
   paramsSchema: Record<string, unknown>;
   /** Artifact types this stage reads via `ctx.input`. */
   consumes: ArtifactType[];
+  /**
+   * Artifact types this stage reads with these params, when they depend on the params (e.g.
+   * `load-base` with `from: rank` reads a `ranking`); validation checks them instead of
+   * `consumes`. Default: `consumes`.
+   */
+  consumesFor?(params: P): ArtifactType[];
   /** Artifact types this stage writes. */
   provides: ArtifactType[];
   /**

@@ -12,12 +12,14 @@ import { ingest } from './ingest.js';
 import { loadBase } from './load-base.js';
 import { preprocess } from './preprocess.js';
 import { prune } from './prune.js';
+import { rankBases } from './rank-bases.js';
 import { trainHead } from './train-head.js';
 import { unfreeze } from './unfreeze.js';
 
 export const stages = {
   ingest,
   preprocess,
+  'rank-bases': rankBases,
   'load-base': loadBase,
   'build-model': buildModel,
   freeze,

@@ -1,23 +1,24 @@
 /**
  * `load-base`: a pretrained TF.js layers model from a file or an http(s) URL, cut below its
  * top, optionally adapted to another input, or re-initialized for a from-scratch baseline.
+ * With `from: rank` it loads the base a `rank-bases` stage it needs chose.
  */
-import { existsSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { LayersModel } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/load-base.schema.json' with { type: 'json' };
-import { deriveSeed } from '../data/random.js';
+import { StageError } from '../runtime/errors.js';
 import type { StageDefinition } from '../runtime/types.js';
 import { disposeModels, writeModelArtifact } from '../ml/artifact.js';
-import { useLayers, useTf } from '../ml/backend.js';
-import { loadModel } from '../ml/io.js';
-import { adaptInput, cutModel } from '../ml/surgery.js';
+import { useTf } from '../ml/backend.js';
+import { canonicalModelPath, checkModelPath, loadBaseModel, modelExternalInput, type BaseSpec } from '../ml/base-model.js';
+import { RANKING_FILE, type Ranking } from './rank-bases.js';
 
 /** `with:` of a `load-base` stage (see schemas/stages/load-base.schema.json). */
 export interface LoadBaseParams {
-  /** Path or http(s) URL of model.json (or its folder). */
-  model: string;
+  /** Path or http(s) URL of model.json (or its folder). Required unless `from`. */
+  model?: string;
+  /** `rank`: the base the `rank-bases` stage in `needs` chose (model, cut, input shape, init). */
+  from?: 'rank';
   /** Last layer to keep. Default: all. */
   cut?: string;
   /** New input [h, w, c]. Default: the model's. */
@@ -26,111 +27,87 @@ export interface LoadBaseParams {
   init: 'pretrained' | 'random';
   /** Most megabytes (MiB) one downloaded file may have. Default: env `PIPELINE_MAX_DOWNLOAD_BYTES`, else 4096. */
   max_download_mb?: number;
-}
-
-const isUrl = (source: string) => /^https?:\/\//i.test(source);
-
-/** The path of a `file:` URL; an unparsable one is returned as is (the stage reports it). */
-function fileUrlPath(url: string): string {
-  try {
-    return fileURLToPath(url);
-  } catch {
-    return url;
-  }
+  /** Train with other preprocessing than the base records (size, channels, normalize). Default false. */
+  allow_preprocess_mismatch: boolean;
 }
 
 export const loadBase: StageDefinition<LoadBaseParams> = {
   kind: 'load-base',
-  version: 1,
-  description: 'Load a pretrained TF.js layers model (path or URL), cut it at a layer, adapt its input',
+  // 2: the artifact records the source model's preprocessing (info.base.preprocess).
+  version: 2,
+  description: 'Load a pretrained TF.js layers model (path or URL, or the one rank-bases chose), cut it at a layer, adapt its input',
   paramsSchema,
   consumes: [],
+  consumesFor: (params) => (params.from === 'rank' ? ['ranking'] : []),
   provides: ['model'],
   resource: 'tf',
-  canonicalParams(params, baseDir) {
-    // One key per model however its path is written (`./m/`, `m`, `m/model.json`); URLs as given.
-    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model)) return params;
-    const full = path.resolve(baseDir, params.model);
-    let file = full;
-    try {
-      if (statSync(full).isDirectory()) file = path.join(full, 'model.json');
-    } catch {
-      // missing: reported by checkPaths
+  check(params) {
+    if (params.from === undefined && params.model === undefined) return [{ path: 'model', message: "give the base's model (a model.json path or URL), or from: rank to take the one a rank-bases stage chose" }];
+    if (params.from !== undefined) {
+      const given = [...(['model', 'cut', 'input_shape'] as const).filter((key) => params[key] !== undefined), ...(params.init !== 'pretrained' ? ['init'] : [])];
+      return given.map((key) => ({ path: key, message: `from: rank takes ${key} from the ranking's choice; remove ${key} here (set it on the candidate in rank-bases models)` }));
     }
-    return { ...params, model: path.relative(baseDir, file).split(path.sep).join('/') };
-  },
-
-  checkPaths(params, baseDir) {
-    // http(s) URLs are the loader's to check; a path (or a `file:` URL, which is one) must name model.json or its folder.
-    if (isUrl(params.model)) return [];
-    if (/^[a-z][a-z0-9+.-]+:/i.test(params.model) && !/^file:/i.test(params.model)) return [{ path: 'model', message: `"${params.model}" is neither a local path nor an http(s) URL; model is a TF.js model.json (or its folder) or an http(s) URL of one` }];
-    const full = path.resolve(baseDir, /^file:/i.test(params.model) ? fileUrlPath(params.model) : params.model);
-    let info;
-    try {
-      info = statSync(full);
-    } catch {
-      return [{ path: 'model', message: `the model ${full} does not exist; model is a TF.js model.json (or its folder) relative to the pipeline file's folder (${baseDir}), or an http(s) URL` }];
-    }
-    if (info.isDirectory() && !existsSync(path.join(full, 'model.json'))) return [{ path: 'model', message: `the folder ${full} has no model.json; point model at a TF.js layers model.json (convert a Keras model with tensorflowjs_converter)` }];
     return [];
   },
-
+  canonicalParams(params, baseDir) {
+    return params.model === undefined ? params : { ...params, model: canonicalModelPath(params.model, baseDir) };
+  },
+  checkPaths(params, baseDir) {
+    const problem = params.model === undefined ? null : checkModelPath(params.model, baseDir);
+    return problem ? [{ path: 'model', message: problem }] : [];
+  },
   externalInputs(params, baseDir) {
-    if (isUrl(params.model)) return [params.model];
-    // A `file:` URL is a local path: keyed by the content it names, like a path.
-    const model = /^file:/i.test(params.model) ? fileUrlPath(params.model) : params.model;
-    // The model folder holds model.json and its weight files: all of it is the input.
-    const full = path.resolve(baseDir, model);
-    try {
-      return [statSync(full).isDirectory() ? model : path.dirname(model)];
-    } catch {
-      return [params.model];
-    }
+    // With from: rank the candidates' files are rank-bases' inputs, and its output is in this key.
+    return params.model === undefined ? [] : [modelExternalInput(params.model, baseDir)];
   },
   async run(ctx, params) {
     await useTf(ctx.log);
     const maxDownloadBytes = params.max_download_mb !== undefined ? params.max_download_mb * 1024 * 1024 : undefined;
-    const loaded = await loadModel(params.model, { baseDir: ctx.baseDir, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
-    const made: LayersModel[] = [loaded];
-    const original = { layers: loaded.layers.length, inputShape: loaded.inputs[0].shape.slice(1) };
+    const { spec, rankedBy, initSeed } = params.from === 'rank' ? await rankedChoice(ctx.input('ranking')) : { spec: { model: params.model!, cut: params.cut, input_shape: params.input_shape, init: params.init }, rankedBy: undefined, initSeed: ctx.seed };
+    const base = await loadBaseModel(spec, { baseDir: ctx.baseDir, seed: initSeed, signal: ctx.signal, log: ctx.log, maxDownloadBytes });
     let summary;
     try {
-      let model = loaded;
-      if (params.cut) made.push((model = await cutModel(model, params.cut)));
-      if (params.input_shape) made.push((model = await adaptInput(model, { inputShape: params.input_shape })));
-      if (params.init === 'random') made.push((model = await reinitialize(model, ctx.seed)));
-      summary = await writeModelArtifact(ctx.outDir, model, {
-        base: { source: params.model, cut: params.cut, init: params.init, inputShape: params.input_shape },
+      summary = await writeModelArtifact(ctx.outDir, base.model, {
+        base: {
+          source: spec.model,
+          cut: spec.cut,
+          init: spec.init ?? 'pretrained',
+          inputShape: spec.input_shape,
+          ...(base.recordedPreprocess ? { preprocess: base.recordedPreprocess } : {}),
+          ...(params.allow_preprocess_mismatch ? { allowPreprocessMismatch: true } : {}),
+          ...(rankedBy ? { rankedBy } : {}),
+        },
         lineage: ['load-base'],
       });
     } finally {
-      disposeModels(...made);
+      disposeModels(...base.made);
     }
     return {
       metrics: {
         layers: summary.layers,
         params: summary.params,
-        source_layers: original.layers,
+        source_layers: base.original.layers,
         output_shape: summary.outputShape as number[],
         input_shape: summary.inputShape as number[],
-        init: params.init,
+        init: spec.init ?? 'pretrained',
+        ...(rankedBy ? { model: spec.model, ranked_by: rankedBy } : {}),
+        ...(base.recordedPreprocess ? { recorded_normalize: base.recordedPreprocess.normalize.name } : {}),
       },
     };
   },
 };
 
-/**
- * The same architecture with fresh weights: the model is rebuilt from its JSON with every
- * initializer given a seed derived from the stage seed, so the baseline is reproducible.
- */
-async function reinitialize(model: LayersModel, seed: number): Promise<LayersModel> {
-  const tfl = await useLayers();
-  const json = JSON.parse(JSON.stringify(model.toJSON(undefined, false))) as { config: { layers: { name: string; config: Record<string, unknown> }[] } };
-  for (const layer of json.config.layers) {
-    for (const [key, value] of Object.entries(layer.config)) {
-      const init = value as { class_name?: string; config?: Record<string, unknown> } | null;
-      if (key.endsWith('_initializer') && init?.config && 'seed' in init.config) init.config.seed = deriveSeed(seed, layer.name, key) % 2147483647;
-    }
+/** The base a rank-bases artifact chose. */
+async function rankedChoice(input: { id: string; dir: string }): Promise<{ spec: BaseSpec; rankedBy: string; initSeed: number }> {
+  const file = path.join(input.dir, RANKING_FILE);
+  let ranking: Ranking;
+  try {
+    ranking = JSON.parse(await readFile(file, 'utf8')) as Ranking;
+  } catch (error) {
+    throw new StageError('ranking_unreadable', `cannot read the ranking ${file} of '${input.id}': ${(error as Error).message}; re-run it with --force ${input.id}`, { file }, { cause: error });
   }
-  return tfl.models.modelFromJSON({ modelTopology: json as never });
+  const best = ranking.candidates.find((c) => c.name === ranking.best);
+  if (!best) throw new StageError('ranking_unreadable', `the ranking ${file} of '${input.id}' names no candidate '${ranking.best}'; re-run it with --force ${input.id}`, { file });
+  // A random candidate gets the weights it was scored with.
+  return { spec: best.spec, rankedBy: input.id, initSeed: best.init_seed };
 }

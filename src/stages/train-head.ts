@@ -13,6 +13,7 @@ import type { StageDefinition } from '../runtime/types.js';
 import { disposeModels, readModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
 import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+import { checkPreprocessing } from '../ml/preprocess-check.js';
 import { requireInputShape } from './guards.js';
 
 /** `with:` of a `train-head` stage (see schemas/stages/train-head.schema.json). */
@@ -42,9 +43,13 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');
     const { model: base, info } = await readModelArtifact(modelInput.dir);
-    const dataset = await openDataset(ctx.input('shards').dir);
+    const shardsInput = ctx.input('shards');
+    const dataset = await openDataset(shardsInput.dir);
     let model: LayersModel | undefined;
     try {
+      // Preprocessing first: a mismatch against what the base records explains a shape error too.
+      const check = await checkPreprocessing(tf, base, info, dataset, { modelStage: ctx.inputs.find((i) => i.kind === 'load-base')?.id ?? modelInput.id, shardsStage: shardsInput.id, baseDir: ctx.baseDir });
+      for (const warning of check.warnings) ctx.log.warn({ check: check.method }, warning);
       requireInputShape(base, dataset.recordShape, 'the shards hold records of', `set preprocess size/channels to match, or load-base input_shape: [${dataset.recordShape.join(', ')}]`);
       model = await addHead(base, dataset.classes.length, params, ctx.seed);
       const metrics = await trainAndSave({
@@ -56,7 +61,7 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
         lr: params.lr,
         info: { ...info, classes: dataset.classes, preprocess: dataset.spec, headLr: params.lr, lineage: [...info.lineage, 'train-head'] },
       });
-      return { metrics: { ...metrics, classes: dataset.classes.length } };
+      return { metrics: { ...metrics, classes: dataset.classes.length, ...check.metrics, ...(check.warnings.length ? { warnings: check.warnings } : {}) } };
     } finally {
       disposeModels(model, base);
       await dataset.close();

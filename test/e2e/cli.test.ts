@@ -47,6 +47,8 @@ const cases: [string, string, RegExp, number | undefined][] = [
   ['a data path that is a file', valid.replace('{ path: images }', '{ path: images/a/1.png }'), /is a file, not a folder/, 5],
   ['a missing manifest', valid.replace('{ path: images }', '{ manifest: labels.csv }'), /manifest .*labels\.csv does not exist/, 5],
   ['a missing base model', 'name: x\nstages:\n  base:\n    uses: load-base\n    with: { model: models/none/model.json }\n', /models\/none\/model\.json does not exist/, 5],
+  ['rank-bases without candidates', valid + '  shards: { uses: preprocess, needs: [data] }\n  rank:\n    uses: rank-bases\n    needs: [shards]\n    with: { models: [] }\n', /models must list at least 1 item, got 0/, 10],
+  ['a rank-bases candidate that does not exist', valid + '  shards: { uses: preprocess, needs: [data] }\n  rank:\n    uses: rank-bases\n    needs: [shards]\n    with:\n      models:\n        - { name: a, model: models/none/model.json }\n', /models\/none\/model\.json does not exist/, 12],
 ];
 
 describe('pipeline validate/run on bad files', () => {

@@ -178,7 +178,7 @@ describe('remote cache that cannot be reached (no server needed)', () => {
       expect(calls).toEqual(['ingest', 'features', 'features:memo', 'head', 'export']);
       expect(summary.stages[0]!.reasons!.join(' ')).toMatch(/remote s3:\/\/team-cache\/x could not serve it \(remote_unreachable/);
       expect(summary.warnings?.length).toBe(5); // four stages and the memo entry
-      expect(summary.warnings![0]).toMatch(/remote_unreachable/);
+      expect(summary.warnings![0].message).toMatch(/remote_unreachable/);
       // The first failure is remembered: later lookups and pushes do not wait for the network again.
       expect(Date.now() - started).toBeLessThan(10_000);
     } finally {
