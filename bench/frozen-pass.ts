@@ -31,6 +31,7 @@ import { frozenActivations } from '../src/ml/frozen-pass.js';
 import { loadModel } from '../src/ml/io.js';
 import { convertLayersModel } from '../src/ml/onnx/convert.js';
 import { createOnnxRunner } from '../src/ml/onnx/runner.js';
+import { freezeLayers, unfreezeLayers } from '../src/ml/surgery.js';
 import type { StageContext, StageInput } from '../src/runtime/types.js';
 
 const SIZE = 224;
@@ -96,8 +97,9 @@ async function buildModel(modelDir: string): Promise<LayersModel> {
   const pooled = tfl.layers.globalAveragePooling2d({ name: 'head_pool' }).apply(base.getLayer('out_relu').output as SymbolicTensor) as SymbolicTensor;
   const logits = tfl.layers.dense({ units: 2, name: 'head_dense' }).apply(pooled) as SymbolicTensor;
   const model = tfl.model({ inputs: base.inputs, outputs: logits });
-  const start = model.layers.findIndex((l) => l.name === 'block_16_expand');
-  model.layers.forEach((layer, i) => (layer.trainable = i >= start));
+  // As the bench case's freeze and unfreeze stages leave it (BatchNorm kept in inference mode).
+  freezeLayers(model);
+  unfreezeLayers(model, { from: 'block_16_expand', keepBatchNormInference: true });
   return model;
 }
 
@@ -190,6 +192,8 @@ export async function benchFrozenPass(options: FrozenPassBenchOptions = { rounds
         await mkdir(ctx.outDir, { recursive: true });
         const pass = await frozenActivations({ tf, ctx, model, dataset, batch: options.batch, augmentViews: 1 });
         if (!pass || pass.stats.images !== images) throw new Error(`the pass computed ${pass?.stats.images ?? 0} image-views, expected ${images}`);
+        const cut = pass.frontier.tensors.map((t) => t.layer).join('+');
+        if (cut !== CUT) throw new Error(`the pass stopped at ${cut}, not ${CUT}`);
         const passRate = passMeter.rates();
         rounds.push({ ort: ort.wall, pass: passRate.wall, ortCpu: ort.cpu, passCpu: passRate.cpu, reported: pass.stats.images / pass.stats.seconds });
         await rm(ctx.outDir, { recursive: true, force: true });
