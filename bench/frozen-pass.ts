@@ -3,12 +3,16 @@
  * one process, alternating: the real MobileNetV2 (nsfwjs, 224x224) trained from `block_16_expand`
  * up (the bench case's fine-tune), so the pass stops at `block_15_add`.
  *
- * - (a) `ort`: the converted bottom in onnxruntime on a pre-normalized float32 batch, batch 32,
- *   nothing else (what `bench/onnx.ts` measures);
+ * - (a) `ort`: the converted bottom in onnxruntime on pre-normalized float32 batches of the same
+ *   image-views, nothing else (what `bench/onnx.ts` measures), run before and after (b) and
+ *   averaged;
  * - (b) `pass`: `frozenActivations`, the code train-head runs (shard reads, views, the runner,
  *   the cache buffers), over flip-augmented uint8 shards: 2 views of the train split + val.
- *   Its figure is the pass's own `img_per_s` (`stats.images / stats.seconds`), the number the
- *   pipeline reports as `frozen_img_s`.
+ *
+ * Both are timed from the end of their first batch to the end of their last (a fresh session's
+ * first run, and the pass's first read, are left out of both), in images per wall second and
+ * per CPU second of this process. Each round also prints the pass's own figure, first batch
+ * included (`stats.images / stats.seconds`, what the pipeline reports as `frozen_img_s`).
  *
  *   npx tsx bench/frozen-pass.ts [--rounds 3] [--train 96] [--val 32] [--batch 32]
  *   (or `npm run bench frozen-pass`)
@@ -177,16 +181,19 @@ export async function benchFrozenPass(options: FrozenPassBenchOptions = { rounds
     }
     const images = batches.reduce((sum, b) => sum + b.shape[0], 0);
     await ortRunner.run(batches[0].x, batches[0].shape);
+    const timeOrt = async () => {
+      const meter = rateMeter();
+      let done = 0;
+      for (const b of batches) {
+        await ortRunner.run(b.x, b.shape);
+        meter.mark((done += b.shape[0]));
+      }
+      return meter.rates();
+    };
     const rounds: FrozenPassBenchResult['rounds'] = [];
     try {
       for (let round = 0; round < options.rounds; round++) {
-        const ortMeter = rateMeter();
-        let done = 0;
-        for (const b of batches) {
-          await ortRunner.run(b.x, b.shape);
-          ortMeter.mark((done += b.shape[0]));
-        }
-        const ort = ortMeter.rates();
+        const before = await timeOrt();
         const passMeter = rateMeter();
         const ctx = benchContext(join(root, `round-${round}`), shards, (n) => passMeter.mark(n));
         await mkdir(ctx.outDir, { recursive: true });
@@ -195,6 +202,9 @@ export async function benchFrozenPass(options: FrozenPassBenchOptions = { rounds
         const cut = pass.frontier.tensors.map((t) => t.layer).join('+');
         if (cut !== CUT) throw new Error(`the pass stopped at ${cut}, not ${CUT}`);
         const passRate = passMeter.rates();
+        // (a) brackets (b): the mean of the runs before and after, so a load change in between evens out.
+        const after = await timeOrt();
+        const ort = { wall: (before.wall + after.wall) / 2, cpu: (before.cpu + after.cpu) / 2 };
         rounds.push({ ort: ort.wall, pass: passRate.wall, ortCpu: ort.cpu, passCpu: passRate.cpu, reported: pass.stats.images / pass.stats.seconds });
         await rm(ctx.outDir, { recursive: true, force: true });
         console.log(
