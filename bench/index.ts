@@ -1,10 +1,11 @@
 /**
  * `npm run bench [name]`: the quick benchmarks (runtime, preprocess, prune) by default; the ones
- * that need the real MobileNetV2 (onnx, onnx-train, train-top, rank, finetune — the last ~10 min with the PyTorch
+ * that need the real MobileNetV2 (onnx, onnx-train, train-top, frozen-pass, rank, finetune — the last ~10 min with the PyTorch
  * baseline) run only when named: `npm run bench finetune`, or `npm run bench:finetune`. Figures
  * are reported against a baseline measured in the same run.
  */
 import { benchFinetune, parseBenchOptions } from './finetune.js';
+import { benchFrozenPass, parseFrozenPassOptions } from './frozen-pass.js';
 import { benchOnnx } from './onnx.js';
 import { benchOnnxTrain } from './onnx-train.js';
 import { benchPreprocess } from './preprocess.js';
@@ -23,8 +24,9 @@ const benches: Record<string, () => Promise<unknown>> = {
   finetune: () => benchFinetune(parseBenchOptions(process.argv.slice(3))),
   'onnx-train': () => benchOnnxTrain(),
   rank: () => benchRank(process.argv.slice(3)),
+  'frozen-pass': () => benchFrozenPass(parseFrozenPassOptions(process.argv.slice(3))),
 };
-const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune', 'rank']);
+const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune', 'rank', 'frozen-pass']);
 if (only && !(only in benches)) {
   console.error(`no benchmark '${only}'; choose one of: ${Object.keys(benches).join(', ')}`);
   process.exit(2);

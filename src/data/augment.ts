@@ -24,6 +24,9 @@ export interface AugmentDraw {
   contrast: number;
 }
 
+/** The draw of an exact left-right mirror and nothing else (the second view of flip-only augmentation). */
+export const MIRROR_DRAW: Readonly<AugmentDraw> = Object.freeze({ flip: true, scale: 1, offsetX: 0.5, offsetY: 0.5, angle: 0, brightness: 1, contrast: 1 });
+
 /** Draws one record's augmentation parameters, always in the same order. */
 export function drawAugmentation(augment: AugmentSpec, random: Random): AugmentDraw {
   return {

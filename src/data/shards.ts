@@ -109,6 +109,17 @@ export interface Batch {
   indices: Int32Array;
 }
 
+/** A batch of raw records, as the shards hold them. */
+export interface RecordBatch {
+  /** `count * h * w * c` uint8, NHWC. */
+  pixels: Uint8Array;
+  /** Labels, `count` int32. */
+  y: Int32Array;
+  count: number;
+  /** `[count, h, w, c]`. */
+  shape: [number, number, number, number];
+}
+
 /** A split's summary as the reader exposes it. */
 export interface SplitInfo {
   count: number;
@@ -136,6 +147,12 @@ export interface ShardDataset {
    * Augmentation is seeded per (seed, epoch, record), so it does not depend on `batchSize`.
    */
   batches(split: string, options: BatchOptions): AsyncIterable<Batch>;
+  /**
+   * The raw records of a split in record order, `batchSize` at a time (the last may be
+   * smaller), one batch prefetched like `batches`: for an engine that normalizes uint8 pixels
+   * itself (see `ml/onnx/convert-pixels.ts`).
+   */
+  recordBatches(split: string, batchSize: number): AsyncIterable<RecordBatch>;
   /** Number of batches `batches` yields for these options. */
   batchCount(split: string, options: Pick<BatchOptions, 'batchSize' | 'dropRemainder'>): number;
   close(): Promise<void>;
@@ -242,20 +259,23 @@ class Reader implements ShardDataset {
     for (let i = 0; i < order.length; i++) order[i] = i;
     if (options.shuffle) createRandom(deriveSeed(seed, 'shuffle', epoch)).shuffle(order);
     const labels = await this.labels(name);
-    const batchCount = this.batchCount(name, options);
-    const load = async (batch: number): Promise<Batch> => {
+    yield* prefetched(this.batchCount(name, options), async (batch) => {
       const indices = order.slice(batch * options.batchSize, Math.min(order.length, (batch + 1) * options.batchSize));
       const raw = await this.readRecords(name, indices);
       return this.decodeBatch(raw, indices, labels, options, seed, epoch);
-    };
-    let pending = batchCount > 0 ? load(0) : null;
-    for (let batch = 0; batch < batchCount && pending; batch++) {
-      const current = await pending;
-      pending = batch + 1 < batchCount ? load(batch + 1) : null;
-      // A caller that stops early must not leave an unhandled rejection behind.
-      pending?.catch(() => {});
-      yield current;
-    }
+    });
+  }
+
+  async *recordBatches(name: string, batchSize: number): AsyncGenerator<RecordBatch> {
+    const split = this.split(name);
+    if (!(Number.isInteger(batchSize) && batchSize > 0)) throw new StageError('batch_size', `batchSize must be a positive integer, got ${batchSize}`, { batchSize });
+    const labels = await this.labels(name);
+    yield* prefetched(this.batchCount(name, { batchSize }), async (batch) => {
+      const start = batch * batchSize;
+      const count = Math.min(split.count, start + batchSize) - start;
+      const pixels = await this.readRecords(name, Int32Array.from({ length: count }, (_, i) => start + i));
+      return { pixels, y: labels.slice(start, start + count), count, shape: [count, ...this.recordShape] };
+    });
   }
 
   private decodeBatch(raw: Uint8Array, indices: Int32Array, labels: Int32Array, options: BatchOptions, seed: number, epoch: number): Batch {
@@ -290,6 +310,18 @@ class Reader implements ShardDataset {
     const handles = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(handles.map(async (handle) => (await handle).close().catch(() => {})));
+  }
+}
+
+/** `load(0) … load(count - 1)` in order, the next one loading while the caller works on the current. */
+async function* prefetched<T>(count: number, load: (batch: number) => Promise<T>): AsyncGenerator<T> {
+  let pending = count > 0 ? load(0) : null;
+  for (let batch = 0; batch < count && pending; batch++) {
+    const current = await pending;
+    pending = batch + 1 < count ? load(batch + 1) : null;
+    // A caller that stops early must not leave an unhandled rejection behind.
+    pending?.catch(() => {});
+    yield current;
   }
 }
 

@@ -10,6 +10,8 @@ import os from 'node:os';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { Logger } from 'pino';
+import { applyAugmentation, MIRROR_DRAW } from '../data/augment.js';
+import { normalizationCoefficients, type NormalizeSpec } from '../data/spec.js';
 import { describeBackend, type Tf } from './backend.js';
 import type { TrainStepper } from './train.js';
 
@@ -25,11 +27,28 @@ export interface EngineTensor {
   shape: number[];
 }
 
+/** A batch of raw records (the shards' uint8 NHWC bytes) for `runPixels`. */
+export interface PixelBatch {
+  pixels: Uint8Array;
+  /** `[count, height, width, channels]`. */
+  shape: number[];
+  /** Mirror every record left-right first (the second view of flip-only augmentation). */
+  mirror: boolean;
+}
+
 /** Runs a fixed part of a model in inference mode. */
 export interface FrozenRunner {
   engine: EngineName;
-  /** One batch through the part; one array per output, in the part's output order. */
+  /**
+   * One batch through the part; one array per output, in the part's output order. Not for a
+   * runner made with `pixels` on onnxruntime (its graph takes uint8): use `runPixels`.
+   */
   run(inputs: EngineTensor[]): Promise<Float32Array[]>;
+  /**
+   * With `pixels`: one batch of raw records, normalized (and mirrored) as the shard reader
+   * would — inside the graph on onnxruntime, in JavaScript on TF.js.
+   */
+  runPixels?(batch: PixelBatch): Promise<Float32Array[]>;
   dispose(): Promise<void>;
 }
 
@@ -47,6 +66,11 @@ export interface RunnerOptions {
   log?: Logger;
   /** onnxruntime threads; default the machine's cores. */
   threads?: number;
+  /**
+   * The span starts at the model's image input and will be fed raw records through
+   * `runPixels`, normalized with this spec (the shards' `normalize`).
+   */
+  pixels?: NormalizeSpec;
 }
 
 /**
@@ -63,7 +87,25 @@ export async function createFrozenRunner(tf: Tf, model: LayersModel, part: Layer
     const onnx = await createOnnxRunner(model, span, options);
     if (onnx) return onnx;
   }
-  return tfjsRunner(tf, part);
+  const runner = tfjsRunner(tf, part);
+  return options.pixels ? { ...runner, runPixels: normalizingInJs(runner, options.pixels) } : runner;
+}
+
+/** `runPixels` for a runner on float input: the shard reader's own normalization, then `run`. */
+function normalizingInJs(runner: FrozenRunner, normalize: NormalizeSpec): (batch: PixelBatch) => Promise<Float32Array[]> {
+  return (batch) => {
+    const [count, height, width, channels] = batch.shape;
+    const size = height * width * channels;
+    const x = new Float32Array(count * size);
+    for (let row = 0; row < count; row++) applyAugmentation(batch.pixels.subarray(row * size, (row + 1) * size), [height, width, channels], batch.mirror ? MIRROR_DRAW : null, normalize, x, row * size);
+    return runner.run([{ x, shape: batch.shape }]);
+  };
+}
+
+/** Whether the model's input can take raw records in the graph: one NHWC image input of known size. */
+function takesPixels(model: LayersModel, span: ModelSpan): boolean {
+  const shape = model.inputs.length === 1 ? model.inputs[0].shape : [];
+  return span.from === null && shape.length === 4 && shape.slice(1).every((d) => typeof d === 'number');
 }
 
 /** TF.js `predict` on the part. */
@@ -89,9 +131,10 @@ export function tfjsRunner(tf: Tf, part: LayersModel): FrozenRunner {
 /** The onnxruntime runner, or null (logged, with the layer that does not convert). */
 async function createOnnxRunner(model: LayersModel, span: ModelSpan, options: RunnerOptions): Promise<FrozenRunner | null> {
   const { convertLayersModel, UnsupportedLayerError } = await import('./onnx/convert.js');
+  const pixels = options.pixels && takesPixels(model, span) ? { ...normalizationCoefficients(options.pixels), mirror: true } : undefined;
   let converted;
   try {
-    converted = convertLayersModel(model, { ...(span.from ? { from: span.from } : {}), to: span.to, name: `${model.name}_frozen` });
+    converted = convertLayersModel(model, { ...(span.from ? { from: span.from } : {}), to: span.to, name: `${model.name}_frozen`, ...(pixels ? { pixels } : {}) });
   } catch (caught) {
     if (!(caught instanceof UnsupportedLayerError)) throw caught;
     const error = caught as InstanceType<typeof UnsupportedLayerError>;
@@ -100,11 +143,13 @@ async function createOnnxRunner(model: LayersModel, span: ModelSpan, options: Ru
   }
   const { createOnnxRunner: create } = await import('./onnx/runner.js');
   const runner = await create(converted, { threads: options.threads ?? os.availableParallelism() });
-  return {
+  const frozen: FrozenRunner = {
     engine: 'onnxruntime',
     run: (inputs) => runner.run(inputs[0].x, inputs[0].shape),
     dispose: () => runner.dispose(),
   };
+  if (!options.pixels) return frozen;
+  return { ...frozen, runPixels: pixels ? (batch) => runner.run(batch.pixels, batch.shape, { mirror: batch.mirror }) : normalizingInJs(frozen, options.pixels) };
 }
 
 /**

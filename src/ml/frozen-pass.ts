@@ -17,7 +17,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import type { AugmentDraw } from '../data/augment.js';
+import { MIRROR_DRAW, type AugmentDraw } from '../data/augment.js';
 import { createRandom, deriveSeed } from '../data/random.js';
 import type { ShardDataset } from '../data/shards.js';
 import { isAugmenting, type AugmentSpec } from '../data/spec.js';
@@ -30,7 +30,7 @@ import { buildBetween, buildBottom, buildTop, digestClosure, findFrontier, isTri
 import type { BatchSource, TrainBatch } from './train.js';
 
 /** Bump when the stored activations would differ for the same inputs. */
-const PASS_VERSION = 1;
+const PASS_VERSION = 2;
 
 /** Cached activations of one split: one array per frontier tensor, `views` stacked passes. */
 export interface CachedSplit {
@@ -96,7 +96,7 @@ export interface ViewPlan {
 export function planViews(augment: AugmentSpec | undefined, augmentViews: number): ViewPlan {
   if (!isAugmenting(augment)) return { views: 1, kind: 'none', draws: [null] };
   const flipOnly = augment!.flip && !augment!.crop && !augment!.rotate && !augment!.brightness && !augment!.contrast;
-  if (flipOnly) return { views: 2, kind: 'fixed', draws: [null, { flip: true, scale: 1, offsetX: 0.5, offsetY: 0.5, angle: 0, brightness: 1, contrast: 1 }] };
+  if (flipOnly) return { views: 2, kind: 'fixed', draws: [null, MIRROR_DRAW] };
   return { views: Math.max(1, augmentViews), kind: 'random', draws: [] };
 }
 
@@ -137,7 +137,10 @@ async function passOverImages(request: FrozenPassRequest, frontier: Frontier, st
     parts,
     async (out) => {
       const part = await buildBottom(model, frontier);
-      const runner = await createFrozenRunner(tf, model, part, { from: null, to: frontier.tensors.map((t) => t.layer) }, { preference: request.engine, log: ctx.log });
+      // Fixed views (plain, mirrored) go to the engine as raw records: onnxruntime normalizes
+      // and mirrors them inside the graph, so no float is made in JavaScript.
+      const pixels = plan.kind !== 'random';
+      const runner = await createFrozenRunner(tf, model, part, { from: null, to: frontier.tensors.map((t) => t.layer) }, { preference: request.engine, log: ctx.log, ...(pixels ? { pixels: dataset.spec.normalize } : {}) });
       const t0 = performance.now();
       try {
         const total = Object.entries(dataset.splits).reduce((sum, [name, s]) => sum + s.count * (name === 'train' ? plan.views : 1), 0);
@@ -147,6 +150,20 @@ async function passOverImages(request: FrozenPassRequest, frontier: Frontier, st
           for (const [name, split] of Object.entries(dataset.splits)) {
             const views = name === 'train' ? plan.views : 1;
             const writer = new SplitWriter(frontier, split.count, views);
+            if (pixels) {
+              // Each batch of records is read once and run once per view.
+              for await (const batch of dataset.recordBatches(name, request.batch)) {
+                for (let view = 0; view < views; view++) {
+                  if (ctx.signal.aborted) throw new AbortedError();
+                  const mirror = name === 'train' && plan.draws[view] !== null;
+                  writer.add(view, await runner.runPixels!({ pixels: batch.pixels, shape: batch.shape, mirror }), batch.y, batch.count);
+                  done += batch.count;
+                  passing.tick(batch.count);
+                }
+              }
+              await writer.save(out, name);
+              continue;
+            }
             for (let view = 0; view < views; view++) {
               const options = {
                 batchSize: request.batch,

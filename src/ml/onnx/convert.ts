@@ -17,6 +17,7 @@ import { activationLayer, eluLayer, leakyReluLayer, preluLayer, reluLayer, softm
 import { conv2d, depthwiseConv2d, separableConv2d } from './convert-conv.js';
 import { batchNormalization, dense, flatten, identity, layerNormalization, permute, reshape, rescaling } from './convert-core.js';
 import { add, average, concatenate, maximum, minimum, multiply } from './convert-merge.js';
+import { MIRROR_INPUT, pixelPrologue, type PixelEncoding } from './convert-pixels.js';
 import { averagePooling2d, cropping2d, globalAveragePooling1d, globalAveragePooling2d, globalMaxPooling1d, globalMaxPooling2d, maxPooling2d, upSampling2d, zeroPadding2d } from './convert-spatial.js';
 import { UnsupportedLayerError, type ConvertedGraph, type ConvertedTensor, type ConvertOptions, type GraphPort, type LayerTensors, type Shape, type UnsupportedLayer, type WeightInput } from './types.js';
 
@@ -99,17 +100,21 @@ export function convertLayersModel(model: LayersModel, options: ConvertOptions =
   const tensors = new Map<string, LayerTensors>();
   const inputs: GraphPort[] = [];
   const used = new Set<string>();
+  const pixels = options.pixels ? pixelStart(span, options) : null;
   for (const start of span.starts) {
     const shape = start.tensor.shape;
-    const name = graph.input(start.layer.name, dimsOf(shape, start.layer.name));
+    const name = graph.input(start.layer.name, dimsOf(shape, start.layer.name), pixels ? 'UINT8' : 'FLOAT');
     used.add(name);
-    inputs.push({ name, layer: start.layer.name, shape });
+    inputs.push({ name, layer: start.layer.name, shape, ...(pixels ? { dtype: 'uint8' as const } : {}) });
   }
+  if (pixels) used.add(MIRROR_INPUT);
   const weightInputs = options.weights === 'inputs' ? declareWeights(model, span, graph) : [];
   weightInputs.forEach((w) => used.add(w.name));
   const ctx = new ConvertContext(graph, options.weights === 'inputs' ? new Map(weightInputs.map((w) => [(w.variable as Variable).id, w.name])) : null);
   for (const start of span.starts) {
-    const value = ctx.fromTfLayout(start.layer.name, start.tensor.shape, start.layer.name);
+    const value = pixels
+      ? ctx.tensor(pixelPrologue(graph, start.layer.name, dimsOf(start.tensor.shape, start.layer.name), pixels), start.tensor.shape)
+      : ctx.fromTfLayout(start.layer.name, start.tensor.shape, start.layer.name);
     values.set(start.tensor.id, value);
     tensors.set(start.layer.name, { output: value, inputs: [] });
   }
@@ -129,7 +134,21 @@ export function convertLayersModel(model: LayersModel, options: ConvertOptions =
     graph.output(ctx.toTfLayout(value, `${end.layer.name}/output`), name, dimsOf(end.tensor.shape, name));
     return { name, layer: end.layer.name, shape: end.tensor.shape };
   });
-  return { graph, inputs, outputs, tensors, weightInputs };
+  return { graph, inputs, outputs, tensors, weightInputs, ...(pixels ? { mirrorInput: pixels.mirror ? MIRROR_INPUT : null } : {}) };
+}
+
+/** The pixel encoding, checked against the span: one NHWC model input of known size. */
+function pixelStart(span: Span, options: ConvertOptions): PixelEncoding {
+  const shape = span.starts[0]?.tensor.shape;
+  if (options.from?.length || span.starts.length !== 1 || shape.length !== 4 || shape.slice(1).some((d) => d === null)) {
+    throw badCut(`a uint8 pixel input needs a span from the model's one image input of known size (got ${span.starts.length} inputs${shape ? ` of shape [${shape.join(', ')}]` : ''})`, { from: options.from ?? null });
+  }
+  if (options.weights === 'inputs') throw badCut('a uint8 pixel input takes baked-in weights', {});
+  const channels = shape[3] as number;
+  if (options.pixels!.scale.length !== channels || options.pixels!.offset.length !== channels) {
+    throw badCut(`the pixel normalization has ${options.pixels!.scale.length} coefficients for ${channels} input channels`, { channels });
+  }
+  return options.pixels!;
 }
 
 /** The first layer in the span that cannot be converted, or null (no graph built). */

@@ -10,14 +10,14 @@ import { AttributeType, DataType, ModelProto, type DataTypeName } from './proto.
 export const OPSET = 17;
 const IR_VERSION = 8;
 
-/** An attribute value: number (int unless `float()`), number[] (ints), string, or a tagged float. */
-export type AttributeValue = number | number[] | string | { float: number } | { floats: number[] };
+/** An attribute value: number (int unless `float()`), number[] (ints), string, a tagged float, or a subgraph (`If` branches). */
+export type AttributeValue = number | number[] | string | { float: number } | { floats: number[] } | { graph: OnnxGraph };
 
 /** A dimension: a fixed size or a symbolic name (e.g. `batch`). */
 export type Dim = number | string;
 
 /** Typed array accepted as initializer data. */
-export type TensorData = Float32Array | Int32Array | BigInt64Array | Uint8Array;
+export type TensorData = Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
 
 interface ValueInfo {
   name: string;
@@ -27,6 +27,7 @@ interface ValueInfo {
 
 function dataTypeOf(data: TensorData): DataTypeName {
   if (data instanceof Float32Array) return 'FLOAT';
+  if (data instanceof Float64Array) return 'DOUBLE';
   if (data instanceof Int32Array) return 'INT32';
   if (data instanceof BigInt64Array) return 'INT64';
   return 'UINT8';
@@ -45,6 +46,7 @@ function attribute(name: string, value: AttributeValue) {
     return { name, type: AttributeType.INT, i: value };
   }
   if ('float' in value) return { name, type: AttributeType.FLOAT, f: value.float };
+  if ('graph' in value) return { name, type: AttributeType.GRAPH, g: value.graph.toGraphObject() };
   return { name, type: AttributeType.FLOATS, floats: value.floats };
 }
 
@@ -158,18 +160,23 @@ export class OnnxGraph {
     return this.nodes.length;
   }
 
-  /** Serializes the graph as an ONNX ModelProto. */
-  toBytes(metadata: Record<string, string> = {}): Uint8Array {
+  /** The GraphProto as a plain object (a model's graph, or a subgraph attribute). */
+  toGraphObject(): object {
     const valueInfo = (v: ValueInfo) => ({
       name: v.name,
       type: { tensorType: { elemType: DataType[v.type], shape: { dim: v.dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } },
     });
+    return { name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs.map(valueInfo), output: this.outputs.map(valueInfo) };
+  }
+
+  /** Serializes the graph as an ONNX ModelProto. */
+  toBytes(metadata: Record<string, string> = {}): Uint8Array {
     const message = ModelProto.fromObject({
       irVersion: IR_VERSION,
       opsetImport: [{ domain: '', version: OPSET }],
       producerName: 'finetune-pipeline',
       producerVersion: '0.1.0',
-      graph: { name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs.map(valueInfo), output: this.outputs.map(valueInfo) },
+      graph: this.toGraphObject(),
       metadataProps: Object.entries(metadata).map(([key, value]) => ({ key, value })),
     });
     return ModelProto.encode(message).finish();

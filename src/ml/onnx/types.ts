@@ -2,6 +2,7 @@
  * The public shapes of the TF.js → ONNX converter (`convert.ts` re-exports them). They live in
  * their own file so the per-family converters can use them without importing the driver.
  */
+import type { PixelEncoding } from './convert-pixels.js';
 import type { OnnxGraph } from './graph.js';
 
 /** A TF.js shape: `null` for the batch (and any other unknown) dimension. */
@@ -21,6 +22,11 @@ export interface ConvertOptions {
   weights?: 'initializers' | 'inputs';
   /** Graph name. Default: the model's name. */
   name?: string;
+  /**
+   * Feed the model's image input as uint8 NHWC pixels, normalized (and optionally mirrored)
+   * inside the graph (see convert-pixels.ts). Only for a span from the model's one input.
+   */
+  pixels?: PixelEncoding;
 }
 
 /** A value of the ONNX graph, as the converter tracks it. */
@@ -51,6 +57,8 @@ export interface GraphPort {
   layer: string;
   /** NHWC (TF.js) shape, batch null: what the caller feeds or receives. */
   shape: Shape;
+  /** Element type fed; absent = float32. `uint8` for a pixel input. */
+  dtype?: 'uint8';
 }
 
 /** A weight fed as a graph input (`weights: 'inputs'`). */
@@ -83,6 +91,11 @@ export interface ConvertedGraph {
    * layers, each with its LayerVariable, TF.js shape and trainability. Empty otherwise.
    */
   weightInputs: WeightInput[];
+  /**
+   * With `pixels`: the boolean graph input that mirrors the batch (null without `mirror`).
+   * Absent for a float input.
+   */
+  mirrorInput?: string | null;
 }
 
 /** A layer the converter cannot express in ONNX (or not the way this model uses it). */

@@ -35,6 +35,13 @@ describe('shard writer and reader', () => {
       expect(Array.from({ length: indices.length }, (_, i) => raw[i * 4])).toEqual(indices);
       expect(Array.from(await dataset.labels('train'))).toEqual([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
       await expect(dataset.readRecords('train', [10])).rejects.toMatchObject({ code: 'record_out_of_range' });
+      // raw records in record order, a batch at a time, across shard boundaries
+      const raws = [];
+      for await (const batch of dataset.recordBatches('train', 4)) raws.push(batch);
+      expect(raws.map((b) => [b.count, ...b.shape])).toEqual([[4, 4, 2, 2, 1], [4, 4, 2, 2, 1], [2, 2, 2, 2, 1]]);
+      expect(raws.flatMap((b) => Array.from(b.pixels))).toEqual(Array.from(await dataset.readRecords('train', [...Array(10).keys()])));
+      expect(raws.flatMap((b) => Array.from(b.y))).toEqual([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
+      await expect(dataset.recordBatches('train', 0)[Symbol.asyncIterator]().next()).rejects.toMatchObject({ code: 'batch_size' });
       const batches = [];
       for await (const batch of dataset.batches('train', { batchSize: 4, shuffle: true, seed: 9 })) batches.push(batch);
       const seen = batches.flatMap((b) => Array.from(b.indices));
