@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createProgressView, renderIssues, renderPlan, renderSummary } from './render.js';
+import { createProgressView, planJson, renderGrid, renderIssues, renderPlan, renderSummary } from './render.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
@@ -187,7 +187,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case 'plan': {
         const plan = await planPipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set, selection: selectionOf(values), artifacts });
         if (values.json)
-          io.stdout(JSON.stringify({ pipeline: plan.pipeline.name, stages: plan.stages.map((p) => ({ id: p.stage.id, uses: p.stage.kind, action: p.action, key: p.key, reasons: p.reasons })) }) + '\n');
+          io.stdout(JSON.stringify(planJson(plan)) + '\n');
         else io.stdout(renderPlan(plan));
         return EXIT.ok;
       }
@@ -333,6 +333,7 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
     io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
     if (command === 'status')
       for (const s of summary.stages) io.stdout(`    ${s.status.padEnd(7)} ${s.id.padEnd(16)} ${Object.entries(s.metrics).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).slice(0, 6).join(' ')}\n`);
+    if (command === 'status') io.stdout(renderGrid(summary));
   }
   return EXIT.ok;
 }

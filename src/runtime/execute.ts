@@ -11,8 +11,9 @@ import { AbortedError, describeError, GateError, StageError } from './errors.js'
 import { canonicalJson, sha256 } from './hash.js';
 import { seedFor } from './seed.js';
 import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import { describeMatrix } from './matrix.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { BranchInput, Json, Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -25,6 +26,8 @@ export interface StageSummary {
   metrics: Metrics;
   /** Why it ran (or `inputs unchanged`). */
   reasons?: string[];
+  /** A branch of a sweep: the stage id in the file it came from and its matrix coordinates. */
+  branch?: { template: string; coords: Record<string, Json> };
   error?: { code: string; message: string; details?: Record<string, unknown> };
   /**
    * Numeric metrics that differ from the previous run of the same pipeline:
@@ -48,6 +51,11 @@ export interface RunSummary {
   engines?: Record<string, Record<string, string>>;
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
+  /**
+   * The sweeps of the pipeline: each swept param (`stage`, `param`, its `label` in branch ids and
+   * coordinates, `values`) and, per stage of the file that was expanded, its branches' ids.
+   */
+  matrix?: { axes: { stage: string; param: string; label: string; values: Json[] }[]; branches: Record<string, string[]> };
 }
 
 /** Hooks the CLI uses to show progress; all optional. */
@@ -89,7 +97,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
-    const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
+    const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
     const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
@@ -155,6 +163,13 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
   };
 
+  const byId = new Map(plan.pipeline.stages.map((s) => [s.id, s]));
+  /** What a joining stage reads of one branch: its artifact, its coordinates, its own upstream. */
+  const branchInput = (id: string): BranchInput => {
+    const stage = byId.get(id)!;
+    return { input: outputs.get(id)!, template: stage.template ?? id, coords: stage.coords ?? {}, upstream: stage.ancestors.map((a) => outputs.get(a)!).filter(Boolean) };
+  };
+
   const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
@@ -171,7 +186,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       kind: stage.kind,
       params: stage.params,
       key,
-      seed: seedFor(plan.pipeline.seed, stage.id),
+      seed: seedFor(plan.pipeline.seed, stage.template ?? stage.id),
       baseDir: plan.pipeline.baseDir,
       outDir,
       workDir,
@@ -182,6 +197,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         return found;
       },
       downstream: planned.downstream,
+      ...(stage.definition.join ? { branches: stage.needs.map((id) => branchInput(id)) } : {}),
       async memo(name, parts, compute, memoOptions) {
         const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
         memoKeys.push(memoKey);
@@ -263,6 +279,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   };
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
+  const matrix = plan.pipeline.matrix;
+  if (matrix) summary.matrix = describeMatrix(matrix);
   return summary;
 }
 

@@ -80,7 +80,10 @@ export interface Plan {
 export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, selection: Selection, statCache: StatCache): Promise<Plan> {
   const issues = checkSelection(pipeline, selection);
   if (issues.length) throw new ValidationError(issues);
-  const { included, forced } = selectStages(pipeline.needs, selection);
+  const aliases = branchAliases(pipeline);
+  const { included, forced } = selectStages(pipeline.needs, selection, aliases);
+  const only = new Set(selection.only ? (aliases.get(selection.only) ?? [selection.only]) : []);
+  const forcedByFlag = new Set((selection.force ?? []).flatMap((id) => aliases.get(id) ?? [id]));
   const keys = new Map<string, string>();
   const planned: PlannedStage[] = [];
   const willRun = new Set<string>();
@@ -96,8 +99,9 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     }
     // The key covers content, not names: the upstream digests (sorted) rather than the ids.
     // The seed is derived from the pipeline seed and the stage id: it drives initialization,
-    // shuffling, augmentation and splits, so a new seed must not reuse results.
-    const seed = seedFor(pipeline.seed, stage.id);
+    // shuffling, augmentation and splits, so a new seed must not reuse results. The branches of
+    // a sweep share their stage's seed (its id in the file): they differ only in the swept values.
+    const seed = seedFor(pipeline.seed, stage.template ?? stage.id);
     const downstream = downstreamHints(pipeline, stage.id);
     // Only a stage that plans with its descendants' hints is keyed by them.
     const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
@@ -110,7 +114,7 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     let action: 'run' | 'cached' = 'cached';
     if (forced.has(stage.id)) {
       action = 'run';
-      reasons.push(selection.from && forced.has(stage.id) && !(selection.force ?? []).includes(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
+      reasons.push(selection.from && !forcedByFlag.has(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
     } else if (check.state !== 'ok') {
       action = 'run';
       if (check.state === 'corrupt') reasons.push(`cache entry is corrupt (${check.reason}); recomputing`);
@@ -118,7 +122,7 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
     } else {
       reasons.push('inputs unchanged');
     }
-    if (action === 'run' && selection.only && stage.id !== selection.only) {
+    if (action === 'run' && selection.only && !only.has(stage.id)) {
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
     if (action === 'run') willRun.add(stage.id);
@@ -141,12 +145,18 @@ function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint
   return out;
 }
 
-/** `--from`, `--only` and `--force` must name stages of the file. */
+/** A swept stage's id in the file -> its branches' ids (`--force tune` forces every branch). */
+export function branchAliases(pipeline: ResolvedPipeline): Map<string, string[]> {
+  return new Map(Object.entries(pipeline.matrix?.branches ?? {}));
+}
+
+/** `--from`, `--only` and `--force` must name stages of the file (or branches of a sweep). */
 export function checkSelection(pipeline: ResolvedPipeline, selection: Selection): ValidationIssue[] {
-  const ids = [...pipeline.needs.keys()];
+  const aliases = branchAliases(pipeline);
+  const ids = [...new Set([...aliases.keys(), ...pipeline.needs.keys()])];
   const flags: [string, string | undefined][] = [['--from', selection.from], ['--only', selection.only], ...(selection.force ?? []).map((id): [string, string] => ['--force', id])];
   return flags
-    .filter(([, id]) => id !== undefined && !pipeline.needs.has(id))
+    .filter(([, id]) => id !== undefined && !pipeline.needs.has(id) && !aliases.has(id))
     .map(([flag, id]) => ({ code: 'unknown_stage', path: '', file: flag, message: `${flag} ${id}: no stage '${id}' in ${pipeline.file}${didYouMean(id!, ids)}; stages: ${ids.join(', ')}` }));
 }
 

@@ -12,6 +12,7 @@ import { ingest } from './ingest.js';
 import { loadBase } from './load-base.js';
 import { preprocess } from './preprocess.js';
 import { prune } from './prune.js';
+import { select } from './select.js';
 import { trainHead } from './train-head.js';
 import { unfreeze } from './unfreeze.js';
 
@@ -26,5 +27,6 @@ export const stages = {
   'fine-tune': fineTune,
   prune,
   evaluate,
+  select,
   export: exportStage,
 } as const satisfies StageRegistry;
