@@ -90,7 +90,7 @@ export function checkStageMatrix(id: string, matrix: Record<string, unknown[]>, 
     }
     if (!values.length) problems.push({ code: 'matrix_empty', segments: ['matrix', param], message: `matrix.${param} of stage '${id}' is an empty list; give at least one value (two or more to compare)` });
     if (Object.prototype.hasOwnProperty.call(withParams, param))
-      problems.push({ code: 'matrix_collision', segments: ['matrix', param], message: `'${param}' of stage '${id}' is set both in with: and in matrix:; remove it from with: (each branch gets its value from the matrix)` });
+      problems.push({ code: 'matrix_collision', segments: ['with', param], message: `'${param}' of stage '${id}' is set both in with: and in matrix:; remove it from with: (each branch gets its value from the matrix)` });
     const seen = new Map<string, number>();
     values.forEach((value, index) => {
       const key = canonicalJson(value as Json);

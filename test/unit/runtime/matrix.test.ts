@@ -168,7 +168,7 @@ describe('matrix errors (exit 2, at file:line)', () => {
     expect(issuesOf(sweep('[]'))).toEqual([expect.stringMatching(/^11:matrix_empty:stages\.tune\.matrix\.lr: matrix\.lr of stage 'tune' is an empty list/)]);
     expect(issuesOf(sweep().replace("matrix: { lr: [0.1, 0.01] }", 'matrix: {}'))).toEqual([expect.stringMatching(/^11:matrix_empty:stages\.tune\.matrix: stage 'tune' has an empty matrix/)]);
     expect(issuesOf(sweep().replace('needs: [depth]', 'needs: [depth]\n    with: { lr: 0.5 }'))).toEqual([
-      expect.stringMatching(/^12:matrix_collision:stages\.tune\.matrix\.lr: 'lr' of stage 'tune' is set both in with: and in matrix:; remove it from with:/),
+      expect.stringMatching(/^11:matrix_collision:stages\.tune\.with\.lr: 'lr' of stage 'tune' is set both in with: and in matrix:; remove it from with:/),
     ]);
     expect(issuesOf(sweep('[0.1, 0.01, 1e-1]'))).toEqual([expect.stringMatching(/^11:matrix_collision:stages\.tune\.matrix\.lr\.2: matrix\.lr of stage 'tune' lists 0\.1 twice \(items 0 and 2\)/)]);
   });
@@ -196,9 +196,9 @@ stages:
     expect(result.ok && result.pipeline.matrix!.branches.again).toEqual(['again-depth-factor-1-again-factor-3', 'again-depth-factor-2-again-factor-3']);
   });
 
-  it('a --set of a swept param collides with the matrix (exit 2)', async () => {
+  it('a --set of a swept param collides with the matrix, reported against the --set', async () => {
     await expect(planPipeline(options(['stages.tune.with.lr=0.3']))).rejects.toThrow(ValidationError);
     const result = loadPipelineText(readFileSync(dir.path('p.yaml'), 'utf8'), 'p.yaml', registry, ['stages.tune.with.lr=0.3']);
-    expect(!result.ok && result.issues.map((i) => [i.file, i.code])).toEqual([['p.yaml', 'matrix_collision']]);
+    expect(!result.ok && result.issues.map((i) => [i.file, i.code, i.message])).toEqual([['--set', 'matrix_collision', expect.stringMatching(/^--set stages\.tune\.with\.lr=0\.3: 'lr' of stage 'tune' is set both in with: and in matrix:/)]]);
   });
 });
