@@ -38,6 +38,7 @@ export const ERROR_CODES = {
   out_of_range: 'a number is outside its allowed range',
   matrix_unknown_param: "a stage's matrix names a param its kind does not have",
   matrix_empty: 'a matrix, or one of its lists of values, is empty',
+  matrix_too_large: 'a sweep would make more branches than a pipeline may hold',
   matrix_collision: 'a swept param is also set in with:, a matrix lists a value twice, or two stages would get one id',
   join_without_branches: 'a stage that picks among branches (select) needs fewer than two',
   'schema_<keyword>': 'any other JSON Schema rule broken (the code names the keyword)',

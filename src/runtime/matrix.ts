@@ -17,6 +17,11 @@ import { canonicalJson } from './hash.js';
 import type { StageDefinition } from './types.js';
 import type { Json } from './types.js';
 
+/** Branches one stage's matrix may make (the product of its lists' lengths). */
+export const MAX_STAGE_BRANCHES = 256;
+/** Stages the whole expanded pipeline may hold. */
+export const MAX_EXPANDED_STAGES = 2048;
+
 /** One swept param. */
 export interface MatrixAxis {
   /** The stage (its id in the file) whose `matrix:` sweeps it. */
@@ -91,6 +96,7 @@ export function checkStageMatrix(id: string, matrix: Record<string, unknown[]>, 
     if (!values.length) problems.push({ code: 'matrix_empty', segments: ['matrix', param], message: `matrix.${param} of stage '${id}' is an empty list; give at least one value (two or more to compare)` });
     if (Object.prototype.hasOwnProperty.call(withParams, param))
       problems.push({ code: 'matrix_collision', segments: ['with', param], message: `'${param}' of stage '${id}' is set both in with: and in matrix:; remove it from with: (each branch gets its value from the matrix)` });
+    if (values.length > MAX_STAGE_BRANCHES) continue; // reported below, without listing every duplicate
     const seen = new Map<string, number>();
     values.forEach((value, index) => {
       const key = canonicalJson(value as Json);
@@ -98,6 +104,9 @@ export function checkStageMatrix(id: string, matrix: Record<string, unknown[]>, 
       else seen.set(key, index);
     });
   }
+  const product = params.reduce((n, param) => n * Math.max(1, matrix[param].length), 1);
+  if (product > MAX_STAGE_BRANCHES)
+    problems.push({ code: 'matrix_too_large', segments: ['matrix'], message: `the matrix of stage '${id}' makes ${product} combinations; a stage may sweep at most ${MAX_STAGE_BRANCHES}: list fewer values` });
   return problems;
 }
 
@@ -190,6 +199,10 @@ export function expandMatrix(templates: TemplateStage[]): { stages: ExpandedStag
           (variants.get(dep) ?? []).filter((v) => consistent(m.assign, v.assign)).map((v) => ({ assign: new Map([...m.assign, ...v.assign]), needs: [...m.needs, v.id] })),
         );
       }
+    }
+    if (stages.length + merged.length * t.variants.length > MAX_EXPANDED_STAGES) {
+      problems.push({ stage: t.id, code: 'matrix_too_large', segments: ['uses'], message: `the sweeps would expand the pipeline to more than ${MAX_EXPANDED_STAGES} stages at '${t.id}' (${merged.length * t.variants.length} branches of it); sweep fewer values, or join branches with a select sooner` });
+      return { stages, needs: new Map(), problems };
     }
     const own = axisOf.get(t.id) ?? [];
     const out: { id: string; assign: Assign }[] = [];

@@ -173,6 +173,14 @@ describe('matrix errors (exit 2, at file:line)', () => {
     expect(issuesOf(sweep('[0.1, 0.01, 1e-1]'))).toEqual([expect.stringMatching(/^11:matrix_collision:stages\.tune\.matrix\.lr\.2: matrix\.lr of stage 'tune' lists 0\.1 twice \(items 0 and 2\)/)]);
   });
 
+  it('a matrix with too many combinations is refused before anything is expanded', () => {
+    const many = JSON.stringify(Array.from({ length: 20 }, (_, i) => i + 1));
+    const text = sweep().replace('matrix: { factor: [1, 2] }', `matrix: { factor: ${many}, sleepMs: ${many} }`);
+    expect(issuesOf(text)).toEqual([expect.stringMatching(/^7:matrix_too_large:stages\.depth\.matrix: the matrix of stage 'depth' makes 400 combinations; a stage may sweep at most 256/)]);
+    const chain = `name: wide\nstages:\n  src: { uses: source }\n${['a', 'b', 'c'].map((id, i) => `  ${id}: { uses: transform, needs: [${i ? ['a', 'b'][i - 1] : 'src'}], matrix: { factor: ${many} } }`).join('\n')}\n`;
+    expect(issuesOf(chain)).toEqual([expect.stringMatching(/matrix_too_large:stages\.c\.uses: the sweeps would expand the pipeline to more than 2048 stages at 'c' \(8000 branches of it\)/)]);
+  });
+
   it('a value its param does not accept is reported at that value', () => {
     expect(issuesOf(sweep('[0.1, -1]'))).toEqual([expect.stringMatching(/^11:out_of_range:stages\.tune\.matrix\.lr\.1: /)]);
   });
