@@ -87,7 +87,7 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
   const table = (title: string, rows: Row[]) => {
     const widths = labels.map((label) => Math.max(label.length, ...rows.map((r) => formatValue(r.coords[label] ?? '-').length)));
     lines.push(`${indent}  ${title}`);
-    lines.push(`${indent}    ${labels.map((l, i) => l.padEnd(widths[i])).join('  ')}`);
+    lines.push(`${indent}    ${labels.map((l, i) => l.padEnd(widths[i])).join('  ')}`.trimEnd());
     for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.join('  ')}`.trimEnd());
   };
   const joins = summary.stages.filter((s) => Array.isArray(s.metrics.table));
