@@ -129,7 +129,7 @@ async function measure(datasetDir: string, outDir: string): Promise<PreprocessBe
   const ctx: StageContext<PreprocessParams> = {
     id: 'preprocess', kind: 'preprocess', params, key: 'bench', seed: 1, baseDir: outDir, outDir, workDir: outDir,
     inputs: [input], input: () => input, downstream: [],
-    memo: () => Promise.reject(new Error('preprocess uses no memo')), log: pino({ level: 'silent' }), progress: () => {}, signal: new AbortController().signal,
+    memo: () => Promise.reject(new Error('preprocess uses no memo')), log: pino({ level: 'silent' }), progress: () => {}, track: () => ({ tick() {}, done() {} }), signal: new AbortController().signal,
   };
   const startRssMiB = process.resourceUsage().maxRSS / 1024;
   const samples: number[] = [];

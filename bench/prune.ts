@@ -123,6 +123,7 @@ async function runBenchStage(root: string, stage: StageDefinition, raw: Record<s
     },
     log: pino({ level: 'silent' }),
     progress: () => {},
+    track: () => ({ tick() {}, done() {} }),
     signal: new AbortController().signal,
   };
   const result = await stage.run(ctx, params);

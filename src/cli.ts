@@ -7,11 +7,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createProgressView, planJson, renderGrid, renderIssues, renderPlan, renderSummary } from './render.js';
+import { createProgressView } from './progress-view.js';
+import { planJson, renderGrid, renderIssues, renderPlan, renderSummary } from './render.js';
+import { commandCache, remoteCacheOf } from './commands/cache.js';
+import { RemoteError } from './remote/remote.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
 import { ArtifactStore } from './runtime/store.js';
+import { commandWorker, openExecutor, WORKER_COMMAND, WORKER_OPTION_HELP } from './commands/worker.js';
 import type { StageRegistry } from './runtime/types.js';
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, locked: 3, interrupted: 130 } as const;
@@ -22,6 +26,8 @@ export interface CliIo {
   stderr: (text: string) => void;
   env: NodeJS.ProcessEnv;
   isTTY: boolean;
+  /** The stderr stream, for live progress bars when `isTTY` (absent: plain progress lines). */
+  stderrStream?: NodeJS.WritableStream;
   /** The TF.js backend: chosen lazily by the stages that need it. Absent in runtime-only use. */
   backend?: BackendControl;
 }
@@ -49,6 +55,27 @@ const COMMANDS: Record<string, { synopsis: string; summary: string; details?: st
   status: { synopsis: 'status', summary: 'the latest run of each pipeline, its stages and metrics' },
   runs: { synopsis: 'runs', summary: 'recent runs' },
   gc: { synopsis: 'gc', summary: 'remove cache entries no recent run of any pipeline uses (--dry-run lists them)' },
+  report: {
+    synopsis: 'report [RUN]',
+    summary: 'a run\'s report: one self-contained HTML page + Markdown + chart PNGs (default: the latest run)',
+    details: 'Written to runs/<run-id>/report.html in the store (report.md and report-assets/ beside it); the page\'s path is printed.',
+  },
+  show: {
+    synopsis: 'show STAGE [FILE]',
+    summary: 'a stage\'s latest metrics, its history across runs, its report files and where its artifact lives',
+    details: 'FILE (a pipeline file) picks the pipeline when several have a stage of that id; default: the latest run\'s.',
+  },
+  worker: WORKER_COMMAND,
+  cache: {
+    synopsis: 'cache push|pull [KEY...|FILE]',
+    summary: 'share cache entries through a remote cache (S3): push local entries, pull what a pipeline needs',
+    details: [
+      'push: the given keys, or every key the newest run of each pipeline used. pull FILE: the',
+      'entries a run of FILE would use; pull KEY...: those keys. Blobs go by sha256 (only the',
+      'missing ones), the manifest last; every downloaded blob is re-hashed before use.',
+      'Credentials come from the AWS environment/profile chain; the endpoint from AWS_ENDPOINT_URL.',
+    ].join('\n'),
+  },
   predict: {
     synopsis: 'predict MODEL IMAGE...',
     summary: 'classify images with an exported model',
@@ -75,6 +102,10 @@ const OPTION_HELP: Record<string, string> = {
   keep: '--keep N             keep what the newest N runs of each pipeline use (default 10)',
   'dry-run': '--dry-run            gc: list what would be removed; remove nothing',
   top: '--top K              print the K most probable classes per image (default 1)',
+  out: '--out FILE           report: write the HTML page here (FILE.md and FILE-assets/ beside it)',
+  ...WORKER_OPTION_HELP,
+  remote: '--remote URL         remote cache s3://bucket/prefix (default $PIPELINE_REMOTE); run: pull on a miss, push after each stage',
+  'remote-endpoint': '--remote-endpoint U  S3 endpoint of the remote, e.g. http://127.0.0.1:8080 (default $AWS_ENDPOINT_URL, else AWS)',
 };
 
 const USAGE = `usage: pipeline <command> [options]
@@ -115,13 +146,17 @@ function readJsonFileMaybe(file: string): unknown {
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout'],
+  worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'backend', 'stall-seconds'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis', 'remote', 'remote-endpoint'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
   runs: ['json', 'artifacts'],
   gc: ['json', 'keep', 'artifacts', 'wait', 'wait-timeout', 'dry-run'],
   predict: ['json', 'top', 'backend'],
+  report: ['json', 'out', 'artifacts'],
+  show: ['json', 'artifacts'],
+  cache: ['json', 'set', 'artifacts', 'remote', 'remote-endpoint'],
 };
 
 const OPTIONS = {
@@ -138,6 +173,14 @@ const OPTIONS = {
   'dry-run': { type: 'boolean' },
   keep: { type: 'string' },
   top: { type: 'string' },
+  out: { type: 'string' },
+  executor: { type: 'string' },
+  redis: { type: 'string' },
+  queue: { type: 'string' },
+  concurrency: { type: 'string' },
+  remote: { type: 'string' },
+  'stall-seconds': { type: 'string' },
+  'remote-endpoint': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -196,6 +239,12 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await commandRuns(command, values.json ?? false, artifacts, io);
       case 'gc':
         return await commandGc(values, artifacts, io);
+      case 'worker':
+        if (rest.length) throw new UsageError(`worker takes no file (the jobs name theirs), got ${rest.join(' ')}`);
+        if (values.backend !== undefined) usableBackend(values.backend, '--backend', io);
+        return await commandWorker(values, artifacts, io);
+      case 'cache':
+        return await commandCache(rest, values, artifacts, io);
       case 'predict': {
         const [dir, ...images] = rest;
         if (!dir || images.length === 0) throw new UsageError('predict takes an export folder and at least one image or folder of images (the export may be given as its model.json)');
@@ -211,6 +260,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         if (failures.length) io.stderr(`pipeline: ${failures.length} of ${predictions.length + failures.length} images could not be predicted\n`);
         return failures.length ? EXIT.failed : EXIT.ok;
       }
+      case 'report':
+        return await (await import('./commands/report.js')).commandReport(rest, values, artifacts, io);
+      case 'show':
+        return await (await import('./commands/show.js')).commandShow(rest, values, artifacts, io);
       default:
         throw new UsageError(`unknown command '${command}'`);
     }
@@ -233,10 +286,14 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
     io.stderr(`\n${signal}: stopping; finished stages are kept (press Ctrl-C again to exit now)\n`);
     controller.abort();
   };
+  const dispatcher = await openExecutor(values, file);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   // With --json, stdout carries only the summary; stage lines still go to stderr (CONTRACT).
   const quiet = io.env.PIPELINE_QUIET === '1';
+  const live = io.isTTY && io.env.CI !== 'true' && !values.json;
+  const view = quiet ? undefined : createProgressView({ write: io.stderr, tty: live ? io.stderrStream : undefined, entryDir: (key) => new ArtifactStore(artifacts).entryDir(key), intervalMs: progressIntervalOf(io.env) });
+  const openCache = await remoteCacheOf(values, io.env);
   try {
     const summary: RunSummary = await runPipeline({
       file,
@@ -244,22 +301,32 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       overrides: values.set,
       selection: selectionOf(values),
       artifacts,
+      openCache,
       jobs,
       wait: values.wait,
       waitTimeoutMs: waitTimeoutOf(values),
       onWait: (holder) => io.stderr(`waiting for ${holder} to finish…\n`),
       signal: controller.signal,
-      observer: quiet ? undefined : createProgressView(io.stderr, io.isTTY && io.env.CI !== 'true' && !values.json, (key) => new ArtifactStore(artifacts).entryDir(key)),
+      observer: view,
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
-      backend: () => io.backend?.describe() ?? 'none',
+      backend: () => dispatcher?.describeBackends() ?? io.backend?.describe() ?? 'none',
+      dispatcher,
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
-    else io.stderr(renderSummary(summary));
+    else io.stderr(renderSummary(summary) + (summary.warnings ?? []).map((w) => `warning: ${w}\n`).join(''));
     return summary.status === 'succeeded' ? EXIT.ok : summary.status === 'interrupted' ? EXIT.interrupted : EXIT.failed;
   } finally {
+    view?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    await dispatcher?.close();
   }
+}
+
+/** `PIPELINE_PROGRESS_INTERVAL` (seconds between plain progress lines without a TTY) in ms; default 5 s. */
+function progressIntervalOf(env: NodeJS.ProcessEnv): number | undefined {
+  const seconds = Number(env.PIPELINE_PROGRESS_INTERVAL);
+  return env.PIPELINE_PROGRESS_INTERVAL !== undefined && Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
 /** Seconds of `--wait-timeout` as ms (it needs `--wait`). */
@@ -290,7 +357,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
   const timeoutMs = waitTimeoutOf(values);
   const dryRun = values['dry-run'] ?? false;
   if (!existsSync(artifacts)) {
-    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
+    io.stdout(values.json ? JSON.stringify({ removed: [], kept: 0, freedBytes: 0, removedBlobs: 0, removedWork: [], skippedRuns: [], dryRun }) + '\n' : `no artifact store at ${artifacts}; nothing to do\n`);
     return EXIT.ok;
   }
   const store = new ArtifactStore(artifacts);
@@ -303,7 +370,7 @@ async function commandGc(values: Record<string, any>, artifacts: string, io: Cli
         for (const skipped of result.skippedRuns) io.stderr(`note: run ${skipped.run} ignored (${skipped.reason})\n`);
         if (dryRun) for (const key of result.removed) io.stdout(`would remove cache/${key}\n`);
         if (dryRun) for (const key of result.removedWork) io.stdout(`would remove work/${key}\n`);
-        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
+        io.stdout(`${dryRun ? 'would remove' : 'removed'} ${result.removed.length} cache entries and ${result.removedBlobs} blobs (${(result.freedBytes / 1e6).toFixed(1)} MB) and ${result.removedWork.length} work dirs, kept ${result.kept}\n`);
       }
     } finally {
       await release();
@@ -350,12 +417,14 @@ function reportError(error: unknown, io: CliIo, json: boolean, command?: string)
     if (error instanceof UsageError) code = EXIT.invalid;
     else if (error instanceof StoreLockedError) code = EXIT.locked;
     else if (error instanceof LockPathError) code = EXIT.invalid;
+    else if (error instanceof PipelineError && error.code === 'redis_unreachable') code = EXIT.invalid; // nothing was run
+    else if (error instanceof RemoteError && (error.code === 'remote_config' || error.code === 'remote_auth')) code = EXIT.invalid;
     else if (error instanceof AbortedError) code = EXIT.interrupted;
     const { code: errorCode, message } = describeError(error);
     // A system error (disk full, permission denied) is the machine's state, not our bug.
     const system = error instanceof Error && typeof (error as NodeJS.ErrnoException).errno === 'number';
     const bug = !(error instanceof PipelineError) && !system ? ' (unexpected: please report it)' : '';
-    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
+    text = `pipeline: ${message} [${errorCode}]${bug}\n${error instanceof UsageError && error.code === 'usage' ? '\n' + (command && COMMANDS[command] ? commandHelp(command) : USAGE) : ''}`;
     if (json) io.stdout(JSON.stringify({ status: 'error', error: { code: errorCode, message } }) + '\n');
   }
   io.stderr(text);

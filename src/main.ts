@@ -13,6 +13,7 @@ process.exitCode = await main(process.argv.slice(2), {
   stderr: (text) => process.stderr.write(text),
   env: process.env,
   isTTY: Boolean(process.stderr.isTTY),
+  stderrStream: process.stderr,
   backend: {
     configure: (preference) => configureBackend(preference as BackendPreference),
     // A run whose stages were all cached (or needed no TF.js) loaded no backend: say so rather

@@ -119,10 +119,11 @@ export async function predictImages(modelDir: string, images: string[], options:
 /**
  * Like `predictImages`, but a bad image does not stop the batch: it is reported in `failures`
  * with its reason and the others are predicted. `modelDir` may be the export folder or its
- * model.json; an entry of `images` may be a folder, whose image files (by extension, hidden
- * files skipped, recursively, in path order) are predicted.
+ * model.json, or an export already loaded with `loadExport` (then it is left loaded); an entry
+ * of `images` may be a folder, whose image files (by extension, hidden files skipped,
+ * recursively, in path order) are predicted.
  */
-export async function predictAll(modelDir: string, images: string[], options: PredictOptions): Promise<PredictBatchResult> {
+export async function predictAll(modelDir: string | LoadedExport, images: string[], options: PredictOptions): Promise<PredictBatchResult> {
   if (!(Number.isInteger(options.top) && options.top >= 1)) throw new StageError('invalid_option', `top must be a positive integer, got ${options.top}`, { top: options.top });
   const batchSize = options.batch ?? 32;
   if (!(Number.isInteger(batchSize) && batchSize >= 1)) throw new StageError('invalid_option', `batch must be a positive integer, got ${batchSize}`, { batch: batchSize });
@@ -134,7 +135,8 @@ export async function predictAll(modelDir: string, images: string[], options: Pr
     else if (found.length === 0) failures.push({ image, code: 'no_images', message: `${image} is a folder with no image files (${DEFAULT_EXTENSIONS.join(' ')})` });
     else files.push(...found);
   }
-  const { model, labels, spec } = await loadExport(modelDir);
+  const loaded = typeof modelDir === 'string' ? await loadExport(modelDir) : modelDir;
+  const { model, labels, spec } = loaded;
   try {
     const tf = await useTf();
     const [height, width] = spec.size;
@@ -162,7 +164,7 @@ export async function predictAll(modelDir: string, images: string[], options: Pr
     }
     return { predictions, failures };
   } finally {
-    model.dispose();
+    if (loaded !== modelDir) model.dispose();
   }
 }
 

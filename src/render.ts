@@ -1,13 +1,13 @@
 /**
- * Human rendering of validation issues, plans, progress and summaries. Data in, strings out;
+ * Human rendering of validation issues, plans, stage lines and summaries (progress: progress-view.ts). Data in, strings out;
  * the CLI decides where they go.
  */
 import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
-import type { ExecutionObserver, RunSummary, StageSummary } from './runtime/execute.js';
+import type { RunSummary, StageSummary } from './runtime/execute.js';
 import { describeMatrix, formatValue } from './runtime/matrix.js';
 import type { Plan } from './runtime/plan.js';
-import { RESUMED_UNIT, type Json, type ProgressEvent } from './runtime/types.js';
+import type { Json } from './runtime/types.js';
 
 /** `file:line:col  path  message` per issue, with the source line under it. */
 export function renderIssues(issues: ValidationIssue[]): string {
@@ -144,40 +144,4 @@ export function renderSummary(summary: RunSummary): string {
   const counts = summary.stages.reduce<Record<string, number>>((acc, s) => ({ ...acc, [s.status]: (acc[s.status] ?? 0) + 1 }), {});
   const parts = Object.entries(counts).map(([status, n]) => `${n} ${status}`);
   return `${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
-}
-
-/** Stage lines on `write`; a live progress bar only when `live` (a TTY outside CI). */
-export function createProgressView(write: (text: string) => void, live: boolean, entryDir?: EntryDirOf): ExecutionObserver {
-  let barShown = false;
-  const clearBar = () => {
-    if (barShown) write('\r\x1b[2K');
-    barShown = false;
-  };
-  return {
-    stageStarted(planned) {
-      clearBar();
-      write(`▶ ${planned.stage.id} (${planned.stage.kind}): ${planned.reasons.join('; ')}\n`);
-    },
-    stageFinished(summary) {
-      clearBar();
-      write(stageLine(summary, entryDir) + '\n');
-    },
-    progress(stageId: string, event: ProgressEvent) {
-      if (event.unit === RESUMED_UNIT) {
-        clearBar();
-        write(`↻ ${stageId} resumed from epoch ${event.done}${event.total ? `/${event.total}` : ''} (checkpoint of an interrupted run)\n`);
-        return;
-      }
-      const info = event.info ? ' ' + Object.entries(event.info).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ') : '';
-      const of = event.total ? `/${event.total}` : '';
-      if (live) {
-        const fraction = event.total ? Math.min(1, event.done / event.total) : 0;
-        const bar = event.total ? `[${'#'.repeat(Math.round(fraction * 20)).padEnd(20)}] ` : '';
-        write(`\r\x1b[2K  ${stageId} ${bar}${event.unit} ${event.done}${of}${info}`);
-        barShown = true;
-      } else if (event.unit === 'epoch') {
-        write(`  ${stageId} epoch ${event.done}${of}${info}\n`);
-      }
-    },
-  };
 }

@@ -17,7 +17,7 @@ import { createTrainStepper } from './engine.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
 import { passMetrics, prepareSources } from './sources.js';
 import { summarizeModel } from './surgery.js';
-import { createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
+import { batchProgressHook, createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
 
 /** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
 export interface TrainingParams {
@@ -76,6 +76,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     nanGuard(),
     ...(stopper ? [stopper] : []),
     checkpointHook(ctx.workDir, fingerprint, stopper),
+    batchProgressHook((label, total) => ctx.track(label, total)),
     progressHook((logs, epochs) => {
       ctx.log.info({ ...logs }, 'epoch done');
       ctx.progress({ unit: 'epoch', done: logs.epoch + 1, total: epochs, info: { loss: logs.loss, acc: logs.acc, ...(logs.valAcc !== undefined ? { val_acc: logs.valAcc, val_loss: logs.valLoss! } : {}) } });

@@ -142,24 +142,29 @@ async function passOverImages(request: FrozenPassRequest, frontier: Frontier, st
       try {
         const total = Object.entries(dataset.splits).reduce((sum, [name, s]) => sum + s.count * (name === 'train' ? plan.views : 1), 0);
         let done = 0;
-        for (const [name, split] of Object.entries(dataset.splits)) {
-          const views = name === 'train' ? plan.views : 1;
-          const writer = new SplitWriter(frontier, split.count, views);
-          for (let view = 0; view < views; view++) {
-            const options = {
-              batchSize: request.batch,
-              shuffle: false,
-              ...(plan.kind === 'fixed' && name === 'train' ? { draw: plan.draws[view] } : {}),
-              ...(plan.kind === 'random' && name === 'train' ? { augment: true, seed: deriveSeed(0, 'views', shards), epoch: view } : {}),
-            };
-            for await (const batch of dataset.batches(name, options)) {
-              if (ctx.signal.aborted) throw new AbortedError();
-              writer.add(view, await runner.run([{ x: batch.x, shape: batch.shape }]), batch.y, batch.count);
-              done += batch.count;
-              ctx.progress({ unit: 'frozen pass', done, total });
+        const passing = ctx.track('frozen pass', total);
+        try {
+          for (const [name, split] of Object.entries(dataset.splits)) {
+            const views = name === 'train' ? plan.views : 1;
+            const writer = new SplitWriter(frontier, split.count, views);
+            for (let view = 0; view < views; view++) {
+              const options = {
+                batchSize: request.batch,
+                shuffle: false,
+                ...(plan.kind === 'fixed' && name === 'train' ? { draw: plan.draws[view] } : {}),
+                ...(plan.kind === 'random' && name === 'train' ? { augment: true, seed: deriveSeed(0, 'views', shards), epoch: view } : {}),
+              };
+              for await (const batch of dataset.batches(name, options)) {
+                if (ctx.signal.aborted) throw new AbortedError();
+                writer.add(view, await runner.run([{ x: batch.x, shape: batch.shape }]), batch.y, batch.count);
+                done += batch.count;
+                passing.tick(batch.count);
+              }
             }
+            await writer.save(out, name);
           }
-          await writer.save(out, name);
+        } finally {
+          passing.done();
         }
         stats.images = done;
         stats.engine = runner.engine;
@@ -258,6 +263,7 @@ export function cachedSource(split: CachedSplit, batchSize: number, seed: number
   const sizes = split.shapes.map((s) => s.reduce((a, b) => a * b, 1));
   return {
     count: split.count,
+    batchSize,
     async *batches(epoch, { shuffle }) {
       const order = Int32Array.from({ length: split.count }, (_, i) => i);
       if (shuffle) createRandom(deriveSeed(seed, 'epoch', epoch)).shuffle(order);

@@ -99,8 +99,9 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
   await mkdir(path.dirname(modelPath), { recursive: true });
   let weightBytes = 0;
   const handler = tf.io.withSaveHandler(async (artifacts) => {
-    const dense = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
-    const data = sparse ? encodeSparseWeights(new Uint8Array(dense), artifacts.weightSpecs ?? []) : new Uint8Array(dense);
+    const joined = artifacts.weightData === undefined ? new ArrayBuffer(0) : tf.io.CompositeArrayBuffer.join(artifacts.weightData);
+    const { specs: weightSpecs, data: dense } = sortWeightsByName(artifacts.weightSpecs ?? [], new Uint8Array(joined));
+    const data = sparse ? encodeSparseWeights(dense, weightSpecs) : dense;
     weightBytes = data.byteLength;
     const userDefinedMetadata = { ...(artifacts.userDefinedMetadata ?? {}), ...(extra.metadata ?? {}), [FREEZE_METADATA_KEY]: captureFreezeState(model) };
     const modelJson: io.ModelJSON = {
@@ -108,7 +109,7 @@ export async function saveModel(model: LayersModel, dir: string, extra: SaveMode
       format: labelled ? SPARSE_MODEL_FORMAT : (artifacts.format ?? 'layers-model'),
       generatedBy: artifacts.generatedBy ?? `TensorFlow.js tfjs-layers v${tf.version_core}`,
       convertedBy: artifacts.convertedBy ?? null,
-      weightsManifest: [{ paths: [weightsFile], weights: artifacts.weightSpecs ?? [], ...(sparse ? { encoding: SPARSE_ENCODING } : {}) }],
+      weightsManifest: [{ paths: [weightsFile], weights: weightSpecs, ...(sparse ? { encoding: SPARSE_ENCODING } : {}) }],
       userDefinedMetadata,
     };
     if (artifacts.trainingConfig) modelJson.trainingConfig = artifacts.trainingConfig;
@@ -259,6 +260,35 @@ function invalidJsonByte(text: string, error: unknown): number {
 }
 
 const BYTES_PER_ELEMENT: Record<string, number> = { float32: 4, int32: 4, bool: 1, complex64: 8, uint8: 1, uint16: 2, float16: 2 };
+
+/**
+ * The weights in name order, not TF.js's trainable-first order: freezing or unfreezing a layer
+ * then writes the same weights.bin bytes, which the content-addressed store keeps once (a freeze
+ * stage costs a model.json, not a model). Loading maps model weights by name, so any order
+ * loads; optimizer weights (restored by position) keep theirs, after the model's.
+ */
+function sortWeightsByName(specs: io.WeightsManifestEntry[], data: Uint8Array): { specs: io.WeightsManifestEntry[]; data: Uint8Array } {
+  let offset = 0;
+  const parts = specs.map((spec) => {
+    const bytes = spec.shape.reduce((a, b) => a * b, 1) * (BYTES_PER_ELEMENT[spec.quantization?.dtype ?? spec.dtype] ?? 0);
+    const part = { spec, start: offset, end: offset + bytes };
+    offset += bytes;
+    return part;
+  });
+  // Strings (no fixed size) or sizes that do not add up: keep TF.js's layout untouched.
+  if (offset !== data.byteLength || parts.some((p) => p.end === p.start && p.spec.shape.reduce((a, b) => a * b, 1) > 0)) return { specs, data };
+  // Optimizer state stays last and in its own order: TF.js restores it by position.
+  const model = parts.filter((p) => p.spec.group !== 'optimizer');
+  const optimizer = parts.filter((p) => p.spec.group === 'optimizer');
+  const sorted = [...model.sort((a, b) => (a.spec.name < b.spec.name ? -1 : a.spec.name > b.spec.name ? 1 : 0)), ...optimizer];
+  const out = new Uint8Array(data.byteLength);
+  let at = 0;
+  for (const part of sorted) {
+    out.set(data.subarray(part.start, part.end), at);
+    at += part.end - part.start;
+  }
+  return { specs: sorted.map((p) => p.spec), data: out };
+}
 
 /** Bytes a manifest group's weights need, from their shapes and (quantized) dtypes. */
 function groupBytes(group: io.WeightsManifestConfig[number], index: number, location: URL): number {

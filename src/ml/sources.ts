@@ -27,6 +27,7 @@ export function arraySource(data: ArrayData, batchSize: number, seed: number): B
 export function shardSource(dataset: ShardDataset, split: string, batchSize: number, seed: number, augment: boolean): BatchSource {
   return {
     count: dataset.splits[split]?.count ?? 0,
+    batchSize,
     async *batches(epoch, { shuffle }) {
       if (!dataset.splits[split]) return;
       for await (const batch of dataset.batches(split, { batchSize, shuffle, seed, epoch, augment })) {

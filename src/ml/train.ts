@@ -12,6 +12,7 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { deriveSeed, mulberry32 } from '../data/random.js';
 import { AbortedError, StageError } from '../runtime/errors.js';
+import type { ProgressTracker } from '../runtime/types.js';
 import type { Tf } from './backend.js';
 import { supplyNormalizationConstants } from './surgery.js';
 
@@ -36,6 +37,8 @@ export function batchInputs(tf: Tf, batch: TrainBatch): TfCore.Tensor | TfCore.T
 export interface BatchSource {
   /** Records in the split. */
   count: number;
+  /** Records per batch (the last batch may be smaller), when fixed; progress counts batches with it. */
+  batchSize?: number;
   batches(epoch: number, options: { shuffle: boolean }): AsyncIterable<TrainBatch>;
 }
 
@@ -74,6 +77,8 @@ export interface TrainState {
   /** 0-based epoch being run. */
   epoch: number;
   epochs: number;
+  /** Batches per epoch of the training source, when its batch size is known. */
+  batches?: number;
   history: EpochLogs[];
   /** A hook sets it to stop after this epoch. */
   stop: boolean;
@@ -87,6 +92,8 @@ export interface TrainState {
 /** Optional async methods, run in the order the hooks are given. */
 export interface TrainHook {
   onTrainStart?(state: TrainState): Promise<void> | void;
+  /** Before the first batch of `state.epoch`. */
+  onEpochStart?(state: TrainState): Promise<void> | void;
   onBatchEnd?(state: TrainState, batch: { index: number; loss: number }): Promise<void> | void;
   onEpochEnd?(state: TrainState, logs: EpochLogs): Promise<void> | void;
   /** Runs however training ends (see `TrainState.outcome`), also after an abort or an error. */
@@ -227,7 +234,7 @@ export async function fitModel(tf: Tf, model: LayersModel, train: BatchSource, v
   // First: it throws, before anything is allocated, for a layer TF.js cannot differentiate.
   const restoreNormalization = supplyNormalizationConstants(tf, model);
   const optimizer = options.existingOptimizer ?? createOptimizer(tf, options.optimizer);
-  const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, history: [...(options.history ?? [])], stop: false, outcome: 'running' };
+  const state: TrainState = { tf, model, optimizer, epoch: options.startEpoch ?? 0, epochs: options.epochs, batches: train.batchSize ? Math.ceil(train.count / train.batchSize) : undefined, history: [...(options.history ?? [])], stop: false, outcome: 'running' };
   const hooks = options.hooks ?? [];
   const weights = options.classWeights ? tf.tensor1d(options.classWeights) : undefined;
   try {
@@ -276,6 +283,7 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
     let index = 0;
     const vars = variables();
     if (!vars.length) throw new StageError('nothing_trainable', 'the model has no trainable weights: unfreeze some layers or add a head');
+    for (const hook of hooks) await hook.onEpochStart?.(state);
     for await (const batch of train.batches(epoch, { shuffle: true })) {
       throwIfAborted(signal);
       if (options.stepper) {
@@ -424,6 +432,29 @@ export function earlyStopping(options: { patience: number; minDelta?: number; re
       best?.weights?.forEach((w) => w.dispose());
       if (best) best.weights = undefined;
     },
+  };
+}
+
+/**
+ * Counts each epoch's batches on a tracker (`StageContext.track`, a bar with rate and ETA):
+ * one step per epoch, labelled `epoch 3/15`, ended when the epoch ends or training stops.
+ */
+export function batchProgressHook(track: (label: string, total?: number) => ProgressTracker): TrainHook {
+  let current: ProgressTracker | undefined;
+  const end = () => {
+    current?.done();
+    current = undefined;
+  };
+  return {
+    onEpochStart(state) {
+      end();
+      current = track(`epoch ${state.epoch + 1}/${state.epochs}`, state.batches);
+    },
+    onBatchEnd(_state, batch) {
+      current?.tick(1, { loss: batch.loss });
+    },
+    onEpochEnd: end,
+    onTrainEnd: end,
   };
 }
 

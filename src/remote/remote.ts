@@ -78,8 +78,11 @@ export interface RemoteCache {
   readonly url: string;
   /** True when the blob named `digest` (hex sha256) is on the remote. */
   hasBlob(digest: string): Promise<boolean>;
-  /** Uploads `file` as the blob `digest` unless it is already there. Idempotent. */
-  putBlob(digest: string, file: string): Promise<'uploaded' | 'present'>;
+  /**
+   * Uploads `file` as the blob `digest` unless it is already there. Idempotent. `replace`
+   * uploads even when an object of that name is there (one a download found corrupt).
+   */
+  putBlob(digest: string, file: string, options?: { replace?: boolean }): Promise<'uploaded' | 'present'>;
   /**
    * Downloads the blob into `destFile`, verifying its sha256; on a mismatch nothing is left at
    * `destFile` and a `remote_corrupt` error is thrown.

@@ -158,11 +158,11 @@ export class S3Remote implements RemoteCache {
     return (await this.head(this.blobKey(digest), 'has_blob')) !== undefined;
   }
 
-  async putBlob(digest: string, file: string): Promise<'uploaded' | 'present'> {
+  async putBlob(digest: string, file: string, options: { replace?: boolean } = {}): Promise<'uploaded' | 'present'> {
     this.checkDigest(digest, 'put_blob');
     const objectKey = this.blobKey(digest);
     const info = await stat(file);
-    const existing = await this.head(objectKey, 'put_blob');
+    const existing = options.replace ? undefined : await this.head(objectKey, 'put_blob');
     // Same name, same size: the same bytes (a wrong-size object is a broken upload: replace it).
     if (existing !== undefined && existing.size === info.size) return 'present';
     if (info.size > MAX_SINGLE_PUT)

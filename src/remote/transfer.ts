@@ -10,32 +10,14 @@
  * Neither touches the store: `pullEntry` fills a directory the caller made and the caller
  * renames it into the cache, exactly as a stage's output is committed.
  *
- * ## Wiring (for the store / CLI; nothing here depends on it)
+ * ## Wiring
  *
- * One place picks the remote (`--remote URL`, else `$PIPELINE_REMOTE`, else none):
- *   `const remote = url ? new S3Remote({ url }) : undefined` (`src/remote/s3.ts`; endpoint and
- *   credentials come from the AWS environment/profile chain, `AWS_ENDPOINT_URL` for Swift/MinIO).
- *
- * `pipeline run FILE --remote s3://bucket/prefix`:
- * - pull on miss, in the planner's cache check: when `store.checkEntry(key)` is `missing` (or
- *   `corrupt`, after `discardEntry`), under the store lock:
- *     `const tmp = await store.createTempDir(key);`
- *     `const pulled = await pullEntry(remote, key, tmp);`
- *     `if (pulled) { mkdir(cache/); rename(tmp, store.entryDir(key)); checkEntry -> 'cached' (reason "pulled from <url>") }`
- *     `else rm(tmp)` and the stage runs. The rename is the same step `commit` ends with (a new
- *   store method `adopt(tmp, key)` would keep it in one place). Memo entries (`meta.memo`, the
- *   cached features) are pulled the same way by key when a stage asks for them.
- * - push after a stage: right after `store.commit(outDir, …)` in execute (and after each memo
- *   commit), `await pushEntry(remote, key, store.entryDir(key))`. Push failures must not fail the
- *   run: log `{ err }` as "remote push failed" with the key and add a warning to the summary; a
- *   pull failure falls back to running the stage (a `remote_corrupt` pull is logged as a warning:
- *   the remote has a bad object someone should delete).
- * - `--remote` off by default; `--no-push` for read-only CI caches (pull only).
- *
- * `pipeline cache push [--remote URL] [KEY…]`: every key the newest run of each pipeline uses
- * (the same set `gc` keeps), or the given keys; `checkEntry` each first and skip corrupt ones.
- * `pipeline cache pull [--remote URL] KEY…` (or `--run FILE` for the plan's keys): pullEntry into
- * a temp dir and rename, as above. Both print one line per key (`↑ key 3 uploaded, 2 present`).
+ * `RemoteBackedCache` (./remote-cache.ts) calls these through the `ArtifactCache` hooks:
+ * `pull(key)` on a local miss (the planner's `lookUp`, also for memo entries) runs `pullEntry`
+ * with `localBlob` pointing at the local CAS, then commits the dir with the verified digests
+ * and `keepExisting`; `push(key)` after each stage's (and memo's) commit runs `pushEntry`, with
+ * `replace` naming blobs a pull found corrupt. `pipeline cache push|pull` (src/commands/cache.ts)
+ * uses the same hooks. A failed pull is a reason and the stage runs; a failed push is a warning.
  *
  * Errors: everything thrown here is a `RemoteError` (`src/remote/remote.ts`, a `PipelineError`
  * whose codes can join the catalogue in `src/runtime/errors.ts`) or a local file system error;
@@ -43,14 +25,21 @@
  * printing the message (it names the bucket and the variable to set). Only `cache push|pull`
  * exit on them; `run` logs them and goes on without the remote.
  */
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ENTRY_FILE } from '../runtime/store.js';
+import { ENTRY_FILE } from '../runtime/cache.js';
 import { isCacheKey, isDigest, isSafeRelativePath, MANIFEST_FORMAT, RemoteError, type ManifestFile, type RemoteCache, type RemoteManifest } from './remote.js';
 
 export interface TransferOptions {
   /** Blobs moved at once. Default 4. */
   concurrency?: number;
+  /** Push: blobs to upload even when the remote has an object of that name (found corrupt). */
+  replace?: ReadonlySet<string>;
+  /**
+   * Pull: a local file already holding the blob `digest` (the store's CAS), verified by the
+   * caller, or undefined: it is linked (or copied) instead of downloaded.
+   */
+  localBlob?(digest: string): Promise<string | undefined>;
 }
 
 export interface PushResult {
@@ -73,6 +62,8 @@ export interface PullResult {
   bytes: number;
   /** The `_entry.json` written, with this machine's mtimes. */
   entry: Record<string, unknown>;
+  /** Blobs downloaded (the others came from `localBlob`). */
+  downloaded: number;
 }
 
 /**
@@ -94,7 +85,7 @@ export async function pushEntry(remote: RemoteCache, key: string, entryDir: stri
   }
   const result: PushResult = { key, uploaded: 0, present: 0, bytesUploaded: 0, manifest: 'exists' };
   await forEachLimited([...byDigest], options.concurrency ?? 4, async ([digest, { file, size }]) => {
-    if ((await remote.putBlob(digest, file)) === 'present') result.present++;
+    if ((await remote.putBlob(digest, file, { replace: options.replace?.has(digest) ?? false })) === 'present') result.present++;
     else {
       result.uploaded++;
       result.bytesUploaded += size;
@@ -125,10 +116,16 @@ export async function pullEntry(remote: RemoteCache, key: string, tmpDir: string
   }
   const localFiles: Record<string, ManifestFile & { mtimeMs: number }> = {};
   let bytes = 0;
+  let downloaded = 0;
   await forEachLimited(entries, options.concurrency ?? 4, async ([rel, file]) => {
     const full = path.join(root, rel);
     await mkdir(path.dirname(full), { recursive: true });
-    await remote.getBlob(file.sha256, full);
+    const local = await options.localBlob?.(file.sha256);
+    if (local) await link(local, full).catch(() => copyFile(local, full));
+    else {
+      await remote.getBlob(file.sha256, full);
+      downloaded++;
+    }
     const info = await stat(full);
     // The digest matched, so the size does too, unless the manifest lies about it.
     if (info.size !== file.size)
@@ -141,7 +138,7 @@ export async function pullEntry(remote: RemoteCache, key: string, tmpDir: string
   const sorted = Object.fromEntries(Object.keys(localFiles).sort().map((rel) => [rel, localFiles[rel]]));
   const entry = { ...manifest.entry, key, files: sorted };
   await writeFile(path.join(root, ENTRY_FILE), JSON.stringify(entry, null, 1) + '\n');
-  return { key, files: entries.length, bytes, entry };
+  return { key, files: entries.length, bytes, entry, downloaded };
 }
 
 async function readEntry(remote: RemoteCache, key: string, entryDir: string): Promise<Record<string, unknown>> {

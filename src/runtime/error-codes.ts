@@ -27,6 +27,9 @@ export const ERROR_CODES = {
   invalid_param: "a stage parameter breaks its kind's rules",
   unknown_stage_kind: 'a stage uses a kind that does not exist',
   unknown_stage: 'a command names a stage that is not in the pipeline',
+  no_runs: 'report/show found no run in the artifact store (exit 2)',
+  run_not_found: 'report names a run that is not in the artifact store (exit 2)',
+  stage_not_found: 'show names a stage no run in the artifact store has (exit 2)',
   upstream_not_cached: 'a stage to run alone needs an upstream output that is not cached',
   bad_name: 'a stage id or key is not lower-case-with-dashes',
   unknown_key: 'a key the schema does not allow',
@@ -131,6 +134,11 @@ export const ERROR_CODES = {
   remote_config: 'the remote URL or the client settings are invalid',
   remote_server: 'the remote failed (5xx) after the retries',
   remote_error: 'the remote refused the request for another reason',
+  // Distributed execution (BullMQ workers on Redis).
+  redis_unreachable: 'Redis does not answer at --redis, or is older than 6.2 (exit 2)',
+  version_skew: 'a worker computes another cache key for the stage than the coordinator: another toolkit version, pipeline file or input data',
+  worker_input_missing: "a stage's input is neither in the worker's store nor on its remote",
+  job_failed: 'a worker job failed without an error code (its worker crashed or stalled too often)',
 } as const;
 
 type CatalogueKey = keyof typeof ERROR_CODES;

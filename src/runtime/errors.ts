@@ -42,10 +42,10 @@ export class ValidationError extends PipelineError {
   }
 }
 
-/** Bad command-line usage. Exit 2. */
+/** Bad command-line usage (`code` says which kind, default `usage`). Exit 2. */
 export class UsageError extends PipelineError {
-  constructor(message: string) {
-    super('usage', message);
+  constructor(message: string, code: ErrorCode = 'usage') {
+    super(code, message);
   }
 }
 

@@ -4,16 +4,16 @@
  * `skipped` while the others finish; an abort (SIGINT/SIGTERM) lets running stages stop at
  * their next check and keeps every finished one.
  */
-import { mkdir, rm } from 'node:fs/promises';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
-import { canonicalJson, sha256 } from './hash.js';
-import { seedFor } from './seed.js';
-import { entryDigest, type ArtifactStore, type EntryMeta } from './store.js';
+import { ComputeFailure, computeStage } from './compute.js';
+import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
+import type { ArtifactStore } from './store.js';
+import type { ResolvedPipeline } from './load.js';
 import { describeMatrix } from './matrix.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { BranchInput, Json, Metrics, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { Json, Metrics, ProgressEvent, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -51,6 +51,8 @@ export interface RunSummary {
   engines?: Record<string, Record<string, string>>;
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
+  /** What went wrong without failing the run (a remote push that failed). */
+  warnings?: string[];
   /**
    * The sweeps of the pipeline: each swept param (`stage`, `param`, its `label` in branch ids and
    * coordinates, `values`) and, per stage of the file that was expanded, its branches' ids.
@@ -77,11 +79,39 @@ export interface ExecuteOptions {
   backend: () => string;
   /** Called with each key the run comes to use beyond its plan (re-keyed stages, memo entries), before it is used. */
   onKey?(key: string): Promise<void>;
+  /** Computes the stages that must run elsewhere (BullMQ workers) instead of in this process. */
+  dispatcher?: StageDispatcher;
+}
+
+/**
+ * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,
+ * skipping dependents of a failure) stays in `executePlan`; a dispatcher only computes one key.
+ */
+export interface StageDispatcher {
+  /**
+   * Computes `planned` (its final key) and resolves to the committed entry's record, or rejects
+   * with a `PipelineError` that says why. `upstream` maps each input stage id to its key.
+   */
+  compute(planned: PlannedStage, request: DispatchRequest): Promise<EntryMeta>;
+}
+
+/** What a dispatcher is told besides the stage. */
+export interface DispatchRequest {
+  pipeline: ResolvedPipeline;
+  runId: string;
+  /** Input stage id -> its cache key (direct `needs` first, then their ancestors). */
+  upstream: Record<string, string>;
+  /** The stage's child of the run log: the worker's lines are written to it. */
+  log: Logger;
+  signal: AbortSignal;
+  progress(event: ProgressEvent): void;
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
 export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<RunSummary> {
   const { store, log, signal } = options;
+  // Entries go through the cache interface; the store gives records and locks.
+  const cache: ArtifactCache = store.cache;
   const started = Date.now();
   const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
   const tfQueue = new PQueue({ concurrency: 1 });
@@ -90,11 +120,28 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
   const digests = new Map<string, string>();
 
+  /**
+   * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
+   * stage (its result is here and sound): it is logged and listed in the summary's warnings.
+   */
+  const warnings: string[] = [];
+  const pushQuietly = async (key: string, stageLog: Logger): Promise<void> => {
+    if (!cache.push) return;
+    try {
+      const pushed = await cache.push(key);
+      stageLog.info({ key, remote: pushed.to, uploaded: pushed.uploaded, present: pushed.present, bytes: pushed.bytesUploaded, manifest: pushed.manifest }, 'pushed');
+    } catch (error) {
+      const described = describeError(error);
+      stageLog.warn({ err: error, key, code: described.code }, 'remote push failed');
+      warnings.push(`push of ${key} to ${cache.remote} failed (${described.code}): ${described.message}`);
+    }
+  };
+
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
     const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
     const known = plannedFirst.stage.needs.every((d) => digests.has(d));
-    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), store) : plannedFirst;
+    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
@@ -105,6 +152,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
     if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
+    if (options.dispatcher) return dispatchOne(planned, base, options.dispatcher);
     const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
     // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
     // stage still runs; a queued task checks the signal itself when it starts.
@@ -116,19 +164,12 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
   const reuse = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta): Promise<StageSummary> => {
     const { stage, key } = planned;
-    outputs.set(stage.id, toInput(planned, store.entryDir(key), entry.metrics));
+    outputs.set(stage.id, toInput(planned, await cache.materialize(key), entry.metrics));
     digests.set(stage.id, entryDigest(entry));
     // The record says what the latest run used, so `plan` explains changes against it.
     await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-    if (stage.definition.checkout) {
-      try {
-        await stage.definition.checkout({ dir: store.entryDir(key), baseDir: plan.pipeline.baseDir, log: log.child({ stage: stage.id, kind: stage.kind }) }, stage.params);
-      } catch (error) {
-        const described = describeError(error);
-        log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
-        return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
-      }
-    }
+    const failed = await checkoutOf(planned, base, entry, false);
+    if (failed) return failed;
     log.info({ stage: stage.id, kind: stage.kind, key }, 'stage cached');
     return { ...base, status: 'cached', seconds: 0, metrics: entry.metrics };
   };
@@ -154,7 +195,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       return { ...base, status: 'failed', seconds: 0, metrics: {}, error: described };
     }
     try {
-      const now = await store.checkEntry(key);
+      const now = await cache.check(key);
       // Committed since we planned (by the run we waited for): reuse it, even under --force.
       if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
       return await executeClaimed(planned, base);
@@ -163,92 +204,35 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
   };
 
-  const byId = new Map(plan.pipeline.stages.map((s) => [s.id, s]));
-  /** What a joining stage reads of one branch: its artifact, its coordinates, its own upstream. */
-  const branchInput = (id: string): BranchInput => {
-    const stage = byId.get(id)!;
-    return { input: outputs.get(id)!, template: stage.template ?? id, coords: stage.coords ?? {}, upstream: stage.ancestors.map((a) => outputs.get(a)!).filter(Boolean) };
-  };
-
   const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
-    const outDir = await store.createTempDir(key);
-    const workDir = store.workDir(key);
-    await mkdir(workDir, { recursive: true });
     options.observer?.stageStarted?.(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage start');
-    const memoKeys: string[] = [];
-    const inputs = [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
-    const ctx: StageContext = {
-      id: stage.id,
-      kind: stage.kind,
-      params: stage.params,
-      key,
-      seed: seedFor(plan.pipeline.seed, stage.template ?? stage.id),
-      baseDir: plan.pipeline.baseDir,
-      outDir,
-      workDir,
-      inputs,
-      input(type) {
-        const found = inputs.find((i) => i.provides.includes(type));
-        if (!found) throw new StageError('missing_input', `stage '${stage.id}' found no upstream artifact of type '${type}'`);
-        return found;
-      },
-      downstream: planned.downstream,
-      ...(stage.definition.join ? { branches: stage.needs.map((id) => branchInput(id)) } : {}),
-      async memo(name, parts, compute, memoOptions) {
-        const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
-        memoKeys.push(memoKey);
-        await options.onKey?.(memoKey);
-        const claim = await store.claimKey(memoKey, { signal, purpose: `run ${options.runId} stage ${stage.id} memo ${name}` });
-        try {
-          const check = await store.checkEntry(memoKey);
-          if (check.state === 'ok') {
-            stageLog.info({ memo: name, key: memoKey }, 'memo cached');
-            return store.entryDir(memoKey);
-          }
-          if (check.state === 'corrupt') {
-            stageLog.warn({ memo: name, key: memoKey, reason: check.reason }, 'memo entry corrupt; recomputing');
-            await store.discardEntry(memoKey);
-          }
-          const t = performance.now();
-          const dir = await store.createTempDir(memoKey);
-          try {
-            await compute(dir);
-          } catch (error) {
-            await rm(dir, { recursive: true, force: true });
-            throw error;
-          }
-          await store.commit(dir, { key: memoKey, kind: `${stage.kind}:${name}`, stage: stage.id, provides: [], metrics: {} });
-          stageLog.info({ memo: name, key: memoKey, seconds: round((performance.now() - t) / 1000) }, 'memo computed');
-          return store.entryDir(memoKey);
-        } finally {
-          await claim.release();
-        }
-      },
-      log: stageLog,
-      progress(event) {
-        stageLog.debug({ progress: event }, 'progress');
-        options.observer?.progress?.(stage.id, event);
-      },
-      signal,
-    };
     try {
-      const result = await stage.definition.run(ctx, stage.params);
-      if (signal.aborted) throw new AbortedError();
-      const metrics = result.metrics ?? {};
-      const entry = await store.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
-      digests.set(stage.id, entryDigest(entry));
-      await store.writeRecord(plan.pipeline.name, stage.id, planned.record);
-      await rm(workDir, { recursive: true, force: true });
-      outputs.set(stage.id, toInput(planned, store.entryDir(key), metrics));
+      const entry = await computeStage(stage, {
+        store,
+        key,
+        inputs: inputsOf(planned),
+        downstream: planned.downstream,
+        pipeline: plan.pipeline,
+        runId: options.runId,
+        log: stageLog,
+        signal,
+        onKey: options.onKey,
+        push: (entryKey) => pushQuietly(entryKey, stageLog),
+        progress(event) {
+          // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
+          if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
+          options.observer?.progress?.(stage.id, event);
+        },
+      });
       const seconds = round((performance.now() - t0) / 1000);
-      stageLog.info({ key, seconds, metrics }, 'stage done');
-      return { ...base, status: 'ran', seconds, metrics };
-    } catch (error) {
-      await rm(outDir, { recursive: true, force: true });
+      stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
+      return await finished(planned, base, entry, seconds);
+    } catch (failure) {
+      const { error, outDir } = failure instanceof ComputeFailure ? failure : { error: failure, outDir: undefined };
       const seconds = round((performance.now() - t0) / 1000);
       const described = signal.aborted ? { code: 'aborted', message: 'interrupted' } : describeError(error, outDir);
       const details = error instanceof StageError ? error.details : undefined;
@@ -256,6 +240,66 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       if (error instanceof StageError || signal.aborted) stageLog.error({ code: described.code, details, seconds }, `stage failed: ${described.message}`);
       else stageLog.error({ err: error, code: described.code, dir: outDir, seconds }, 'stage failed');
       return { ...base, status: 'failed', seconds, metrics, error: { ...described, ...(details ? { details } : {}) } };
+    }
+  };
+
+  /** The upstream artifacts of a stage: direct `needs` first, then their ancestors. */
+  const inputsOf = (planned: PlannedStage): StageInput[] => {
+    const { stage } = planned;
+    return [...stage.needs, ...stage.ancestors.filter((a) => !stage.needs.includes(a))].map((id) => outputs.get(id)!).filter(Boolean);
+  };
+
+  /** A stage's entry was committed (here or by a worker): it becomes its dependents' input. */
+  const finished = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta, seconds: number): Promise<StageSummary> => {
+    digests.set(planned.stage.id, entryDigest(entry));
+    await store.writeRecord(plan.pipeline.name, planned.stage.id, planned.record);
+    outputs.set(planned.stage.id, toInput(planned, await cache.materialize(planned.key), entry.metrics));
+    return { ...base, status: 'ran', seconds, metrics: entry.metrics };
+  };
+
+  /** Hands the stage to the dispatcher (BullMQ workers); its entry is committed there. */
+  const dispatchOne = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, dispatcher: StageDispatcher): Promise<StageSummary> => {
+    const { stage, key } = planned;
+    const stageLog = log.child({ stage: stage.id, kind: stage.kind });
+    const t0 = performance.now();
+    options.observer?.stageStarted?.(planned);
+    stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
+    try {
+      const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));
+      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
+      const seconds = round((performance.now() - t0) / 1000);
+      stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
+      const summary = await finished(planned, base, entry, seconds);
+      // What the stage writes outside the store (export's copy) is restored here too.
+      const failed = await checkoutOf(planned, base, entry, true);
+      return failed ?? summary;
+    } catch (error) {
+      const seconds = round((performance.now() - t0) / 1000);
+      const described = signal.aborted ? { code: 'aborted', message: 'interrupted while workers ran it' } : describeError(error);
+      stageLog.error({ code: described.code, seconds }, `stage failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds, metrics: {}, error: described };
+    }
+  };
+
+  /**
+   * Runs the stage's checkout on its entry (side effects outside the store); a failure is the
+   * stage's. `remote`: a worker committed the entry, which may live in another machine's store.
+   */
+  const checkoutOf = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, entry: EntryMeta, remote: boolean): Promise<StageSummary | undefined> => {
+    const { stage, key } = planned;
+    if (!stage.definition.checkout) return undefined;
+    const stageLog = log.child({ stage: stage.id, kind: stage.kind });
+    if (remote && (await cache.check(key)).state !== 'ok') {
+      stageLog.warn({ key }, 'checkout skipped: the entry is not in the local store (the worker keeps it, or pushed it to the remote)');
+      return undefined;
+    }
+    try {
+      await stage.definition.checkout({ dir: cache.entryDir(key), baseDir: plan.pipeline.baseDir, log: stageLog }, stage.params);
+      return undefined;
+    } catch (error) {
+      const described = describeError(error);
+      log.error({ stage: stage.id, code: described.code }, `checkout failed: ${described.message}`);
+      return { ...base, status: 'failed', seconds: 0, metrics: entry.metrics, error: described };
     }
   };
 
@@ -277,6 +321,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     seconds: round((Date.now() - started) / 1000),
     stages,
   };
+  if (warnings.length) summary.warnings = warnings;
+  await cache.flush?.();
   const engines = collectEngines(stages);
   if (Object.keys(engines).length) summary.engines = engines;
   const matrix = plan.pipeline.matrix;

@@ -5,7 +5,8 @@
  * schemas: they are few, small, hot (every cache check) and must never throw.
  */
 import type { RunSummary, StageSummary } from './execute.js';
-import type { EntryMeta, StageRecord } from './store.js';
+import type { EntryMeta } from './cache.js';
+import type { StageRecord } from './history.js';
 
 export type Checked<T> = { ok: true; value: T } | { ok: false; reason: string };
 

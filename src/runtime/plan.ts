@@ -1,13 +1,18 @@
 /**
  * `ResolvedPipeline` -> `Plan`: each stage's cache key, whether it runs or comes from the
- * cache, and why. Reads the store (entries, records, the stat cache) but writes nothing.
+ * cache, and why. Two steps: keys are a pure function of the pipeline and digests
+ * (`stageRecordOf`: the stage's kind, version, seed, params, its upstream *output* digests and
+ * its external inputs' digests); deciding run/cached (`planRun`, `rekeyStage`) reads the cache
+ * through the `ArtifactCache` interface, which may pull from a remote on a miss. Reads the store
+ * (entries, records, the stat cache) but writes nothing to it except what a pull brings.
  */
 import path from 'node:path';
-import { ValidationError, type ValidationIssue } from './errors.js';
+import { describeError, ValidationError, type ValidationIssue } from './errors.js';
 import { descendants, selectStages, type Selection } from './graph.js';
 import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
-import { entryDigest, type ArtifactStore, type EntryMeta, type StageRecord } from './store.js';
+import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
+import type { RunHistory, StageRecord } from './history.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -55,16 +60,70 @@ export function stageKey(record: Omit<StageRecord, 'key'>): string {
  * the executor calls it before running the stage. A stage that is not forced is cached when the
  * entry of its final key is present and sound.
  */
-export async function rekeyStage(planned: PlannedStage, upstream: Record<string, string>, store: ArtifactStore): Promise<PlannedStage> {
+export async function rekeyStage(planned: PlannedStage, upstream: Record<string, string>, cache: ArtifactCache): Promise<PlannedStage> {
   if (canonicalJson(upstream) === canonicalJson(planned.record.upstream)) return planned;
   const { key: _old, ...rest } = planned.record;
   const record: StageRecord = { ...rest, upstream, key: stageKey({ ...rest, upstream }) };
-  const check = await store.checkEntry(record.key);
-  const entry = check.state === 'ok' ? check.meta : undefined;
-  if (planned.forced) return { ...planned, key: record.key, record, entry };
-  if (entry) return { ...planned, key: record.key, record, entry, action: 'cached', reasons: ['upstream outputs are the same bytes as before: cached'] };
-  const reasons = check.state === 'corrupt' ? [`cache entry is corrupt (${check.reason}); recomputing`] : planned.reasons;
+  if (planned.forced) {
+    const check = await cache.check(record.key);
+    return { ...planned, key: record.key, record, entry: check.state === 'ok' ? check.meta : undefined };
+  }
+  const found = await lookUp(cache, record.key);
+  if (found.check.state === 'ok') {
+    const reasons = found.pulled ? [found.pulled] : ['upstream outputs are the same bytes as before: cached'];
+    return { ...planned, key: record.key, record, entry: found.check.meta, action: 'cached', reasons };
+  }
+  const reasons = [...new Set([...(found.check.state === 'corrupt' ? [`cache entry is corrupt (${found.check.reason}); recomputing`] : planned.reasons), ...found.notes])];
   return { ...planned, key: record.key, record, entry: undefined, action: 'run', reasons };
+}
+
+/**
+ * Looks a key up: the cache's own check, then, on a miss, its remote (`pull`). A failed pull
+ * (unreachable, a corrupt blob) is a note and a miss: the stage runs, nothing bad is used.
+ */
+export async function lookUp(cache: ArtifactCache, key: string): Promise<{ check: EntryCheck; pulled?: string; notes: string[] }> {
+  const check = await cache.check(key);
+  if (check.state !== 'missing' || !cache.pull) return { check, notes: [] };
+  try {
+    const pulled = await cache.pull(key);
+    if (!pulled) return { check, notes: [] };
+    return { check: { state: 'ok', meta: pulled.meta }, pulled: `pulled from ${pulled.from} (${pulled.downloaded} blobs downloaded)`, notes: [] };
+  } catch (error) {
+    const described = describeError(error);
+    return { check, notes: [`remote ${cache.remote} could not serve it (${described.code}: ${described.message}); computing it here`] };
+  }
+}
+
+/**
+ * The record (and key) of one stage: a pure function of the pipeline, the stage, its upstream
+ * stages' output digests (`pending:<key>` for one that has not run yet) and its external
+ * inputs' digests. A worker recomputes it to check that it runs the same stage as the planner.
+ */
+export function stageRecordOf(pipeline: ResolvedPipeline, stage: ResolvedStage, upstream: Record<string, string>, external: Record<string, string>): StageRecord {
+  // The key covers content, not names: the upstream digests (sorted) rather than the ids.
+  // The seed is derived from the pipeline seed and the stage id: it drives initialization,
+  // shuffling, augmentation and splits, so a new seed must not reuse results.
+  // The branches of a sweep share their stage's seed (its id in the file): they differ only in the swept values.
+  const seed = seedFor(pipeline.seed, stage.template ?? stage.id);
+  const downstream = downstreamHints(pipeline, stage.id);
+  // Only a stage that plans with its descendants' hints is keyed by them.
+  const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
+  const base = { kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
+  return { key: stageKey(base), ...base };
+}
+
+/** The digest of every external input of every stage (`stage id -> input -> digest`); the only I/O keys need. */
+export async function hashExternalInputs(pipeline: ResolvedPipeline, statCache: StatCache): Promise<Map<string, Record<string, string>>> {
+  const out = new Map<string, Record<string, string>>();
+  for (const stage of pipeline.stages) out.set(stage.id, await hashStageExternals(pipeline, stage, statCache));
+  return out;
+}
+
+/** The digest of each external input of one stage (a worker hashes only its job's stage). */
+export async function hashStageExternals(pipeline: ResolvedPipeline, stage: ResolvedStage, statCache: StatCache): Promise<Record<string, string>> {
+  const external: Record<string, string> = {};
+  for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) external[input] = await hashExternal(input, pipeline.baseDir, statCache);
+  return external;
 }
 
 export interface Plan {
@@ -77,56 +136,49 @@ export interface Plan {
  * Computes keys and decisions. `--only` needs every ancestor cached; anything else is a
  * `ValidationError` (exit 2) that names the stage to run first.
  */
-export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, selection: Selection, statCache: StatCache): Promise<Plan> {
+export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, history: Pick<RunHistory, 'readRecord'>, selection: Selection, statCache: StatCache): Promise<Plan> {
   const issues = checkSelection(pipeline, selection);
   if (issues.length) throw new ValidationError(issues);
   const aliases = branchAliases(pipeline);
   const { included, forced } = selectStages(pipeline.needs, selection, aliases);
   const only = new Set(selection.only ? (aliases.get(selection.only) ?? [selection.only]) : []);
   const forcedByFlag = new Set((selection.force ?? []).flatMap((id) => aliases.get(id) ?? [id]));
+  const externals = await hashExternalInputs(pipeline, statCache);
   const keys = new Map<string, string>();
   const planned: PlannedStage[] = [];
-  const willRun = new Set<string>();
 
   // Output digests of stages whose entry will be used as is; a stage that runs is `pending`.
   const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
     const upstream: Record<string, string> = {};
     for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
-    const external: Record<string, string> = {};
-    for (const input of stage.definition.externalInputs?.(stage.params as never, pipeline.baseDir) ?? []) {
-      external[input] = await hashExternal(input, pipeline.baseDir, statCache);
-    }
-    // The key covers content, not names: the upstream digests (sorted) rather than the ids.
-    // The seed is derived from the pipeline seed and the stage id: it drives initialization,
-    // shuffling, augmentation and splits, so a new seed must not reuse results. The branches of
-    // a sweep share their stage's seed (its id in the file): they differ only in the swept values.
-    const seed = seedFor(pipeline.seed, stage.template ?? stage.id);
-    const downstream = downstreamHints(pipeline, stage.id);
-    // Only a stage that plans with its descendants' hints is keyed by them.
-    const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
-    const key = stageKey({ kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead });
+    const record = stageRecordOf(pipeline, stage, upstream, externals.get(stage.id) ?? {});
+    const { key } = record;
     keys.set(stage.id, key);
     if (!included.has(stage.id)) continue;
-    const record: StageRecord = { key, kind: stage.kind, version: stage.definition.version, seed, params: stage.params as Json, upstream, external, ...lookahead };
-    const check = await store.checkEntry(key);
+    const downstream = downstreamHints(pipeline, stage.id);
     const reasons: string[] = [];
     let action: 'run' | 'cached' = 'cached';
+    let check: EntryCheck;
     if (forced.has(stage.id)) {
+      check = await cache.check(key);
       action = 'run';
       reasons.push(selection.from && !forcedByFlag.has(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
-    } else if (check.state !== 'ok') {
-      action = 'run';
-      if (check.state === 'corrupt') reasons.push(`cache entry is corrupt (${check.reason}); recomputing`);
-      else reasons.push(...explainChange(await store.readRecord(pipeline.name, stage.id), record));
     } else {
-      reasons.push('inputs unchanged');
+      const found = await lookUp(cache, key);
+      check = found.check;
+      if (check.state === 'ok') reasons.push(found.pulled ?? 'inputs unchanged');
+      else {
+        action = 'run';
+        if (check.state === 'corrupt') reasons.push(`cache entry is corrupt (${check.reason}); recomputing`);
+        else reasons.push(...explainChange(await history.readRecord(pipeline.name, stage.id), record));
+        reasons.push(...found.notes);
+      }
     }
     if (action === 'run' && selection.only && !only.has(stage.id)) {
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
-    if (action === 'run') willRun.add(stage.id);
-    else if (check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
+    if (action === 'cached' && check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
     planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
   }
   if (issues.length) throw new ValidationError(issues);
@@ -134,7 +186,7 @@ export async function planRun(pipeline: ResolvedPipeline, store: ArtifactStore, 
 }
 
 /** The hints of every stage that depends on `id`, in pipeline order. */
-function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint[] {
+export function downstreamHints(pipeline: ResolvedPipeline, id: string): DownstreamHint[] {
   const below = descendants(pipeline.needs, id);
   const out: DownstreamHint[] = [];
   for (const stage of pipeline.stages) {

@@ -7,12 +7,13 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import { ValidationError } from './errors.js';
-import { executePlan, type ExecutionObserver, type RunSummary } from './execute.js';
+import { executePlan, type ExecutionObserver, type RunSummary, type StageDispatcher } from './execute.js';
 import { writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
 import { loadPipeline, type ResolvedPipeline } from './load.js';
 import { checkSelection, planRun, type Plan } from './plan.js';
+import type { LocalCache } from './local-cache.js';
 import { ArtifactStore } from './store.js';
 import type { StageRegistry } from './types.js';
 
@@ -24,6 +25,16 @@ export interface PipelineOptions {
   selection?: Selection;
   /** Artifact store root. */
   artifacts: string;
+  /**
+   * Picks the store's cache (the one place that does): default the local cache; the CLI's
+   * `--remote` gives a `RemoteBackedCache`, which pulls on a miss and pushes after each stage.
+   */
+  openCache?(root: string): LocalCache;
+}
+
+/** The store at `options.artifacts` with the cache `options.openCache` picks. */
+export function openStore(options: Pick<PipelineOptions, 'artifacts' | 'openCache'>): ArtifactStore {
+  return new ArtifactStore(options.artifacts, options.openCache ? { cache: options.openCache(options.artifacts) } : {});
 }
 
 export interface RunOptions extends PipelineOptions {
@@ -40,6 +51,8 @@ export interface RunOptions extends PipelineOptions {
   prepare?(pipeline: ResolvedPipeline): void;
   /** The backend's name for the summary, asked when the run ends. */
   backend?: () => string;
+  /** Computes the stages elsewhere (`--executor bullmq`); default: in this process. */
+  dispatcher?: StageDispatcher;
 }
 
 /** Loads and validates, or throws `ValidationError` with every issue found. */
@@ -54,16 +67,16 @@ export function resolvePipeline(options: Pick<PipelineOptions, 'file' | 'registr
 /** What would run and why; reads the store, writes nothing. */
 export async function planPipeline(options: PipelineOptions): Promise<Plan> {
   const pipeline = resolvePipeline(options);
-  const store = new ArtifactStore(options.artifacts);
+  const store = openStore(options);
   const statCache = new StatCache(store.statCacheFile());
   await statCache.load();
-  return planRun(pipeline, store, options.selection ?? {}, statCache);
+  return planRun(pipeline, store.cache, store.history, options.selection ?? {}, statCache);
 }
 
 /** Runs a pipeline; returns the summary (also written to `runs/<id>/summary.json`). */
 export async function runPipeline(options: RunOptions): Promise<RunSummary> {
   const pipeline = resolvePipeline(options);
-  const store = new ArtifactStore(options.artifacts);
+  const store = openStore(options);
   options.prepare?.(pipeline);
   const runId = newRunId();
   // Runs of any pipeline share the store; only gc excludes them (keys are locked one by one).
@@ -73,7 +86,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
     await statCache.load();
     // Plan before writing anything: a selection error (`--only` with an upstream not cached)
     // leaves the store as it was.
-    const plan = await planRun(pipeline, store, options.selection ?? {}, statCache);
+    const plan = await planRun(pipeline, store.cache, store.history, options.selection ?? {}, statCache);
     await statCache.save();
     const runDir = store.runDir(runId);
     await mkdir(runDir, { recursive: true });
@@ -93,6 +106,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       signal: options.signal ?? new AbortController().signal,
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
+      dispatcher: options.dispatcher,
       onKey(key) {
         keys.add(key);
         // One write at a time, each with every key so far: the last one on disk is complete.

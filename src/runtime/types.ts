@@ -43,6 +43,20 @@ export interface ProgressEvent {
   total?: number;
   /** Short facts to show beside the bar (loss, accuracy). */
   info?: Record<string, number | string>;
+  /**
+   * Set on the events of a tracked step (`StageContext.track`): `start` when it begins (a bar
+   * appears), `tick` as it advances, `end` when it finished or stopped (the bar goes away).
+   * Absent on a one-off report (an epoch finished, a resume), shown as a line that stays.
+   */
+  phase?: 'start' | 'tick' | 'end';
+}
+
+/** The counter of one long step, from `StageContext.track`. */
+export interface ProgressTracker {
+  /** Counts `n` more items done (default 1); `info` replaces the facts shown beside the bar. */
+  tick(n?: number, info?: Record<string, number | string>): void;
+  /** The step finished or stopped: its bar goes away. Calling it again does nothing. */
+  done(): void;
 }
 
 /**
@@ -101,8 +115,15 @@ export interface StageContext<P = Record<string, unknown>> {
   branches?: BranchInput[];
   /** Child logger bound to run, stage and kind. */
   log: Logger;
-  /** Reports progress of a long step. */
+  /** Reports a one-off fact worth a line (an epoch finished, a resume); see `track` for bars. */
   progress(event: ProgressEvent): void;
+  /**
+   * Starts counting a long step (decoding images, a frozen pass, an epoch's batches): `label`
+   * names it ("decode", "epoch 3/15"), `total` is how many items it has (when known). The
+   * runtime passes its `start`/`tick`/`end` events to whoever watches the run (the CLI draws a
+   * bar with rate and ETA; the library API hands them to `onEvent`). Call `done()` in `finally`.
+   */
+  track(label: string, total?: number): ProgressTracker;
   /** Aborted on SIGINT/SIGTERM; long loops check it between steps. */
   signal: AbortSignal;
 }

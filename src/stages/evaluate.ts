@@ -174,24 +174,27 @@ async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersMode
   const classCount = dataset.classes.length;
   const source = sources.splits[split];
   const out = new Float32Array(source.count * classCount);
-  const total = Math.ceil(source.count / batchSize);
-  let done = 0;
+  const scoring = ctx.track(`evaluate ${split}`, Math.ceil(source.count / batchSize));
   let index = 0;
-  for await (const batch of source.batches(0, { shuffle: false })) {
-    if (ctx.signal.aborted) throw new AbortedError();
-    const rows = tf.tidy(() => (sources.trainee.predict(batchInputs(tf, batch)) as Tensor).dataSync() as Float32Array);
-    for (let row = 0; row < batch.count; row++, index++) {
-      const values = rows.subarray(row * classCount, (row + 1) * classCount);
-      const sum = values.reduce((a, b) => a + b, 0);
-      if (!values.every((p) => p >= 0 && p <= 1) || Math.abs(sum - 1) > 1e-3) {
-        throw new StageError('not_probabilities', `the model's outputs for record ${index} are not probabilities (sum ${sum}); its last layer must be a softmax`, {
-          index,
-          outputs: Array.from(values),
-        });
+  try {
+    for await (const batch of source.batches(0, { shuffle: false })) {
+      if (ctx.signal.aborted) throw new AbortedError();
+      const rows = tf.tidy(() => (sources.trainee.predict(batchInputs(tf, batch)) as Tensor).dataSync() as Float32Array);
+      for (let row = 0; row < batch.count; row++, index++) {
+        const values = rows.subarray(row * classCount, (row + 1) * classCount);
+        const sum = values.reduce((a, b) => a + b, 0);
+        if (!values.every((p) => p >= 0 && p <= 1) || Math.abs(sum - 1) > 1e-3) {
+          throw new StageError('not_probabilities', `the model's outputs for record ${index} are not probabilities (sum ${sum}); its last layer must be a softmax`, {
+            index,
+            outputs: Array.from(values),
+          });
+        }
+        out.set(values, index * classCount);
       }
-      out.set(values, index * classCount);
+      scoring.tick();
     }
-    ctx.progress({ unit: 'batches', done: ++done, total });
+  } finally {
+    scoring.done();
   }
   return { probabilities: out, sources };
 }

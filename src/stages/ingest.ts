@@ -169,7 +169,7 @@ async function inspectAll(ctx: StageContext<IngestParams>, scan: ScanResult): Pr
   const results: (VerifiedCandidate | { path: string; reason: string })[] = new Array(scan.candidates.length);
   const total = scan.candidates.length;
   let next = 0;
-  let done = 0;
+  const inspecting = ctx.track('inspect', total);
   const worker = async () => {
     while (next < total) {
       if (ctx.signal.aborted) throw new AbortedError();
@@ -177,10 +177,14 @@ async function inspectAll(ctx: StageContext<IngestParams>, scan: ScanResult): Pr
       const candidate = scan.candidates[index];
       const result = await inspectImageFile(join(scan.root, ...candidate.path.split('/')));
       results[index] = result.ok ? { ...candidate, sha256: result.sha256, size: result.size } : { path: candidate.path, reason: result.reason };
-      if (++done % 200 === 0 || done === total) ctx.progress({ unit: 'images', done, total });
+      inspecting.tick();
     }
   };
-  await Promise.all(Array.from({ length: Math.min(total, availableParallelism() * 2) }, worker));
+  try {
+    await Promise.all(Array.from({ length: Math.min(total, availableParallelism() * 2) }, worker));
+  } finally {
+    inspecting.done();
+  }
   const valid: VerifiedCandidate[] = [];
   const skipped: { path: string; reason: string }[] = [];
   for (const result of results) ('sha256' in result ? valid.push(result) : skipped.push(result));

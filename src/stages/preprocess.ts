@@ -100,8 +100,10 @@ export const preprocess: StageDefinition<PreprocessParams> = {
     const drain = async () => {
       const head = inFlight.shift()!;
       await writerFor(head.entry.split).append(await head.pixels, head.entry.label);
-      if (++done % 100 === 0 || done === total) ctx.progress({ unit: 'images', done, total });
+      done++;
+      decoding.tick();
     };
+    const decoding = ctx.track('decode', total);
     try {
       for await (const entry of readDatasetEntries(source.dir, header)) {
         if (ctx.signal.aborted) throw new AbortedError();
@@ -120,6 +122,8 @@ export const preprocess: StageDefinition<PreprocessParams> = {
     } catch (error) {
       await Promise.all([...writers.values()].map((writer) => writer.abort()));
       throw error;
+    } finally {
+      decoding.done();
     }
     const seconds = (performance.now() - started) / 1000;
     ctx.log.info({ images: done, seconds, perSecond: done / seconds }, 'preprocessed');

@@ -13,7 +13,7 @@
  * disk, MACs, latency (same backend, same batch) and validation accuracy before and after. A
  * `max_accuracy_drop` bound turns too large a loss into a `GateError` (exit 1).
  */
-import { stat } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import paramsSchema from '../../schemas/stages/prune.schema.json' with { type: 'json' };
@@ -26,6 +26,7 @@ import { WEIGHTS_FILE } from '../ml/io.js';
 import { findPrunableKernels, hasPrunableKernel, measureKernelSparsity, startMaskedPruning, type PolynomialSchedule } from '../ml/prune/magnitude.js';
 import { countMacs, countParams, measureLatency } from '../ml/prune/measure.js';
 import { runRecovery } from '../ml/prune/recover.js';
+import type { EpochLogs } from '../ml/train.js';
 import { scoreValidation, searchSparsity } from '../ml/prune/search.js';
 import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources.js';
 import { markSparse } from '../ml/prune/sparse-format.js';
@@ -130,7 +131,7 @@ function checkExcluded(model: LayersModel, exclude: string[]): void {
 
 export const prune: StageDefinition<PruneParams> = {
   kind: 'prune',
-  version: 2,
+  version: 3,
   lookahead: true,
   description: 'Prune a trained model (magnitude masks stored sparsely, or structured channel removal), recover by fine-tuning, and report bytes, MACs, latency and accuracy before/after',
   paramsSchema,
@@ -166,6 +167,8 @@ export const prune: StageDefinition<PruneParams> = {
       const notes: Record<string, Json> = { ...(info.notes ?? {}), pruning: { method: params.method, target, scope: params.scope, ...run.facts } };
       const pruned: ModelInfo = { ...info, notes, lineage: [...info.lineage, 'prune'] };
       const written = await writeModelArtifact(ctx.outDir, run.model, pruned);
+      // The recovery curve for `pipeline report`, in train-head's and fine-tune's format.
+      await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(run.history, null, 1) + '\n');
       const metrics: Metrics = {
         method: params.method,
         scope: params.scope,
@@ -208,6 +211,8 @@ interface PruneRun {
   /** Method-specific metrics (sparsity reached, kept-channel ratio, ...), also saved in the model's notes. */
   facts: Record<string, Json>;
   epochsRun: number;
+  /** The recovery epochs (loss, accuracy, validation), written as `history.json` like train-head's. */
+  history: EpochLogs[];
   /** What recovery trained and scored on (cached activations when the bottom was kept). */
   sources: TrainingSources;
   /** The sparsity this run aimed at. */
@@ -251,6 +256,7 @@ async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: L
         schedule: schedule ? 'polynomial' : 'constant',
       },
       epochsRun: history.length,
+      history,
       sources,
       target: params.sparsity,
     };
@@ -291,6 +297,7 @@ async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: La
         l1_fallback_groups: scores.l1Fallbacks,
       },
       epochsRun: history.length,
+      history,
       sources,
       target: params.sparsity,
     };

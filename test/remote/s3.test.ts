@@ -4,29 +4,20 @@
  * server tests are skipped with a message (set REMOTE_TESTS_REQUIRED=1 to fail instead); the
  * tests that need no server always run.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, rename } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkManifest, MANIFEST_FORMAT, parseS3Url, RemoteError, type RemoteManifest } from '../../src/remote/remote.js';
 import { S3Remote } from '../../src/remote/s3.js';
 import { pullEntry, pushEntry } from '../../src/remote/transfer.js';
 import { ArtifactStore } from '../../src/runtime/store.js';
+import { startSwift, swiftInstalled, type Swift } from '../fixtures/swift.js';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
-
-const script = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'services', 'swift.sh');
-const swiftInstalled = spawnSync('bash', ['-c', 'command -v swift-proxy-server && command -v memcached'], { stdio: 'ignore' }).status === 0;
-if (!swiftInstalled) {
-  const install = 'run .ci/services.sh (apt-get install -y swift-proxy swift-object swift-container swift-account memcached python3-swift)';
-  if (process.env.REMOTE_TESTS_REQUIRED === '1') throw new Error(`OpenStack Swift is not installed and REMOTE_TESTS_REQUIRED=1: ${install}`);
-  console.warn(`OpenStack Swift is not installed, so the S3 remote tests that need a server are skipped: ${install}`);
-}
 
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 const manifestOf = (key: string, entry: Record<string, unknown> = {}): RemoteManifest => ({ format: MANIFEST_FORMAT, key, files: {}, entry: { key, ...entry } });
@@ -145,7 +136,7 @@ describe('remote URL and manifest checks', () => {
 describe.skipIf(!swiftInstalled)('S3Remote on OpenStack Swift (s3api)', () => {
   let endpoint = '';
   let credentials = { accessKeyId: '', secretAccessKey: '' };
-  let startedHere = false;
+  let swift: Swift | undefined;
   let raw: S3Client;
   let bucket = '';
   let dir: TestDir;
@@ -157,23 +148,15 @@ describe.skipIf(!swiftInstalled)('S3Remote on OpenStack Swift (s3api)', () => {
   };
 
   beforeAll(async () => {
-    startedHere = spawnSync('bash', [script, 'status'], { stdio: 'ignore' }).status !== 0;
-    const out = execFileSync('bash', [script, 'start'], { encoding: 'utf8', timeout: 150_000 });
-    const env = Object.fromEntries(out.trim().split('\n').map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]));
-    endpoint = env.AWS_ENDPOINT_URL ?? '';
-    credentials = { accessKeyId: env.AWS_ACCESS_KEY_ID ?? '', secretAccessKey: env.AWS_SECRET_ACCESS_KEY ?? '' };
-    raw = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
-    bucket = `fp-test-${randomBytes(4).toString('hex')}`;
-    await raw.send(new CreateBucketCommand({ Bucket: bucket }));
+    swift = await startSwift('fp-test');
+    ({ endpoint, credentials, raw, bucket } = swift);
     dir = testdir();
   }, 180_000);
 
   afterAll(() => {
     for (const remote of remotes) remote.close();
-    raw?.destroy();
+    swift?.stop();
     dir?.cleanup();
-    // Leave a Swift that was already running (CI starts it once); stop one started for this file.
-    if (startedHere && process.env.SWIFT_TEST_KEEP !== '1') spawnSync('bash', [script, 'stop'], { stdio: 'ignore' });
   });
 
   it('round-trips a 2,000,000-byte blob byte for byte', async () => {

@@ -9,7 +9,7 @@ import type { StageContext } from '../../runtime/types.js';
 import type { Tf } from '../backend.js';
 import type { TrainingSources } from '../sources.js';
 import { createTrainStepper } from '../engine.js';
-import { fitModel, nanGuard, progressHook, type EpochLogs, type TrainHook, type TrainStepper } from '../train.js';
+import { batchProgressHook, fitModel, nanGuard, progressHook, type EpochLogs, type TrainHook, type TrainStepper } from '../train.js';
 
 /** Options of `runRecovery`. */
 export interface RunRecoveryOptions {
@@ -45,6 +45,7 @@ async function recover(tf: Tf, ctx: StageContext<unknown>, sources: TrainingSour
     hooks: [
       ...options.hooks,
       nanGuard(),
+      batchProgressHook((label, total) => ctx.track(label, total)),
       progressHook((logs, epochs) => {
         ctx.log.info({ ...logs }, 'recovery epoch done');
         ctx.progress({ unit: 'epoch', done: logs.epoch + 1, total: epochs, info: { loss: logs.loss, acc: logs.acc, ...(logs.valAcc !== undefined ? { val_acc: logs.valAcc } : {}) } });

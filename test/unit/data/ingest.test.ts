@@ -38,7 +38,7 @@ describe('ingest: class folders', () => {
     expect(first.label).toBe(0);
     expect(first.sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(first.size).toBeGreaterThan(100);
-    expect(ctx.progressEvents.at(-1)).toMatchObject({ unit: 'images', done: 24, total: 24 });
+    expect(ctx.progressEvents.at(-1)).toMatchObject({ unit: 'inspect', done: 24, total: 24, phase: 'end' });
   });
 
   it('is byte-identical for the same inputs and seed; the seed changes the split', async () => {

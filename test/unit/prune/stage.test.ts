@@ -85,6 +85,10 @@ describe('prune stage', () => {
       expect(m.bytes_after).toBeLessThan(m.bytes_before as number);
       expect(m.bytes_after).toBe(statSync(join(ctx.outDir, WEIGHTS_FILE)).size);
       expect(m.epochs_run).toBe(2);
+      // The recovery curve, in train-head's history format, for `pipeline report`.
+      const history = JSON.parse(readFileSync(join(ctx.outDir, 'history.json'), 'utf8'));
+      expect(history.map((h: { epoch: number }) => h.epoch)).toEqual([0, 1]);
+      for (const h of history) expect(typeof h.loss === 'number' && typeof h.acc === 'number' && typeof h.valAcc === 'number').toBe(true);
       for (const key of ['params_before', 'macs_before', 'latency_ms_before', 'latency_ms_after', 'val_acc_before', 'val_acc_after']) expect(typeof m[key]).toBe('number');
       expect(m.nonzero_macs_after).toBeLessThan(m.macs_after as number);
 

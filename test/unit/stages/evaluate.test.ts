@@ -65,7 +65,7 @@ describe('evaluate', () => {
         [2, 0, 0],
       ],
     });
-    expect(ctx.progressEvents.at(-1)).toEqual({ unit: 'batches', done: 1, total: 1 });
+    expect(ctx.progressEvents.at(-1)).toEqual({ unit: 'evaluate val', done: 1, total: 1, phase: 'end' });
 
     const report = JSON.parse(await readFile(join(ctx.outDir, 'evaluation.json'), 'utf8'));
     expect(report.accuracy).toBeCloseTo(1 / 3, 6);
@@ -85,7 +85,7 @@ describe('evaluate', () => {
   it('caps top_k at the requested k, and names no files without a dataset input', async () => {
     const { result, ctx } = await run({ top_k: 2, batch: 4 }, [data.shards, constant]);
     expect(result.metrics).toMatchObject({ top_k: 2, top_k_accuracy: 0.6667, accuracy: 0.3333 });
-    expect(ctx.progressEvents.map((e) => e.done)).toEqual([1, 2]);
+    expect(ctx.progressEvents.map((e) => [e.phase, e.done])).toEqual([['start', 0], ['tick', 1], ['tick', 2], ['end', 2]]);
     const report = JSON.parse(await readFile(join(ctx.outDir, 'evaluation.json'), 'utf8'));
     expect(report.misclassified.records[0].file).toBeUndefined();
   });

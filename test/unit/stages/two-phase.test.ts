@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelArtifact } from '../../../src/ml/artifact.js';
 import { configureBackend, useTf } from '../../../src/ml/backend.js';
-import { createProgressView } from '../../../src/render.js';
+import { createProgressView } from '../../../src/progress-view.js';
 import { runPipeline } from '../../../src/runtime/run.js';
 import type { RunSummary } from '../../../src/runtime/execute.js';
 import { stages } from '../../../src/stages/index.js';
@@ -94,7 +94,7 @@ describe('two-phase recipe on tiny images', () => {
     expect(interrupted.status).toBe('interrupted');
     expect(stage(interrupted, 'tune').status).toBe('failed');
     let stderr = '';
-    const resumed = await run(['stages.tune.with.epochs=5'], { observer: createProgressView((text) => void (stderr += text), false) });
+    const resumed = await run(['stages.tune.with.epochs=5'], { observer: createProgressView({ write: (text) => void (stderr += text) }) });
     expect(stage(resumed, 'tune').status).toBe('ran');
     // The rerun says on stderr that it continued rather than started over.
     expect(stderr).toContain('↻ tune resumed from epoch 2/5');
