@@ -1,7 +1,7 @@
 /**
  * `npm run bench [name]`: the quick benchmarks (runtime, preprocess, prune) by default; the ones
  * that need the real MobileNetV2 (onnx, onnx-train, train-top, frozen-pass, rank, finetune — the last ~10 min with the PyTorch
- * baseline) run only when named: `npm run bench finetune`, or `npm run bench:finetune`. Figures
+ * baseline) and `sweep` (a 2x2 sweep against one branch, ~1 min) run only when named: `npm run bench finetune`, or `npm run bench:finetune`. Figures
  * are reported against a baseline measured in the same run.
  */
 import { benchFinetune, parseBenchOptions } from './finetune.js';
@@ -12,6 +12,7 @@ import { benchPreprocess } from './preprocess.js';
 import { benchPrune } from './prune.js';
 import { benchRank } from './rank.js';
 import { benchRuntime } from './runtime.js';
+import { benchSweep } from './sweep.js';
 import { benchTrainTop } from './train-top.js';
 
 const only = process.argv[2];
@@ -25,8 +26,9 @@ const benches: Record<string, () => Promise<unknown>> = {
   'onnx-train': () => benchOnnxTrain(),
   rank: () => benchRank(process.argv.slice(3)),
   'frozen-pass': () => benchFrozenPass(parseFrozenPassOptions(process.argv.slice(3))),
+  sweep: () => benchSweep(process.argv.slice(3)),
 };
-const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune', 'rank', 'frozen-pass']);
+const onDemand = new Set(['train-top', 'onnx', 'onnx-train', 'finetune', 'rank', 'frozen-pass', 'sweep']);
 if (only && !(only in benches)) {
   console.error(`no benchmark '${only}'; choose one of: ${Object.keys(benches).join(', ')}`);
   process.exit(2);

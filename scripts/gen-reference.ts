@@ -43,7 +43,7 @@ export function renderReference(): string {
     '',
     table(pipelineSchema as Schema),
     '',
-    'A stage: `uses` (the kind), `needs` (upstream stage ids; their artifacts and their ancestors\' are inputs), `with` (the params below), `description`.',
+    'A stage: `uses` (the kind), `needs` (upstream stage ids; their artifacts and their ancestors\' are inputs), `with` (the params below), `matrix` (a sweep: param -> list of values; the stage and the stages downstream of it become one branch per combination until a `select`; see the README, "Sweeps"), `description`.',
     '',
     '## Stage kinds',
     '',

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createProgressView } from './progress-view.js';
-import { renderIssues, renderPlan, renderSummary } from './render.js';
+import { planJson, renderGrid, renderIssues, renderPlan, renderSummary } from './render.js';
 import { commandCache, remoteCacheOf } from './commands/cache.js';
 import { RemoteError } from './remote/remote.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
@@ -230,7 +230,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case 'plan': {
         const plan = await planPipeline({ file: requireFile(rest, command), registry: io.registry, overrides: values.set, selection: selectionOf(values), artifacts });
         if (values.json)
-          io.stdout(JSON.stringify({ pipeline: plan.pipeline.name, stages: plan.stages.map((p) => ({ id: p.stage.id, uses: p.stage.kind, action: p.action, key: p.key, reasons: p.reasons })) }) + '\n');
+          io.stdout(JSON.stringify(planJson(plan)) + '\n');
         else io.stdout(renderPlan(plan));
         return EXIT.ok;
       }
@@ -400,6 +400,7 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
     io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
     if (command === 'status')
       for (const s of summary.stages) io.stdout(`    ${s.status.padEnd(7)} ${s.id.padEnd(16)} ${Object.entries(s.metrics).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).slice(0, 6).join(' ')}\n`);
+    if (command === 'status') io.stdout(renderGrid(summary));
   }
   return EXIT.ok;
 }

@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { RunSummary, StageSummary } from './runtime/execute.js';
+import { describeMatrix, formatValue } from './runtime/matrix.js';
 import type { Plan } from './runtime/plan.js';
 import type { Json } from './runtime/types.js';
 
@@ -23,15 +24,86 @@ export function renderIssues(issues: ValidationIssue[]): string {
   return lines.join('\n') + '\n';
 }
 
+/**
+ * `plan --json`: per stage its id, kind, action, key and reasons (and, for a branch of a sweep,
+ * `branch: { template, coords }`); `matrix` with the axes and each swept stage's branches.
+ */
+export function planJson(plan: Plan): Record<string, unknown> {
+  const matrix = plan.pipeline.matrix;
+  return {
+    pipeline: plan.pipeline.name,
+    ...(matrix ? { matrix: describeMatrix(matrix) } : {}),
+    stages: plan.stages.map((p) => ({
+      id: p.stage.id,
+      uses: p.stage.kind,
+      action: p.action,
+      key: p.key,
+      reasons: p.reasons,
+      ...(p.stage.template ? { branch: { template: p.stage.template, coords: p.stage.coords ?? {} } } : {}),
+    })),
+  };
+}
+
 export function renderPlan(plan: Plan): string {
   const width = Math.max(...plan.stages.map((p) => p.stage.id.length), 5);
   const lines = [`pipeline ${plan.pipeline.name} (${plan.pipeline.file})`];
+  const matrix = plan.pipeline.matrix;
+  if (matrix) {
+    const count = matrix.axes.reduce((n, axis) => n * axis.values.length, 1);
+    lines.push(`matrix: ${matrix.axes.map(describeAxis).join(' x ')} -> ${count} branch${count === 1 ? '' : 'es'}`);
+    for (const [template, ids] of Object.entries(matrix.branches)) lines.push(`  ${template} -> ${ids.join(', ')}`);
+  }
   for (const planned of plan.stages) {
     const mark = planned.action === 'run' ? 'run   ' : 'cached';
-    lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${planned.reasons.join('; ')}`);
+    const coords = planned.stage.coords ? `[${formatCoords(planned.stage.coords)}]  ` : '';
+    lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${coords}${planned.reasons.join('; ')}`);
   }
   const toRun = plan.stages.filter((p) => p.action === 'run').length;
   lines.push(`${toRun} to run, ${plan.stages.length - toRun} cached`);
+  return lines.join('\n') + '\n';
+}
+
+/** `fine-tune.lr [1e-4, 1e-5]` */
+function describeAxis(axis: { stage: string; param: string; values: Json[] }): string {
+  return `${axis.stage}.${axis.param} [${axis.values.map(formatValue).join(', ')}]`;
+}
+
+/** `blocks=2 lr=1e-4` */
+export function formatCoords(coords: Record<string, Json>): string {
+  return Object.entries(coords).map(([label, value]) => `${label}=${formatValue(value)}`).join(' ');
+}
+
+/**
+ * The grid of a run's sweep, for `pipeline status`: the axes, then one row per branch with its
+ * coordinates and value — from a joining stage's `table` metric (select's, with the chosen row
+ * marked), or else the metrics of the last swept stage's branches. Empty when nothing was swept.
+ */
+export function renderGrid(summary: RunSummary, indent = '    '): string {
+  if (!summary.matrix) return '';
+  const { axes, branches } = summary.matrix;
+  const labels = axes.map((a) => a.label);
+  const lines = [`${indent}grid: ${axes.map(describeAxis).join(' x ')}`];
+  type Row = { coords: Record<string, Json>; cells: string[] };
+  const table = (title: string, rows: Row[]) => {
+    const widths = labels.map((label) => Math.max(label.length, ...rows.map((r) => formatValue(r.coords[label] ?? '-').length)));
+    lines.push(`${indent}  ${title}`);
+    lines.push(`${indent}    ${labels.map((l, i) => l.padEnd(widths[i])).join('  ')}`.trimEnd());
+    for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.join('  ')}`.trimEnd());
+  };
+  const joins = summary.stages.filter((s) => Array.isArray(s.metrics.table));
+  for (const join of joins) {
+    const metric = String(join.metrics.metric ?? 'value');
+    const rows = (join.metrics.table as { id: string; coords: Record<string, Json>; value: number; passed: boolean }[]).map((row) => ({
+      coords: row.coords ?? {},
+      cells: [`${metric}=${fmt(row.value)}`, row.id, row.id === join.metrics.chosen ? '<- chosen' : row.passed === false ? '(below the gate)' : ''],
+    }));
+    table(`${join.id} (${join.uses}): ${join.status === 'failed' ? `failed: ${join.error?.message ?? ''}` : `chose ${join.metrics.chosen} by ${metric} (${join.metrics.mode ?? 'max'})`}`, rows);
+  }
+  const last = Object.keys(branches).at(-1);
+  if (!joins.length && last) {
+    const rows = summary.stages.filter((s) => s.branch?.template === last).map((s) => ({ coords: s.branch!.coords, cells: [s.status, formatMetrics(s.metrics, 3)] }));
+    table(`${last}: ${rows.length} branches`, rows);
+  }
   return lines.join('\n') + '\n';
 }
 

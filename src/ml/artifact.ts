@@ -31,6 +31,12 @@ export interface ModelInfo {
   headLr?: number;
   /** Stage kinds applied so far, oldest first (`load-base`, `freeze`, `train-head`, ...). */
   lineage: string[];
+  /**
+   * The layer a stage's frozen pass over the images stopped below (the lowest unfreeze point it
+   * planned for, e.g. of every branch of a sweep): stages downstream read that pass and derive
+   * their own cut from it instead of passing the images again.
+   */
+  frozenFrom?: string;
   /** Free-form facts stages add (pruning masks' sparsity, ...). */
   notes?: Record<string, Json>;
 }

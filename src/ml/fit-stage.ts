@@ -58,7 +58,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   const { tf, ctx, model, dataset, params, lr } = request;
   const numClasses = dataset.classes.length;
   if (!dataset.splits.train?.count) throw new StageError('no_training_data', `the shards in ${dataset.dir} have no train split`);
-  const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views });
+  const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, frozenFrom: request.info.frozenFrom });
   const { trainee, val } = sources;
   const train = sources.train!;
 
@@ -108,7 +108,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   }
   // The top shares its layers (and weights) with `model`, which the caller disposes.
   const final = val ? await evaluateSource(tf, trainee, val, numClasses, { signal: ctx.signal }) : undefined;
-  const summary = await writeModelArtifact(ctx.outDir, model, request.info);
+  const summary = await writeModelArtifact(ctx.outDir, model, sources.frozenFrom ? { ...request.info, frozenFrom: sources.frozenFrom } : request.info);
   await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
   const last = history.at(-1);
   const epochSeconds = history.filter((h) => h.seconds > 0).map((h) => h.seconds);

@@ -184,11 +184,16 @@ export async function digestClosure(model: LayersModel, frontier: Frontier): Pro
 }
 
 /**
- * The layers that downstream `unfreeze` hints will make trainable in `model` (those with
- * weights at or above each hint's start), or undefined when no hint applies. Hints naming a
- * layer this model does not have are ignored: the stage that gave them reports that itself.
+ * The first layer the pass over images must stop below: the lowest start of the downstream
+ * `unfreeze` hints, or `recorded` (the start an upstream stage's pass stopped below, recorded in
+ * the model's info) when that is lower. Undefined when neither applies. Hints naming a layer
+ * this model does not have are ignored: the stage that gave them reports that itself.
+ *
+ * The recorded start is what shares one pass among the branches of a sweep: train-head, upstream
+ * of every unfreeze branch, passes the images at the lowest cut any of them needs and records it;
+ * a branch that unfreezes less reads that pass and runs the frozen layers between the two cuts.
  */
-export function laterTrainable(model: LayersModel, downstream: DownstreamHint[]): TrainablePredicate | undefined {
+export function lowestPassStart(model: LayersModel, downstream: DownstreamHint[], recorded?: string): string | undefined {
   const starts: number[] = [];
   for (const { hints } of downstream) {
     const unfreeze = (hints as { unfreeze?: { from?: string; blocks?: number } } | null)?.unfreeze;
@@ -199,9 +204,25 @@ export function laterTrainable(model: LayersModel, downstream: DownstreamHint[])
       // an unknown layer name: the unfreeze stage fails with its own message
     }
   }
+  const at = recorded === undefined ? -1 : model.layers.findIndex((l) => l.name === recorded);
+  if (at >= 0) starts.push(at);
   if (!starts.length) return undefined;
-  const start = Math.min(...starts);
+  return model.layers[Math.min(...starts)]?.name;
+}
+
+/** The layers with weights at or above `start` (a layer name of `model`): what the pass stops below. */
+export function trainableFrom(model: LayersModel, start: string): TrainablePredicate {
   const index = new Map(model.layers.map((l, i) => [l.name, i]));
+  const from = index.get(start) ?? model.layers.length;
   const withWeights = (layer: Layer) => ((layer as unknown as { _trainableWeights?: unknown[] })._trainableWeights?.length ?? layer.weights.length) > 0;
-  return (layer) => (index.get(layer.name) ?? -1) >= start && withWeights(layer);
+  return (layer) => (index.get(layer.name) ?? -1) >= from && withWeights(layer);
+}
+
+/**
+ * The layers that downstream `unfreeze` hints will make trainable in `model` (those with
+ * weights at or above the lowest hint's start), or undefined when no hint applies.
+ */
+export function laterTrainable(model: LayersModel, downstream: DownstreamHint[]): TrainablePredicate | undefined {
+  const start = lowestPassStart(model, downstream);
+  return start === undefined ? undefined : trainableFrom(model, start);
 }

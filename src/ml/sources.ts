@@ -8,7 +8,7 @@ import type { ShardDataset } from '../data/shards.js';
 import { isAugmenting } from '../data/spec.js';
 import type { StageContext } from '../runtime/types.js';
 import type { Tf } from './backend.js';
-import { laterTrainable } from './frontier.js';
+import { lowestPassStart, trainableFrom } from './frontier.js';
 import { cachedSource, describeFrontier, frozenActivations, type FrozenPassStats } from './frozen-pass.js';
 import type { BatchSource } from './train.js';
 
@@ -49,6 +49,11 @@ export interface TrainingSources {
   features: 'cached' | 'computed' | 'none';
   /** The pass's counts and where the frontier is (absent for `none`). */
   pass?: FrozenPassStats & { frontier: string };
+  /**
+   * The layer the pass over images stopped below, when it was lowered for stages downstream or
+   * taken from `SourceOptions.frozenFrom`: record it in the model's info (`ModelInfo.frozenFrom`).
+   */
+  frozenFrom?: string;
 }
 
 /** Options of `prepareSources`. */
@@ -58,6 +63,8 @@ export interface SourceOptions {
   augmentViews: number;
   /** False when the frozen part changes while training (so nothing can be cached). */
   allowCache?: boolean;
+  /** `ModelInfo.frozenFrom` of the model: an upstream stage's pass stopped below this layer. */
+  frozenFrom?: string;
 }
 
 /**
@@ -66,10 +73,11 @@ export interface SourceOptions {
  * the trainee, or the shards and the whole model when nothing is frozen.
  */
 export async function prepareSources(tf: Tf, ctx: StageContext<unknown>, model: LayersModel, dataset: ShardDataset, options: SourceOptions): Promise<TrainingSources> {
+  const start = options.allowCache === false ? undefined : lowestPassStart(model, ctx.downstream, options.frozenFrom);
   const pass =
     options.allowCache === false
       ? null
-      : await frozenActivations({ tf, ctx, model, dataset, batch: options.batch, augmentViews: options.augmentViews, lowerFor: laterTrainable(model, ctx.downstream) });
+      : await frozenActivations({ tf, ctx, model, dataset, batch: options.batch, augmentViews: options.augmentViews, lowerFor: start === undefined ? undefined : trainableFrom(model, start) });
   const augment = isAugmenting(dataset.spec.augment);
   const sources: TrainingSources = { trainee: model, splits: {}, features: 'none' };
   for (const name of Object.keys(dataset.splits)) {
@@ -82,6 +90,7 @@ export async function prepareSources(tf: Tf, ctx: StageContext<unknown>, model: 
     sources.trainee = pass.top;
     sources.features = pass.stats.images > 0 || pass.stats.derived > 0 ? 'computed' : 'cached';
     sources.pass = { ...pass.stats, frontier: describeFrontier(pass.frontier) };
+    if (start !== undefined) sources.frozenFrom = start;
   }
   return sources;
 }

@@ -14,7 +14,7 @@ import { seedFor } from './seed.js';
 import type { EntryMeta } from './cache.js';
 import { lookUp } from './plan.js';
 import type { ArtifactStore } from './store.js';
-import type { DownstreamHint, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { BranchInput, DownstreamHint, ProgressEvent, StageContext, StageInput } from './types.js';
 
 /** What computing a stage needs besides the stage itself. */
 export interface ComputeOptions {
@@ -25,8 +25,8 @@ export interface ComputeOptions {
   inputs: StageInput[];
   /** Hints of the stages downstream (`StageContext.downstream`). */
   downstream: DownstreamHint[];
-  /** The pipeline's seed and folder. */
-  pipeline: { seed: number; baseDir: string };
+  /** The pipeline's seed and folder, and its stages (a joining stage's branches are read from them). */
+  pipeline: { seed: number; baseDir: string; stages?: readonly ResolvedStage[] };
   /** Names the run in lock purposes. */
   runId: string;
   /** The stage's logger (bound to run, stage and kind). */
@@ -57,7 +57,7 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
     kind: stage.kind,
     params: stage.params,
     key,
-    seed: seedFor(options.pipeline.seed, stage.id),
+    seed: seedFor(options.pipeline.seed, stage.template ?? stage.id),
     baseDir: options.pipeline.baseDir,
     outDir,
     workDir,
@@ -68,6 +68,7 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
       return found;
     },
     downstream: options.downstream,
+    ...(stage.definition.join ? { branches: branchesOf(stage, inputs, options.pipeline.stages ?? []) } : {}),
     async memo(name, parts, compute, memoOptions) {
       const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
       memoKeys.push(memoKey);
@@ -128,4 +129,22 @@ export class ComputeFailure extends Error {
     this.error = error;
     this.outDir = outDir;
   }
+}
+
+/**
+ * What a joining stage reads of each stage in its needs: its artifact, its matrix coordinates
+ * and its own upstream artifacts (all among the joining stage's inputs: they are its ancestors).
+ */
+function branchesOf(stage: ResolvedStage, inputs: StageInput[], stages: readonly ResolvedStage[]): BranchInput[] {
+  const byId = new Map(stages.map((s) => [s.id, s]));
+  const output = new Map(inputs.map((input) => [input.id, input]));
+  return stage.needs.map((id) => {
+    const need = byId.get(id);
+    return {
+      input: output.get(id)!,
+      template: need?.template ?? id,
+      coords: need?.coords ?? {},
+      upstream: (need?.ancestors ?? []).map((a) => output.get(a)).filter((input): input is StageInput => input !== undefined),
+    };
+  });
 }

@@ -11,8 +11,9 @@ import { ComputeFailure, computeStage } from './compute.js';
 import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
+import { describeMatrix } from './matrix.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { Metrics, ProgressEvent, StageInput } from './types.js';
+import type { Json, Metrics, ProgressEvent, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -25,6 +26,8 @@ export interface StageSummary {
   metrics: Metrics;
   /** Why it ran (or `inputs unchanged`). */
   reasons?: string[];
+  /** A branch of a sweep: the stage id in the file it came from and its matrix coordinates. */
+  branch?: { template: string; coords: Record<string, Json> };
   error?: { code: string; message: string; details?: Record<string, unknown> };
   /**
    * Numeric metrics that differ from the previous run of the same pipeline:
@@ -53,6 +56,11 @@ export interface RunSummary {
   warnings?: { stage: string; message: string }[];
   /** The previous run of the same pipeline that `changes` compare against. */
   previous?: string;
+  /**
+   * The sweeps of the pipeline: each swept param (`stage`, `param`, its `label` in branch ids and
+   * coordinates, `values`) and, per stage of the file that was expanded, its branches' ids.
+   */
+  matrix?: { axes: { stage: string; param: string; label: string; values: Json[] }[]; branches: Record<string, string[]> };
 }
 
 /** Hooks the CLI uses to show progress; all optional. */
@@ -139,7 +147,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     const { stage, key } = planned;
-    const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons };
+    const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
     const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
@@ -322,6 +330,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const stageWarnings = stages.flatMap((s) => (Array.isArray(s.metrics?.warnings) ? s.metrics.warnings.filter((w): w is string => typeof w === 'string').map((message) => ({ stage: s.id, message })) : []));
   const warnings = [...stageWarnings, ...pushWarnings];
   if (warnings.length) summary.warnings = warnings;
+  const matrix = plan.pipeline.matrix;
+  if (matrix) summary.matrix = describeMatrix(matrix);
   return summary;
 }
 

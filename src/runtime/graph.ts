@@ -91,16 +91,15 @@ export interface Selection {
 
 /**
  * Which stages take part in the run (`included`) and which must re-run regardless of the
- * cache (`forced`).
+ * cache (`forced`). `aliases` maps a stage id of the file that a sweep expanded to its
+ * branches: naming it selects every branch.
  */
-export function selectStages(needs: NeedsMap, selection: Selection): { included: Set<string>; forced: Set<string> } {
+export function selectStages(needs: NeedsMap, selection: Selection, aliases: ReadonlyMap<string, readonly string[]> = new Map()): { included: Set<string>; forced: Set<string> } {
   const all = [...needs.keys()];
-  const forced = new Set<string>(selection.force ?? []);
+  const idsOf = (id: string) => aliases.get(id) ?? [id];
+  const forced = new Set<string>((selection.force ?? []).flatMap(idsOf));
   let included = new Set(all);
-  if (selection.only) {
-    const only = selection.only;
-    included = new Set([only, ...ancestors(needs, only)]);
-  }
-  if (selection.from) for (const id of descendants(needs, selection.from)) forced.add(id);
+  if (selection.only) included = new Set(idsOf(selection.only).flatMap((only) => [only, ...ancestors(needs, only)]));
+  if (selection.from) for (const from of idsOf(selection.from)) for (const id of descendants(needs, from)) forced.add(id);
   return { included, forced };
 }

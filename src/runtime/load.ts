@@ -8,9 +8,10 @@ import path from 'node:path';
 import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Document, type Node } from 'yaml';
 import type { ValidationIssue } from './errors.js';
 import { ancestors, findCycle, topologicalOrder } from './graph.js';
+import { checkStageMatrix, combinationIndices, combinations, expandMatrix, type MatrixInfo, type TemplateStage } from './matrix.js';
 import { compilePipelineValidator, compileStageValidator, describeAjvErrors } from './schema.js';
 import { didYouMean } from './suggest.js';
-import type { ArtifactType, StageDefinition, StageRegistry } from './types.js';
+import type { ArtifactType, Json, StageDefinition, StageRegistry } from './types.js';
 
 /** Pipeline files larger than this are refused before parsing. */
 export const MAX_FILE_BYTES = 1024 * 1024;
@@ -23,7 +24,7 @@ export interface PipelineFile {
   description?: string;
   seed?: number;
   backend?: string;
-  stages: Record<string, { uses: string; needs?: string[]; with?: Record<string, unknown>; description?: string }>;
+  stages: Record<string, { uses: string; needs?: string[]; with?: Record<string, unknown>; matrix?: Record<string, unknown[]>; description?: string }>;
 }
 
 /** A stage with defaults applied and its graph facts precomputed. */
@@ -38,6 +39,10 @@ export interface ResolvedStage {
   ancestors: string[];
   /** 1-based line of the stage in the file, for messages. */
   line?: number;
+  /** A branch of a sweep: the stage id in the file it was expanded from (absent otherwise). */
+  template?: string;
+  /** A branch's matrix coordinates, axis label -> value (`{ blocks: 2, lr: 0.0001 }`). */
+  coords?: Record<string, Json>;
 }
 
 export interface ResolvedPipeline {
@@ -50,6 +55,8 @@ export interface ResolvedPipeline {
   stages: ResolvedStage[];
   /** stage id -> needs, in file order. */
   needs: Map<string, string[]>;
+  /** The sweeps (`matrix:`) and the branches they made; absent when nothing is swept. */
+  matrix?: MatrixInfo;
 }
 
 export type LoadResult =
@@ -149,7 +156,7 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   const ids = Object.keys(rawStages);
   let graphComplete = true;
   const needs = new Map<string, string[]>();
-  const stages: Omit<ResolvedStage, 'ancestors'>[] = [];
+  const stages: TemplateStage[] = [];
 
   for (const id of ids) {
     const raw = rawStages[id];
@@ -185,24 +192,17 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       continue;
     }
     if (stage.with !== undefined && !isRecord(stage.with)) continue; // reported by the schema
-    const params = structuredClone(stage.with ?? {});
-    const validateParams = compileStageValidator(definition);
-    if (!validateParams(params)) {
-      for (const described of describeAjvErrors(validateParams.errors ?? [], params)) {
-        const segments = ['stages', id, 'with', ...described.segments];
-        issues.push({ ...stripSegments(described), path: segments.join('.'), ...place(described, segments, described.atKey) });
-      }
-      continue;
+    if (stage.matrix !== undefined && (!isRecord(stage.matrix) || !Object.values(stage.matrix).every(Array.isArray))) continue; // reported by the schema
+    const matrix = stage.matrix as Record<string, Json[]> | undefined;
+    const matrixProblems = matrix ? checkStageMatrix(id, matrix, stage.with ?? {}, definition) : [];
+    for (const problem of matrixProblems) {
+      const segments = ['stages', id, ...problem.segments];
+      issues.push({ code: problem.code, path: segments.join('.'), ...place(problem, segments, problem.segments.length === 2) });
     }
-    for (const problem of definition.check?.(params) ?? []) {
-      const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
-      issues.push({ code: 'invalid_param', path: segments.join('.'), ...place(problem, segments) });
-    }
-    for (const problem of definition.checkPaths?.(params, baseDir) ?? []) {
-      const segments = ['stages', id, 'with', ...problem.path.split('.').filter(Boolean)];
-      issues.push({ code: 'input_not_found', path: segments.join('.'), ...place(problem, segments) });
-    }
-    stages.push({ id, kind: stage.uses, definition, params: definition.canonicalParams?.(params, baseDir) ?? params, needs: stageNeeds ?? [], line: locate(['stages', id], true).line });
+    if (matrixProblems.length) continue;
+    const sweep = matrix ? { params: Object.keys(matrix), values: Object.values(matrix) } : undefined;
+    const variants = resolveVariants(id, definition, stage.with ?? {}, sweep, baseDir, place, issues);
+    if (variants) stages.push({ id, kind: stage.uses, definition, needs: stageNeeds ?? [], line: locate(['stages', id], true).line, ...(sweep ? { sweep } : {}), variants });
   }
 
   const cycle = graphComplete ? findCycle(needs) : undefined;
@@ -219,7 +219,8 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   if (cycle || !graphComplete) return { ok: false, issues };
   for (const stage of stages) {
     const upstream = ancestors(needs, stage.id);
-    for (const type of stage.definition.consumesFor?.(stage.params) ?? stage.definition.consumes) {
+    // Every variant of a swept stage must find what it reads.
+    for (const type of new Set(stage.variants.flatMap((params) => stage.definition.consumesFor?.(params) ?? stage.definition.consumes))) {
       if (!upstream.some((dep) => !byId.has(dep) || byId.get(dep)!.definition.provides.includes(type))) {
         issues.push({
           code: 'missing_input',
@@ -233,7 +234,12 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
   }
   if (issues.length) return { ok: false, issues };
 
-  const order = topologicalOrder(needs);
+  const expanded = expandMatrix(topologicalOrder(needs).map((id) => byId.get(id)!));
+  for (const problem of expanded.problems) {
+    const segments = ['stages', problem.stage, ...problem.segments];
+    issues.push({ code: problem.code, path: segments.join('.'), ...place(problem, segments) });
+  }
+  if (issues.length) return { ok: false, issues };
   return {
     ok: true,
     warnings: [],
@@ -243,10 +249,57 @@ export function loadPipelineText(text: string, file: string, registry: StageRegi
       name: pipelineFile.name,
       seed: pipelineFile.seed ?? 42,
       backend: pipelineFile.backend ?? 'auto',
-      needs,
-      stages: order.map((id) => ({ ...byId.get(id)!, ancestors: ancestors(needs, id) })),
+      needs: expanded.needs,
+      stages: expanded.stages.map((stage) => ({ ...stage, ancestors: ancestors(expanded.needs, stage.id) })),
+      ...(expanded.matrix ? { matrix: expanded.matrix } : {}),
     },
   };
+}
+
+type Place = (issue: { message: string }, segments: string[], key?: boolean) => Pick<ValidationIssue, 'file' | 'message' | 'line' | 'col' | 'snippet'>;
+
+/**
+ * A stage's params, validated and with defaults applied, once per combination of its sweep (once
+ * without one); undefined when they break the schema. A problem with a swept param is located at
+ * its value in `matrix:`, and reported once however many combinations share it.
+ */
+function resolveVariants(
+  id: string,
+  definition: StageDefinition,
+  withParams: Record<string, unknown>,
+  sweep: { params: string[]; values: Json[][] } | undefined,
+  baseDir: string,
+  place: Place,
+  issues: ValidationIssue[],
+): Record<string, unknown>[] | undefined {
+  const reported = new Set<string>();
+  const variants: Record<string, unknown>[] = [];
+  let schemaValid = true;
+  (sweep ? combinations(sweep) : [{}]).forEach((combination, index) => {
+    const indices = sweep ? combinationIndices(sweep, index) : [];
+    const at = (inside: string[]): { segments: string[]; group: string } => {
+      const swept = sweep ? sweep.params.indexOf(inside[0]) : -1;
+      if (swept < 0) return { segments: ['stages', id, 'with', ...inside], group: ['with', ...inside].join('.') };
+      return { segments: ['stages', id, 'matrix', inside[0], String(indices[swept]), ...inside.slice(1)], group: ['matrix', ...inside].join('.') };
+    };
+    const report = (code: ValidationIssue['code'], inside: string[], problem: { message: string }, key = false) => {
+      const { segments, group } = at(inside);
+      if (reported.has(`${group}\n${problem.message}`)) return;
+      reported.add(`${group}\n${problem.message}`);
+      issues.push({ code, path: segments.join('.'), ...place(problem, segments, key) });
+    };
+    const params = structuredClone({ ...withParams, ...combination });
+    const validateParams = compileStageValidator(definition);
+    if (!validateParams(params)) {
+      for (const described of describeAjvErrors(validateParams.errors ?? [], params)) report(described.code, described.segments, described, described.atKey);
+      schemaValid = false;
+      return;
+    }
+    for (const problem of definition.check?.(params) ?? []) report('invalid_param', problem.path.split('.').filter(Boolean), problem);
+    for (const problem of definition.checkPaths?.(params, baseDir) ?? []) report('input_not_found', problem.path.split('.').filter(Boolean), problem);
+    variants.push(definition.canonicalParams?.(params, baseDir) ?? params);
+  });
+  return schemaValid ? variants : undefined;
 }
 
 function providersOf(type: ArtifactType, registry: StageRegistry): string {

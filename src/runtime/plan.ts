@@ -103,7 +103,8 @@ export function stageRecordOf(pipeline: ResolvedPipeline, stage: ResolvedStage, 
   // The key covers content, not names: the upstream digests (sorted) rather than the ids.
   // The seed is derived from the pipeline seed and the stage id: it drives initialization,
   // shuffling, augmentation and splits, so a new seed must not reuse results.
-  const seed = seedFor(pipeline.seed, stage.id);
+  // The branches of a sweep share their stage's seed (its id in the file): they differ only in the swept values.
+  const seed = seedFor(pipeline.seed, stage.template ?? stage.id);
   const downstream = downstreamHints(pipeline, stage.id);
   // Only a stage that plans with its descendants' hints is keyed by them.
   const lookahead = stage.definition.lookahead && downstream.length ? { downstream: downstream as unknown as Json } : {};
@@ -138,7 +139,10 @@ export interface Plan {
 export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, history: Pick<RunHistory, 'readRecord'>, selection: Selection, statCache: StatCache): Promise<Plan> {
   const issues = checkSelection(pipeline, selection);
   if (issues.length) throw new ValidationError(issues);
-  const { included, forced } = selectStages(pipeline.needs, selection);
+  const aliases = branchAliases(pipeline);
+  const { included, forced } = selectStages(pipeline.needs, selection, aliases);
+  const only = new Set(selection.only ? (aliases.get(selection.only) ?? [selection.only]) : []);
+  const forcedByFlag = new Set((selection.force ?? []).flatMap((id) => aliases.get(id) ?? [id]));
   const externals = await hashExternalInputs(pipeline, statCache);
   const keys = new Map<string, string>();
   const planned: PlannedStage[] = [];
@@ -159,7 +163,7 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
     if (forced.has(stage.id)) {
       check = await cache.check(key);
       action = 'run';
-      reasons.push(selection.from && forced.has(stage.id) && !(selection.force ?? []).includes(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
+      reasons.push(selection.from && !forcedByFlag.has(stage.id) ? `forced (--from ${selection.from})` : 'forced (--force)');
     } else {
       const found = await lookUp(cache, key);
       check = found.check;
@@ -171,7 +175,7 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
         reasons.push(...found.notes);
       }
     }
-    if (action === 'run' && selection.only && stage.id !== selection.only) {
+    if (action === 'run' && selection.only && !only.has(stage.id)) {
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
     if (action === 'cached' && check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
@@ -193,12 +197,18 @@ export function downstreamHints(pipeline: ResolvedPipeline, id: string): Downstr
   return out;
 }
 
-/** `--from`, `--only` and `--force` must name stages of the file. */
+/** A swept stage's id in the file -> its branches' ids (`--force tune` forces every branch). */
+export function branchAliases(pipeline: ResolvedPipeline): Map<string, string[]> {
+  return new Map(Object.entries(pipeline.matrix?.branches ?? {}));
+}
+
+/** `--from`, `--only` and `--force` must name stages of the file (or branches of a sweep). */
 export function checkSelection(pipeline: ResolvedPipeline, selection: Selection): ValidationIssue[] {
-  const ids = [...pipeline.needs.keys()];
+  const aliases = branchAliases(pipeline);
+  const ids = [...new Set([...aliases.keys(), ...pipeline.needs.keys()])];
   const flags: [string, string | undefined][] = [['--from', selection.from], ['--only', selection.only], ...(selection.force ?? []).map((id): [string, string] => ['--force', id])];
   return flags
-    .filter(([, id]) => id !== undefined && !pipeline.needs.has(id))
+    .filter(([, id]) => id !== undefined && !pipeline.needs.has(id) && !aliases.has(id))
     .map(([flag, id]) => ({ code: 'unknown_stage', path: '', file: flag, message: `${flag} ${id}: no stage '${id}' in ${pipeline.file}${didYouMean(id!, ids)}; stages: ${ids.join(', ')}` }));
 }
 

@@ -107,6 +107,12 @@ export interface StageContext<P = Record<string, unknown>> {
    * and train-head's frozen pass stops below them). Only stages with a `hints` function appear.
    */
   downstream: DownstreamHint[];
+  /**
+   * For a stage that joins branches (`StageDefinition.join`): one entry per stage in its
+   * `needs`, in order, with the branch's matrix coordinates and its own upstream artifacts (so
+   * the stage can find, say, the model behind a branch's evaluation). Absent for other stages.
+   */
+  branches?: BranchInput[];
   /** Child logger bound to run, stage and kind. */
   log: Logger;
   /** Reports a one-off fact worth a line (an epoch finished, a resume); see `track` for bars. */
@@ -129,6 +135,18 @@ export interface MemoOptions {
    * name everything that determines the content (including an implementation version).
    */
   shared?: boolean;
+}
+
+/** One branch a joining stage reads (`StageContext.branches`). */
+export interface BranchInput {
+  /** The branch stage's artifact. */
+  input: StageInput;
+  /** The stage id in the pipeline file the branch was expanded from (the stage's own id when it is not a branch). */
+  template: string;
+  /** Its matrix coordinates, axis label -> value (`{ blocks: 2, lr: 0.0001 }`); `{}` when it is not a branch. */
+  coords: Record<string, Json>;
+  /** The branch stage's upstream artifacts, nearest first (its `needs`, then their ancestors). */
+  upstream: StageInput[];
 }
 
 /** One downstream stage's hints (`StageDefinition.hints`). */
@@ -205,6 +223,12 @@ export interface StageDefinition<P = any> {
   hints?(params: P): Json | undefined;
   /** The stage reads `ctx.downstream`: its key includes its descendants' hints. */
   lookahead?: boolean;
+  /**
+   * The stage joins the branches of a sweep: it reads every branch of the stages in its
+   * `needs` (`ctx.branches`) and is not itself expanded per branch, so the stages after it
+   * run once. Validation requires two or more branches to read.
+   */
+  join?: boolean;
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

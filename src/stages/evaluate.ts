@@ -101,7 +101,7 @@ export const evaluate: StageDefinition<EvaluateParams> = {
         throw new StageError('gate_metric_unavailable', `gate.roc_auc needs exactly two classes; this dataset has ${classes.length}`, { metric: 'roc_auc', classes: classes.length });
       }
 
-      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch);
+      const { probabilities, sources } = await predictSplit(ctx, model, dataset, split, params.batch, artifact.info.frozenFrom);
       const labels = await dataset.labels(split);
       const scores = scoreClassifier(probabilities, labels, classes.length, params.top_k);
       const files = await splitFiles(ctx, dataset, split);
@@ -167,10 +167,10 @@ function sameDecoding(a: PreprocessSpec, b: PreprocessSpec): boolean {
 }
 
 /** Softmax rows of every record of the split, in record order. */
-async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersModel, dataset: ShardDataset, split: string, batchSize: number): Promise<{ probabilities: Float32Array; sources: TrainingSources }> {
+async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersModel, dataset: ShardDataset, split: string, batchSize: number, frozenFrom: string | undefined): Promise<{ probabilities: Float32Array; sources: TrainingSources }> {
   const tf = await useTf();
   // The frozen bottom's activations are usually cached by the training stages already.
-  const sources = await prepareSources(tf, ctx, model, dataset, { batch: batchSize, augmentViews: EVALUATE_AUGMENT_VIEWS });
+  const sources = await prepareSources(tf, ctx, model, dataset, { batch: batchSize, augmentViews: EVALUATE_AUGMENT_VIEWS, frozenFrom });
   const classCount = dataset.classes.length;
   const source = sources.splits[split];
   const out = new Float32Array(source.count * classCount);

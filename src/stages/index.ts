@@ -13,6 +13,7 @@ import { loadBase } from './load-base.js';
 import { preprocess } from './preprocess.js';
 import { prune } from './prune.js';
 import { rankBases } from './rank-bases.js';
+import { select } from './select.js';
 import { trainHead } from './train-head.js';
 import { unfreeze } from './unfreeze.js';
 
@@ -28,5 +29,6 @@ export const stages = {
   'fine-tune': fineTune,
   prune,
   evaluate,
+  select,
   export: exportStage,
 } as const satisfies StageRegistry;

@@ -151,12 +151,12 @@ export const prune: StageDefinition<PruneParams> = {
       checkExcluded(model, params.exclude);
       const lr = params.lr ?? (info.headLr !== undefined ? info.headLr / params.lr_divisor : 1e-4);
       const bytesBefore = (await stat(path.join(modelInput.dir, WEIGHTS_FILE))).size;
-      const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views });
+      const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, frozenFrom: info.frozenFrom });
       const before = await measure(tf, model, sources, params, ctx.seed);
       ctx.log.info({ ...before, bytes: bytesBefore }, 'measured before pruning');
       const once = async (sparsity: number) => {
         const trial = { ...params, sparsity };
-        const result = params.method === 'magnitude' ? await pruneByMagnitude(tf, ctx, model, dataset, trial, lr) : await pruneStructured(tf, ctx, model, dataset, trial, lr);
+        const result = params.method === 'magnitude' ? await pruneByMagnitude(tf, ctx, model, dataset, trial, lr, info.frozenFrom) : await pruneStructured(tf, ctx, model, dataset, trial, lr, info.frozenFrom);
         if (result.model !== model) owned.push(result.model);
         return result;
       };
@@ -223,7 +223,7 @@ function stepsPerEpoch(dataset: ShardDataset, batch: number): number {
   return Math.ceil((dataset.splits.train?.count ?? 0) / batch);
 }
 
-async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number): Promise<PruneRun> {
+async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number, frozenFrom: string | undefined): Promise<PruneRun> {
   const kernels = findPrunableKernels(model, { layers: params.layers, exclude: params.exclude });
   if (!kernels.length) throw new StageError('nothing_to_prune', `no ${params.layers === 'trainable' ? 'trainable ' : ''}conv or dense kernels to prune${params.layers === 'trainable' ? '; set layers: all to prune frozen layers too' : ''}`, { layers: params.layers, exclude: params.exclude });
   const schedule = params.epochs > 0 ? resolveSchedule(params.schedule) : null;
@@ -240,7 +240,7 @@ async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: L
     onUpdate: (step, sparsity) => ctx.log.debug({ step, sparsity }, 'masks updated'),
   });
   try {
-    const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, allowCache: allowFeatureCache });
+    const sources = await prepareSources(tf, ctx, model, dataset, { batch: params.batch, augmentViews: params.augment_views, allowCache: allowFeatureCache, frozenFrom });
     const history = await runRecovery(tf, ctx, sources, { epochs: params.epochs, lr, numClasses: dataset.classes.length, hooks: [pruning.hook] });
     await pruning.finish();
     const reached = await measureKernelSparsity(kernels);
@@ -265,7 +265,7 @@ async function pruneByMagnitude(tf: Tf, ctx: StageContext<PruneParams>, model: L
   }
 }
 
-async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number): Promise<PruneRun> {
+async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: LayersModel, dataset: ShardDataset, params: PruneParams & { sparsity: number }, lr: number, frozenFrom: string | undefined): Promise<PruneRun> {
   const plan = analyzeChannels(model, { layers: params.layers, exclude: params.exclude });
   const groups = prunableGroups(plan);
   if (!groups.length) {
@@ -282,7 +282,7 @@ async function pruneStructured(tf: Tf, ctx: StageContext<PruneParams>, model: La
   if (scores.l1Fallbacks) ctx.log.info({ groups: scores.l1Fallbacks }, 'groups without a BatchNorm scale scored by l1');
   const pruned = await rebuildPruned(tf, model, plan, kept);
   try {
-    const sources = await prepareSources(tf, ctx, pruned, dataset, { batch: params.batch, augmentViews: params.augment_views });
+    const sources = await prepareSources(tf, ctx, pruned, dataset, { batch: params.batch, augmentViews: params.augment_views, frozenFrom });
     const history = await runRecovery(tf, ctx, sources, { epochs: params.epochs, lr, numClasses: dataset.classes.length, hooks: [] });
     return {
       model: pruned,

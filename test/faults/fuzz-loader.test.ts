@@ -76,3 +76,16 @@ it(`the demo pipeline with 1-5 random edits: validate and plan exit 0 or 2 (${RU
     { numRuns: RUNS },
   );
 });
+
+const sweep = readFileSync(path.join(root, 'pipelines/sweep-finetune.yaml'), 'utf8');
+const SWEEP_RUNS = 150;
+
+it(`the sweep pipeline (matrix:, select) with 1-5 random edits: validate and plan exit 0 or 2 (${SWEEP_RUNS} runs)`, async () => {
+  await check(sweep, 'plan');
+  const tokens = fc.constantFrom('matrix: { lr: [1, 1] }', 'matrix: {}', 'matrix: { blocks: [] }', 'matrix: [1]', 'matrix: { from: [a, b], blocks: [1] }', 'uses: select', 'needs: [select]', '[1e-4, 0.0001]');
+  const edit = fc.oneof(mutation, fc.record({ op: fc.constant('insert' as const), at: fc.nat(), text: tokens.map((t) => `\n    ${t}\n`) }));
+  await fc.assert(
+    fc.asyncProperty(fc.array(edit, { minLength: 1, maxLength: 5 }), fc.boolean(), async (edits, plan) => check(mutate(sweep, edits), plan ? 'plan' : 'validate')),
+    { numRuns: SWEEP_RUNS },
+  );
+});

@@ -1,0 +1,100 @@
+/**
+ * `select`: joins the branches of a sweep. It reads the metric of every branch in its `needs`
+ * (`ctx.branches`, one per branch of a swept stage), keeps those that pass the gate, picks the
+ * best, and passes that branch's model on, so the stages after it (export) run once. The table
+ * of all branches and the choice are its metrics and `selection.json`.
+ */
+import { cp, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import paramsSchema from '../../schemas/stages/select.schema.json' with { type: 'json' };
+import { GateError, InternalError, StageError } from '../runtime/errors.js';
+import { ENTRY_FILE } from '../runtime/store.js';
+import type { BranchInput, Json, StageDefinition, StageInput } from '../runtime/types.js';
+
+/** `with:` of a `select` stage (see schemas/stages/select.schema.json). */
+export interface SelectParams {
+  /** Metric that ranks the branches. Default `val_acc`. */
+  metric: string;
+  /** `max` or `min`; default `min` for a metric ending in `loss`, else `max`. */
+  mode?: 'max' | 'min';
+  /** Minimum per metric a branch must reach to be a candidate. Default `{}`. */
+  gate: Record<string, number>;
+}
+
+/** One row of the selection table. */
+export interface SelectionRow {
+  /** The branch stage's id. */
+  id: string;
+  /** Its matrix coordinates. */
+  coords: Record<string, Json>;
+  /** Its value of the ranking metric. */
+  value: number;
+  /** Whether it reached every gate minimum. */
+  passed: boolean;
+  /** The stage whose model it stands for. */
+  model: string;
+}
+
+/** The file in the artifact that holds the table and the choice. */
+export const SELECTION_FILE = 'selection.json';
+
+export const select: StageDefinition<SelectParams> = {
+  kind: 'select',
+  version: 1,
+  join: true,
+  description: 'Pick the best branch of a sweep by a metric (with an optional gate) and pass its model on',
+  paramsSchema,
+  consumes: ['model'],
+  provides: ['model'],
+  async run(ctx, params) {
+    const branches = ctx.branches;
+    if (!branches?.length) throw new InternalError(`select stage '${ctx.id}' was given no branches`);
+    const mode = params.mode ?? (/loss$/i.test(params.metric) ? 'min' : 'max');
+    const rows = branches.map((branch) => rowOf(branch, params));
+    const passed = rows.filter((row) => row.passed);
+    const table = rows.map((row) => ({ ...row }) as unknown as Json);
+    if (!passed.length) {
+      const gate = Object.entries(params.gate).map(([name, min]) => `${name} >= ${min}`).join(', ');
+      throw new GateError('select_none_passed', `no branch of ${rows.length} reached the gate (${gate}); best ${params.metric}: ${best(rows, mode).id} ${best(rows, mode).value}`, {
+        metrics: { branches: rows.length, passed: 0, metric: params.metric, table },
+      });
+    }
+    const chosen = best(passed, mode);
+    const branch = branches[rows.indexOf(chosen)];
+    const model = modelOf(branch)!;
+    // The chosen model's files, as they are: its ModelInfo (classes, preprocessing, the frozen
+    // pass it shares) travels with it.
+    for (const name of await readdir(model.dir)) if (name !== ENTRY_FILE) await cp(path.join(model.dir, name), path.join(ctx.outDir, name), { recursive: true });
+    const choice = { chosen: chosen.id, model: model.id, coords: chosen.coords, metric: params.metric, mode, value: chosen.value };
+    await writeFile(path.join(ctx.outDir, SELECTION_FILE), JSON.stringify({ ...choice, gate: params.gate, table: rows }, null, 1) + '\n');
+    ctx.log.info({ ...choice, branches: rows.length, passed: passed.length }, 'branch selected');
+    return {
+      metrics: { chosen: chosen.id, [params.metric]: chosen.value, branches: rows.length, passed: passed.length, model: model.id, choice: chosen.coords, metric: params.metric, mode, table, report: SELECTION_FILE },
+    };
+  },
+};
+
+/** A branch's value and gate verdict; a missing metric or model is the user's to fix. */
+function rowOf(branch: BranchInput, params: SelectParams): SelectionRow {
+  const { input } = branch;
+  const numberOf = (name: string): number => {
+    const value = input.metrics[name];
+    if (typeof value === 'number' && Number.isFinite(value)) return value;
+    const numeric = Object.entries(input.metrics).filter(([, v]) => typeof v === 'number').map(([k]) => k);
+    throw new StageError('select_metric_missing', `branch '${input.id}' (${input.kind}) reports no number '${name}'${value === undefined ? '' : ` (it is ${JSON.stringify(value)})`}; its metrics: ${numeric.join(', ') || 'none'}`, { branch: input.id, metric: name });
+  };
+  const model = modelOf(branch);
+  if (!model) throw new StageError('select_no_model', `branch '${input.id}' (${input.kind}) has no model in it or upstream of it; select needs stages that train or score a model`, { branch: input.id });
+  const passed = Object.entries(params.gate).every(([name, minimum]) => numberOf(name) >= minimum);
+  return { id: input.id, coords: branch.coords, value: numberOf(params.metric), passed, model: model.id };
+}
+
+/** The branch's own model, or the nearest one upstream of it (an evaluate's). */
+function modelOf(branch: BranchInput): StageInput | undefined {
+  return [branch.input, ...branch.upstream].find((input) => input.provides.includes('model'));
+}
+
+/** The best row; the first of equals (pipeline order), so the choice is stable. */
+function best(rows: SelectionRow[], mode: 'max' | 'min'): SelectionRow {
+  return rows.reduce((a, b) => ((mode === 'max' ? b.value > a.value : b.value < a.value) ? b : a));
+}
