@@ -66,6 +66,7 @@ export async function commandCache(args: string[], values: RemoteFlags & { json?
   try {
     if (action === 'push') {
       const keys = targets.length ? targets : await keysOfNewestRuns(store);
+      if (!keys.length && !values.json) io.stderr(`nothing to push: no run in ${artifacts} (run a pipeline first, or name cache keys)\n`);
       for (const key of keys) {
         const check = await cache.check(key);
         if (check.state !== 'ok') {

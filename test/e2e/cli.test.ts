@@ -149,3 +149,13 @@ describe('the backend', () => {
     expect(existsSync(dir.path('store-refused'))).toBe(false);
   });
 });
+
+describe('the remote cache from the CLI (no server needed)', () => {
+  it('cache push on a store without runs says there is nothing to push, without the AWS SDK\'s Node-version warning', () => {
+    const { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: _unset, ...env } = process.env;
+    const result = spawnSync(process.execPath, [bin, 'cache', 'push', '--remote', 's3://team-cache/x', '--remote-endpoint', 'http://127.0.0.1:9', '--artifacts', dir.path('no-runs')], { cwd: dir.root, encoding: 'utf8', env: { ...env, CI: 'true', AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' } });
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/nothing to push: no run in .*no-runs/);
+    expect(result.stderr).not.toMatch(/NodeVersionSupportWarning|Warning:/);
+  });
+});
