@@ -111,7 +111,7 @@ const OPTION_HELP: Record<string, string> = {
 const USAGE = `usage: pipeline <command> [options]
 
 commands:
-${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(22)} ${c.summary}`).join('\n')}
+${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(Math.max(...Object.values(COMMANDS).map((d) => d.synopsis.length)))}  ${c.summary}`).join('\n')}
 
 options (\`pipeline help COMMAND\` or \`pipeline COMMAND --help\` lists the ones a command takes):
 ${Object.values(OPTION_HELP).map((line) => `  ${line}`).join('\n')}

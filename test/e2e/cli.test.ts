@@ -107,6 +107,15 @@ describe('help and version', () => {
     expect(cli(['gc', '--help']).stdout).toContain('--keep N');
     expect(cli(['--help']).stdout).toMatch(/--top K[\s\S]*--keep N|--keep N[\s\S]*--top K/);
     expect(cli(['help', 'nope']).status).toBe(2);
+    // The worker's remote is the same flag pair as run's, described for both.
+    const worker = cli(['help', 'worker']).stdout;
+    expect(worker).toMatch(/--remote URL .*worker: pull inputs, push results/);
+    expect(worker).toContain('--remote-endpoint U');
+    // The command column is as wide as the longest synopsis: every summary starts in one column.
+    const usage = cli(['help']).stdout;
+    const rows = usage.slice(usage.indexOf('commands:\n') + 10, usage.indexOf('\n\n', usage.indexOf('commands:'))).split('\n');
+    expect(rows.length).toBeGreaterThan(10);
+    expect(new Set(rows.map((line) => /^  \S.*?\s{2,}(?=\S)/.exec(line)?.[0].length)).size).toBe(1);
   });
 
   it('--version prints the package version', () => {
