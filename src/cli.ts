@@ -104,14 +104,14 @@ const OPTION_HELP: Record<string, string> = {
   top: '--top K              print the K most probable classes per image (default 1)',
   out: '--out FILE           report: write the HTML page here (FILE.md and FILE-assets/ beside it)',
   ...WORKER_OPTION_HELP,
-  remote: '--remote URL         remote cache s3://bucket/prefix (default $PIPELINE_REMOTE); run: pull on a miss, push after each stage',
+  remote: '--remote URL         remote cache s3://bucket/prefix (default $PIPELINE_REMOTE); run: pull on a miss, push after each stage; worker: pull inputs, push results',
   'remote-endpoint': '--remote-endpoint U  S3 endpoint of the remote, e.g. http://127.0.0.1:8080 (default $AWS_ENDPOINT_URL, else AWS)',
 };
 
 const USAGE = `usage: pipeline <command> [options]
 
 commands:
-${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(22)} ${c.summary}`).join('\n')}
+${Object.values(COMMANDS).map((c) => `  ${c.synopsis.padEnd(Math.max(...Object.values(COMMANDS).map((d) => d.synopsis.length)))}  ${c.summary}`).join('\n')}
 
 options (\`pipeline help COMMAND\` or \`pipeline COMMAND --help\` lists the ones a command takes):
 ${Object.values(OPTION_HELP).map((line) => `  ${line}`).join('\n')}
@@ -146,7 +146,7 @@ function readJsonFileMaybe(file: string): unknown {
 
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
-  worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'backend', 'stall-seconds'],
+  worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'remote-endpoint', 'backend', 'stall-seconds'],
   run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis', 'remote', 'remote-endpoint'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],

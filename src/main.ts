@@ -7,6 +7,11 @@ import { stages } from './stages/index.js';
 // closed pipe is dropped, the run finishes and its summary is still written to the store.
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
+// The AWS SDK (the remote cache) prints a 9-line NodeVersionSupportWarning on every command on
+// Node 20, which package.json supports; say it once in the README, not on every run. Setting the
+// variable yourself (to anything but 'true') brings it back. Job processes of `worker` inherit it.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 process.exitCode = await main(process.argv.slice(2), {
   registry: stages,
   stdout: (text) => process.stdout.write(text),

@@ -66,6 +66,7 @@ export async function commandCache(args: string[], values: RemoteFlags & { json?
   try {
     if (action === 'push') {
       const keys = targets.length ? targets : await keysOfNewestRuns(store);
+      if (!keys.length && !values.json) io.stderr(`nothing to push: no run in ${artifacts} (run a pipeline first, or name cache keys)\n`);
       for (const key of keys) {
         const check = await cache.check(key);
         if (check.state !== 'ok') {
@@ -90,7 +91,8 @@ export async function commandCache(args: string[], values: RemoteFlags & { json?
           const plan = await planRun(pipeline, cache, store.history, {}, statCache);
           await statCache.save();
           for (const planned of plan.stages) {
-            const text = `${planned.action === 'cached' ? '↓' : '·'} ${planned.key} ${planned.stage.id}: ${planned.reasons.join('; ')}`;
+            const pulled = planned.reasons.some((reason) => reason.startsWith('pulled from'));
+            const text = planned.action !== 'cached' ? `· ${planned.key} ${planned.stage.id}: ${planned.reasons.join('; ')}` : pulled ? `↓ ${planned.key} ${planned.stage.id}: ${planned.reasons.join('; ')}` : `= ${planned.key} ${planned.stage.id}: already in the local cache (${planned.reasons.join('; ')})`;
             report(planned.key, planned.action === 'cached', text);
           }
         }

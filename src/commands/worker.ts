@@ -1,6 +1,6 @@
 /**
  * `pipeline worker --redis URL [--artifacts DIR] [--queue tf|io] [--concurrency N] [--remote
- * s3://…] [--backend B] [--stall-seconds S]`: serves stage jobs until SIGINT/SIGTERM, then lets
+ * s3://… [--remote-endpoint URL]] [--backend B] [--stall-seconds S]`: serves stage jobs until SIGINT/SIGTERM, then lets
  * running jobs finish and exits 0 (a second signal exits at once with 130).
  *
  * Also `openExecutor`, the `run --executor bullmq --redis URL` side: BullMQ is loaded only when
@@ -25,7 +25,6 @@ export const WORKER_OPTION_HELP: Record<string, string> = {
   redis: '--redis URL          the Redis of the BullMQ queues, e.g. redis://127.0.0.1:6379',
   queue: '--queue KIND         worker: serve only tf (TF.js) or io stages (default both)',
   concurrency: '--concurrency N      worker: jobs at once per queue, each in its own process (default 1)',
-  remote: '--remote URL         worker: s3://bucket/prefix to pull inputs from and push results to',
   'stall-seconds': '--stall-seconds S    worker: job lock lease and stalled-job check period (default 30)',
 };
 
@@ -37,15 +36,22 @@ function positive(text: string | undefined, flag: string, fallback: number): num
 }
 
 /** `pipeline worker`. Returns the exit code. */
-export async function commandWorker(values: Record<string, any>, artifacts: string, io: { stderr(text: string): void }): Promise<number> {
+export async function commandWorker(values: Record<string, any>, artifacts: string, io: { stderr(text: string): void; env: NodeJS.ProcessEnv }): Promise<number> {
   if (!values.redis) throw new UsageError('worker needs --redis URL (the Redis that `pipeline run --executor bullmq` uses)');
   const queues: QueueKind[] = values.queue === undefined ? ['tf', 'io'] : values.queue === 'tf' || values.queue === 'io' ? [values.queue] : [];
   if (!queues.length) throw new UsageError(`--queue must be tf or io, got '${values.queue}'`);
-  if (values.remote !== undefined && !/^s3:\/\/[^/]+/.test(values.remote)) throw new UsageError(`--remote must be s3://bucket[/prefix], got '${values.remote}'`);
+  // The remote as `run` takes it: --remote, else $PIPELINE_REMOTE; --remote-endpoint, else AWS_ENDPOINT_URL.
+  const remote: string | undefined = values.remote ?? (io.env.PIPELINE_REMOTE || undefined);
+  if (remote !== undefined && !/^s3:\/\/[^/]+/.test(remote)) throw new UsageError(`--remote must be s3://bucket[/prefix], got '${remote}'`);
+  // Checked here, as `run` checks it (a bad bucket, prefix or endpoint is exit 2), not at the first job.
+  if (values['remote-endpoint'] !== undefined && remote === undefined) throw new UsageError('--remote-endpoint needs a remote: --remote s3://bucket/prefix or PIPELINE_REMOTE');
+  if (remote !== undefined) (await import('../remote/remote-cache.js')).openRemote({ url: remote, endpoint: values['remote-endpoint'], env: io.env }).close();
+  // The job processes inherit the environment; S3Remote reads the endpoint from it.
+  if (values['remote-endpoint'] !== undefined) process.env.AWS_ENDPOINT_URL_S3 = values['remote-endpoint'];
   const concurrency = positive(values.concurrency, '--concurrency', 1);
   const stallSeconds = positive(values['stall-seconds'], '--stall-seconds', 30);
   const { startWorkers } = await import('../distributed/worker.js');
-  const workers = await startWorkers({ redis: values.redis, artifacts, queues, concurrency, remote: values.remote, backend: values.backend, stallSeconds, report: (line) => io.stderr(`${line}\n`) });
+  const workers = await startWorkers({ redis: values.redis, artifacts, queues, concurrency, remote, backend: values.backend, stallSeconds, report: (line) => io.stderr(`${line}\n`) });
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
       io.stderr(`worker ${workers.id}: ${signal}: finishing running jobs (press Ctrl-C again to exit now)\n`);

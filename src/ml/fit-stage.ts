@@ -17,7 +17,7 @@ import { createTrainStepper } from './engine.js';
 import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
 import { passMetrics, prepareSources } from './sources.js';
 import { summarizeModel } from './surgery.js';
-import { batchProgressHook, createOptimizer, earlyStopping, evaluateSource, fitModel, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
+import { batchProgressHook, createOptimizer, earlyStopping, evaluateSource, fitModel, historyFile, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
 
 /** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
 export interface TrainingParams {
@@ -109,7 +109,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   // The top shares its layers (and weights) with `model`, which the caller disposes.
   const final = val ? await evaluateSource(tf, trainee, val, numClasses, { signal: ctx.signal }) : undefined;
   const summary = await writeModelArtifact(ctx.outDir, model, sources.frozenFrom ? { ...request.info, frozenFrom: sources.frozenFrom } : request.info);
-  await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(history, null, 1) + '\n');
+  await writeFile(path.join(ctx.outDir, 'history.json'), historyFile(history));
   const last = history.at(-1);
   const epochSeconds = history.filter((h) => h.seconds > 0).map((h) => h.seconds);
   return {

@@ -69,6 +69,17 @@ export interface EpochLogs {
   seconds: number;
 }
 
+/**
+ * `history.json` of a training stage (train-head, fine-tune, prune's recovery): the epochs
+ * without their wall-clock `seconds`, so that the same training writes the same bytes. A
+ * stage's output digest keys its dependents: with timings in it, every recomputation (another
+ * machine, a `--force`, a BullMQ worker) would re-key everything downstream and miss the
+ * shared remote cache. Epoch times stay in the log and in `seconds_per_epoch`.
+ */
+export function historyFile(history: readonly EpochLogs[]): string {
+  return JSON.stringify(history.map(({ seconds: _seconds, ...epoch }) => epoch), null, 1) + '\n';
+}
+
 /** Mutable state hooks can read and steer. */
 export interface TrainState {
   tf: Tf;

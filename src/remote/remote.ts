@@ -140,8 +140,10 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
   const match = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url);
   const bucket = match?.[1];
   // S3's rules for names (3-63 chars of a-z 0-9 . -), loosely: Swift and others accept more.
-  if (!match || !bucket || !/^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$/.test(bucket))
+  if (!match || !bucket)
     throw new RemoteError('remote_config', `invalid remote ${JSON.stringify(url)}: expected s3://bucket or s3://bucket/prefix`, { remote: url, operation: 'parse_url' });
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$/.test(bucket))
+    throw new RemoteError('remote_config', `invalid remote ${JSON.stringify(url)}: the bucket name ${JSON.stringify(bucket)} must be at least 2 letters, digits, '.', '_' or '-', starting with a letter or digit (S3 itself wants 3-63 of a-z 0-9 . -)`, { remote: url, operation: 'parse_url' });
   const prefix = (match[2] ?? '').replace(/\/+$/, '');
   if (prefix && !prefix.split('/').every((part) => part && part !== '.' && part !== '..'))
     throw new RemoteError('remote_config', `invalid remote ${JSON.stringify(url)}: the prefix has an empty, "." or ".." segment`, { remote: url, operation: 'parse_url' });

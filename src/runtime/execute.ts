@@ -84,6 +84,8 @@ export interface ExecuteOptions {
   onKey?(key: string): Promise<void>;
   /** Computes the stages that must run elsewhere (BullMQ workers) instead of in this process. */
   dispatcher?: StageDispatcher;
+  /** When the run began (`Date.now()`), before its plan hashed inputs and pulled from a remote; default: now. */
+  startedAt?: number;
 }
 
 /**
@@ -115,7 +117,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const { store, log, signal } = options;
   // Entries go through the cache interface; the store gives records and locks.
   const cache: ArtifactCache = store.cache;
-  const started = Date.now();
+  const started = options.startedAt ?? Date.now();
   const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
   const tfQueue = new PQueue({ concurrency: 1 });
   const results = new Map<string, Promise<StageSummary>>();

@@ -81,6 +81,8 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
   const runId = newRunId();
   // Runs of any pipeline share the store; only gc excludes them (keys are locked one by one).
   const release = await store.enterRun(runId, { wait: options.wait, timeoutMs: options.waitTimeoutMs, signal: options.signal, onWait: options.onWait });
+  // The run's time covers its plan too: hashing inputs, and pulling entries from a remote.
+  const startedAt = Date.now();
   try {
     const statCache = new StatCache(store.statCacheFile());
     await statCache.load();
@@ -107,6 +109,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
       dispatcher: options.dispatcher,
+      startedAt,
       onKey(key) {
         keys.add(key);
         // One write at a time, each with every key so far: the last one on disk is complete.

@@ -24,7 +24,7 @@ export interface FineTuneParams extends TrainingParams {
 
 export const fineTune: StageDefinition<FineTuneParams> = {
   kind: 'fine-tune',
-  version: 2,
+  version: 3, // 3: history.json without wall-clock seconds
   lookahead: true,
   description: 'Retrain the unfrozen top block and head at a lower learning rate (cached frozen features, resumable)',
   paramsSchema,

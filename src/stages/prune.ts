@@ -26,7 +26,7 @@ import { WEIGHTS_FILE } from '../ml/io.js';
 import { findPrunableKernels, hasPrunableKernel, measureKernelSparsity, startMaskedPruning, type PolynomialSchedule } from '../ml/prune/magnitude.js';
 import { countMacs, countParams, measureLatency } from '../ml/prune/measure.js';
 import { runRecovery } from '../ml/prune/recover.js';
-import type { EpochLogs } from '../ml/train.js';
+import { historyFile, type EpochLogs } from '../ml/train.js';
 import { scoreValidation, searchSparsity } from '../ml/prune/search.js';
 import { passMetrics, prepareSources, type TrainingSources } from '../ml/sources.js';
 import { markSparse } from '../ml/prune/sparse-format.js';
@@ -131,7 +131,7 @@ function checkExcluded(model: LayersModel, exclude: string[]): void {
 
 export const prune: StageDefinition<PruneParams> = {
   kind: 'prune',
-  version: 3,
+  version: 4, // 4: history.json without wall-clock seconds
   lookahead: true,
   description: 'Prune a trained model (magnitude masks stored sparsely, or structured channel removal), recover by fine-tuning, and report bytes, MACs, latency and accuracy before/after',
   paramsSchema,
@@ -168,7 +168,7 @@ export const prune: StageDefinition<PruneParams> = {
       const pruned: ModelInfo = { ...info, notes, lineage: [...info.lineage, 'prune'] };
       const written = await writeModelArtifact(ctx.outDir, run.model, pruned);
       // The recovery curve for `pipeline report`, in train-head's and fine-tune's format.
-      await writeFile(path.join(ctx.outDir, 'history.json'), JSON.stringify(run.history, null, 1) + '\n');
+      await writeFile(path.join(ctx.outDir, 'history.json'), historyFile(run.history));
       const metrics: Metrics = {
         method: params.method,
         scope: params.scope,

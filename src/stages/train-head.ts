@@ -32,7 +32,7 @@ export interface TrainHeadParams extends TrainingParams {
 
 export const trainHead: StageDefinition<TrainHeadParams> = {
   kind: 'train-head',
-  version: 2,
+  version: 3, // 3: history.json without wall-clock seconds
   lookahead: true,
   description: 'Add a softmax head on the (frozen) base and train it; frozen-base features are cached',
   paramsSchema,

@@ -44,6 +44,10 @@ describe('distributed flags: bad input', () => {
     [['worker', '--redis', 'redis://127.0.0.1:6379', '--concurrency', '0'], /--concurrency must be a whole number of at least 1/],
     [['worker', '--redis', 'redis://127.0.0.1:6379', '--remote', 'http://bucket'], /--remote must be s3:\/\/bucket/],
     [['worker', '--redis', 'redis://127.0.0.1:6379', '--json'], /--json does not apply to 'worker'/],
+    // The remote is checked at start as `run` checks it, not at the first job.
+    [['worker', '--redis', 'redis://127.0.0.1:6379', '--remote', 's3://bucket//x'], /invalid remote "s3:\/\/bucket\/\/x": the prefix has an empty.*\[remote_config\]/],
+    [['worker', '--redis', 'redis://127.0.0.1:6379', '--remote-endpoint', 'http://127.0.0.1:9'], /--remote-endpoint needs a remote/],
+    [['worker', '--redis', 'redis://127.0.0.1:6379', '--remote', 's3://bucket/x', '--remote-endpoint', 'ftp://host'], /invalid S3 endpoint "ftp:\/\/host".*\[remote_config\]/],
   ])('%j is a usage error (exit 2)', (args, message) => {
     const result = pipeline(...args, ...(args[0] === 'run' ? ['--artifacts', dir.path('artifacts')] : []));
     expect(result.status, result.stderr).toBe(2);
@@ -59,5 +63,11 @@ describe('distributed flags: bad input', () => {
       expect(result.stderr).toMatch(new RegExp(`cannot reach Redis at redis://127.0.0.1:${closedPort}: connect ECONNREFUSED .*start redis-server there or fix --redis \\[redis_unreachable\\]`));
     }
     expect(existsSync(artifacts)).toBe(false);
+  });
+
+  it('the worker takes $PIPELINE_REMOTE as run does (a bad one is exit 2 at start)', () => {
+    const result = spawnSync(process.execPath, [bin, 'worker', '--redis', `redis://127.0.0.1:${closedPort}`], { cwd: root, encoding: 'utf8', env: { ...process.env, CI: 'true', PIPELINE_REMOTE: 's3://bucket/../x' }, timeout: 30_000 });
+    expect(result.status, result.stderr).toBe(2);
+    expect(result.stderr).toMatch(/invalid remote "s3:\/\/bucket\/..\/x".*\[remote_config\]/);
   });
 });

@@ -107,6 +107,15 @@ describe('help and version', () => {
     expect(cli(['gc', '--help']).stdout).toContain('--keep N');
     expect(cli(['--help']).stdout).toMatch(/--top K[\s\S]*--keep N|--keep N[\s\S]*--top K/);
     expect(cli(['help', 'nope']).status).toBe(2);
+    // The worker's remote is the same flag pair as run's, described for both.
+    const worker = cli(['help', 'worker']).stdout;
+    expect(worker).toMatch(/--remote URL .*worker: pull inputs, push results/);
+    expect(worker).toContain('--remote-endpoint U');
+    // The command column is as wide as the longest synopsis: every summary starts in one column.
+    const usage = cli(['help']).stdout;
+    const rows = usage.slice(usage.indexOf('commands:\n') + 10, usage.indexOf('\n\n', usage.indexOf('commands:'))).split('\n');
+    expect(rows.length).toBeGreaterThan(10);
+    expect(new Set(rows.map((line) => /^  \S.*?\s{2,}(?=\S)/.exec(line)?.[0].length)).size).toBe(1);
   });
 
   it('--version prints the package version', () => {
@@ -147,5 +156,15 @@ describe('the backend', () => {
     const inFile = dir.write('io-only-3.yaml', `name: io-only\nbackend: node\nstages:\n  data: { uses: ingest, with: { path: ${JSON.stringify(fashion)} } }\n`);
     expect(cli(['run', inFile, '--artifacts', dir.path('store-refused')]).status).toBe(2);
     expect(existsSync(dir.path('store-refused'))).toBe(false);
+  });
+});
+
+describe('the remote cache from the CLI (no server needed)', () => {
+  it('cache push on a store without runs says there is nothing to push, without the AWS SDK\'s Node-version warning', () => {
+    const { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: _unset, ...env } = process.env;
+    const result = spawnSync(process.execPath, [bin, 'cache', 'push', '--remote', 's3://team-cache/x', '--remote-endpoint', 'http://127.0.0.1:9', '--artifacts', dir.path('no-runs')], { cwd: dir.root, encoding: 'utf8', env: { ...env, CI: 'true', AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' } });
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/nothing to push: no run in .*no-runs/);
+    expect(result.stderr).not.toMatch(/NodeVersionSupportWarning|Warning:/);
   });
 });

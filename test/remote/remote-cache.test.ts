@@ -143,6 +143,11 @@ describe.skipIf(!swiftInstalled)('remote cache on a real S3 API (Swift s3api)', 
     const pull = await cli('cache', 'pull', dir.path('p.yaml'), '--set', 'stages.ingest.with.value=5', '--artifacts', dir.path('store-g'), '--remote-endpoint', endpoint, '--remote', `s3://${bucket}/cli`);
     expect(pull.status, pull.stderr).toBe(0);
     expect(pull.stdout.trim().split('\n')).toHaveLength(4);
+    for (const line of pull.stdout.trim().split('\n')) expect(line).toMatch(/^↓ [0-9a-f]{64} \S+: pulled from s3:/);
+    // Pulled again: already local, so `=`, not `↓` (nothing was downloaded).
+    const twice = await cli('cache', 'pull', dir.path('p.yaml'), '--set', 'stages.ingest.with.value=5', '--artifacts', dir.path('store-g'), '--remote-endpoint', endpoint, '--remote', `s3://${bucket}/cli`);
+    expect(twice.status, twice.stderr).toBe(0);
+    for (const line of twice.stdout.trim().split('\n')) expect(line).toMatch(/^= [0-9a-f]{64} \S+: already in the local cache \(inputs unchanged\)$/);
     calls.length = 0;
     const run = await cli('run', dir.path('p.yaml'), '--set', 'stages.ingest.with.value=5', '--artifacts', dir.path('store-g'), '--json');
     expect(run.status, run.stderr).toBe(0);

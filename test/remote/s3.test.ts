@@ -38,6 +38,10 @@ describe('remote URL and manifest checks', () => {
     expect(parseS3Url('s3://bucket/team/cache/')).toEqual({ bucket: 'bucket', prefix: 'team/cache' });
     for (const bad of ['bucket/x', 's3://', 's3:///x', 's3://b/../x', 'https://b/x'])
       expect(() => parseS3Url(bad), bad).toThrowError(expect.objectContaining({ code: 'remote_config' }));
+    // A bad bucket name says what is wrong with it, not just the URL's shape.
+    expect(() => parseS3Url('s3://b/x')).toThrowError(/the bucket name "b" must be at least 2 letters/);
+    expect(() => parseS3Url('s3://my bucket')).toThrowError(/the bucket name "my bucket"/);
+    expect(() => parseS3Url('http://bucket')).toThrowError(/expected s3:\/\/bucket or s3:\/\/bucket\/prefix/);
   });
 
   it('refuses manifests that are the wrong shape or name paths outside the entry', () => {

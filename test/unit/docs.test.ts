@@ -37,3 +37,19 @@ it("the README's demo table names the demo's real stage ids", () => {
 it('the README documents the nsfwjs decode command', () => {
   expect(read('README.md')).toMatch(/npx tsx scripts\/decode-nsfwjs\.ts --out /);
 });
+
+it('the command tables of README and docs/contract.md are one table each and name every command', async () => {
+  const { main } = await import('../../src/cli.js');
+  let usage = '';
+  await main(['help'], { registry: {} as never, stdout: (t) => (usage += t), stderr: () => {}, env: {}, isTTY: false });
+  const commands = usage.split('commands:\n')[1].split('\n\n')[0].split('\n').map((line) => line.trim().split(' ')[0]);
+  expect(commands).toContain('worker');
+  for (const [file, heading] of [['README.md', '## Commands'], ['docs/contract.md', '| command | does |']] as const) {
+    const after = read(file).split(heading)[1];
+    // A blank line ends a Markdown table: every row must follow the header without one.
+    const table = after.slice(after.indexOf('| command | does |') >= 0 ? after.indexOf('| command | does |') : 0).split('\n');
+    const start = table.findIndex((line) => line.startsWith('|'));
+    const rows = table.slice(start, table.findIndex((line, i) => i > start && !line.startsWith('|')));
+    for (const command of commands) expect(rows.some((row) => row.includes(`\`pipeline ${command}`)), `${file}: pipeline ${command} is not in the command table`).toBe(true);
+  }
+});

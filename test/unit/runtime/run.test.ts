@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LocalCache } from '../../../src/runtime/local-cache.js';
 import { planPipeline, runPipeline } from '../../../src/runtime/run.js';
 import { ArtifactStore } from '../../../src/runtime/store.js';
 import { calls, fakeRegistry } from '../../fixtures/fake-stages.js';
@@ -34,6 +35,20 @@ const run = (overrides: string[] = [], extra: Record<string, unknown> = {}) =>
   runPipeline({ file: dir.path('p.yaml'), registry: fakeRegistry, artifacts: dir.path('artifacts'), overrides, ...extra });
 
 describe('runPipeline', () => {
+  it("the run's seconds include its plan (hashing inputs, pulling from a remote), not only executing it", async () => {
+    // A cache whose lookups are slow, as a remote's are: the plan makes them, before any stage runs.
+    class SlowCache extends LocalCache {
+      override async check(key: string) {
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        return super.check(key);
+      }
+    }
+    await run();
+    const summary = await run([], { openCache: (root: string) => new SlowCache(root) });
+    expect(summary.stages.map((s) => s.status)).toEqual(['cached', 'cached', 'cached', 'cached']);
+    expect(summary.seconds).toBeGreaterThanOrEqual(0.5); // 4 lookups of 150 ms in the plan
+  });
+
   it('runs every stage once, then takes all from the cache', async () => {
     const first = await run();
     expect(first.status).toBe('succeeded');
