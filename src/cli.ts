@@ -14,6 +14,7 @@ import { RemoteError } from './remote/remote.js';
 import { AbortedError, describeError, LockPathError, PipelineError, StoreLockedError, UsageError, ValidationError } from './runtime/errors.js';
 import type { RunSummary } from './runtime/execute.js';
 import { planPipeline, resolvePipeline, runPipeline } from './runtime/run.js';
+import { refusePseudoLocation } from './runtime/fsutil.js';
 import { ArtifactStore } from './runtime/store.js';
 import { commandWorker, openExecutor, WORKER_COMMAND, WORKER_OPTION_HELP } from './commands/worker.js';
 import type { StageRegistry } from './runtime/types.js';
@@ -218,6 +219,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   }
   const artifacts = path.resolve(values.artifacts ?? io.env.PIPELINE_ARTIFACTS ?? 'artifacts');
   try {
+    refusePseudoLocation(artifacts, values.artifacts !== undefined ? '--artifacts' : io.env.PIPELINE_ARTIFACTS !== undefined ? '$PIPELINE_ARTIFACTS' : 'the artifact store');
     switch (command) {
       case 'run':
         return await commandRun(requireFile(rest, command), values, artifacts, io);

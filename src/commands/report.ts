@@ -4,6 +4,7 @@
  * beside it for CI comments, and PNG copies of the charts in `report-assets/`. Prints the
  * page's path (or, with `--json`, one object naming every file written).
  */
+import { refusePseudoLocation } from '../runtime/fsutil.js';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../runtime/errors.js';
@@ -33,6 +34,7 @@ export interface ReportFiles {
 /** Builds and writes the report of run `requested` (default the newest run) in the store at `artifacts`. */
 export async function writeRunReport(artifacts: string, requested: string | undefined, out: string | undefined): Promise<ReportFiles & { model: ReportModel }> {
   const store = new ArtifactStore(artifacts);
+  if (out) refusePseudoLocation(out, '--out');
   const summary = await findRun(store, requested);
   const inputs = await collectRun(store, summary);
   await attachThumbnails(inputs);

@@ -22,7 +22,7 @@ export const ERROR_CODES = {
   unknown_need: 'a stage needs a stage that does not exist',
   missing_input: 'a stage lacks an input its kind requires',
   input_not_found: 'an external input path does not exist',
-  path_special: 'a data path is a special file or lies under /proc, /sys or /dev',
+  path_special: 'a data path is a special file, or a data path, the artifact store or a report lies under /proc, /sys or /dev',
   nul_byte: 'the pipeline file holds a NUL byte (a binary file?)',
   invalid_param: "a stage parameter breaks its kind's rules",
   unknown_stage_kind: 'a stage uses a kind that does not exist',

@@ -2,6 +2,7 @@
  * One `pipeline run` end to end: load, lock the store, plan, execute, write the run folder.
  * Also `planPipeline` for `pipeline plan`, which touches nothing.
  */
+import { refusePseudoLocation } from './fsutil.js';
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -34,6 +35,7 @@ export interface PipelineOptions {
 
 /** The store at `options.artifacts` with the cache `options.openCache` picks. */
 export function openStore(options: Pick<PipelineOptions, 'artifacts' | 'openCache'>): ArtifactStore {
+  refusePseudoLocation(options.artifacts, 'the artifact store');
   return new ArtifactStore(options.artifacts, options.openCache ? { cache: options.openCache(options.artifacts) } : {});
 }
 

@@ -86,6 +86,20 @@ describe('pipeline validate/run on bad files', () => {
     expect(existsSync(dir.path('artifacts'))).toBe(false);
   });
 
+  it('a store or report under /proc, /sys or /dev is refused at once (a recursive mkdir there never returns)', () => {
+    const file = dir.write('v4.yaml', valid);
+    const run = spawnSync(process.execPath, [bin, 'run', file, '--artifacts', '/proc/store', '--json'], { cwd: dir.root, encoding: 'utf8', env: { ...process.env, CI: 'true' }, timeout: 20_000 });
+    expect(run.status).toBe(2);
+    expect(JSON.parse(run.stdout)).toMatchObject({ error: { code: 'path_special' } });
+    const viaEnv = spawnSync(process.execPath, [bin, 'status'], { cwd: dir.root, encoding: 'utf8', env: { ...process.env, CI: 'true', PIPELINE_ARTIFACTS: '/dev/shm/../store' }, timeout: 20_000 });
+    expect(viaEnv.status).toBe(2);
+    expect(viaEnv.stderr).toContain('$PIPELINE_ARTIFACTS /dev/store: lies under /dev');
+    const report = spawnSync(process.execPath, [bin, 'report', '--out', '/sys/x/report.html'], { cwd: dir.root, encoding: 'utf8', env: { ...process.env, CI: 'true' }, timeout: 20_000 });
+    expect(report.status).toBe(2);
+    expect(report.stderr).toContain('--out /sys/x/report.html: lies under /sys');
+    expect(report.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it('--set errors point at the command line', () => {
     const result = cli(['validate', dir.write('v2.yaml', valid), '--set', 'stages.data.with.strict=maybe']);
     expect(result.status).toBe(2);
