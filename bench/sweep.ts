@@ -5,7 +5,12 @@
  *
  * - one branch: the same file with each matrix replaced by one of its values and the `select`
  *   stage dropped (what a user runs to try one setting), once per cell of the grid;
- * - the sweep: the file as it is, all four branches in one run.
+ * - the sweep: the file as it is, all four branches in one run, twice: `--tf-jobs 1` (every
+ *   TF.js stage in the run's one process, one after the other) and the default `--tf-jobs auto`
+ *   (on wasm/cpu one per core: a branch in the run's process, another in a child process).
+ *
+ * Each run's CPU seconds (user + system, children included, from /usr/bin/time when present)
+ * are printed beside its wall time: running branches at once saves wall time, not CPU.
  *
  * Prints one JSON line and a table; the target is a sweep under 2x the mean single branch
  * (four separate runs cost 4x: the sweep shares ingest, preprocess, load-base, the frozen pass
@@ -14,7 +19,7 @@
  * path=value` (repeatable) is passed to every run, e.g. `--set stages.fine-tune.with.epochs=5`.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +36,8 @@ type Summary = { status: string; seconds: number; stages: { id: string; status: 
 interface RunFigures {
   label: string;
   wallS: number;
+  /** User + system CPU seconds of the run and its child processes (undefined without /usr/bin/time). */
+  cpuS?: number;
   pipelineS: number;
   branches: number;
   frozenForwards: number;
@@ -81,23 +88,29 @@ function singleBranch(doc: Doc, cell: Record<string, Record<string, unknown>>): 
   return out;
 }
 
-async function runCli(file: string, artifacts: string, sets: string[]): Promise<{ wallS: number; summary: Summary }> {
+const TIME = '/usr/bin/time';
+
+async function runCli(file: string, artifacts: string, sets: string[], extra: string[]): Promise<{ wallS: number; cpuS?: number; summary: Summary }> {
   const started = performance.now();
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'pipeline.js'), 'run', file, '--json', '--artifacts', artifacts, ...sets.flatMap((set) => ['--set', set])], { cwd: ROOT, env: { ...process.env, PIPELINE_QUIET: '1', CI: 'true' }, stdio: ['ignore', 'pipe', 'ignore'] });
+  const command = [process.execPath, path.join(ROOT, 'bin', 'pipeline.js'), 'run', file, '--json', '--artifacts', artifacts, ...sets.flatMap((set) => ['--set', set]), ...extra];
+  const timeFile = `${artifacts}.time`;
+  const timed = existsSync(TIME) ? [TIME, '-o', timeFile, '-f', '%U %S', ...command] : command;
+  const child = spawn(timed[0], timed.slice(1), { cwd: ROOT, env: { ...process.env, PIPELINE_QUIET: '1', CI: 'true' }, stdio: ['ignore', 'pipe', 'ignore'] });
   let stdout = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   const wallS = (performance.now() - started) / 1000;
+  const cpuS = existsSync(timeFile) ? readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number).reduce((a, b) => a + b, 0) : undefined;
   const summary = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as Summary;
   if (code !== 0 || summary.status !== 'succeeded') throw new Error(`${file}: exit ${code}, status ${summary.status}: ${stdout.slice(0, 2000)}`);
-  return { wallS, summary };
+  return { wallS, cpuS, summary };
 }
 
-async function measure(label: string, doc: Doc, work: string, sets: string[]): Promise<RunFigures> {
+async function measure(label: string, doc: Doc, work: string, sets: string[], extra: string[] = []): Promise<RunFigures> {
   const file = path.join(work, `${label}.yaml`);
   writeFileSync(file, YAML.stringify(doc));
   const artifacts = path.join(work, `${label}-artifacts`);
-  const { wallS, summary } = await runCli(file, artifacts, sets);
+  const { wallS, cpuS, summary } = await runCli(file, artifacts, sets, extra);
   rmSync(artifacts, { recursive: true, force: true });
   const stageSeconds: Record<string, number> = {};
   const accuracy: Record<string, number> = {};
@@ -111,6 +124,7 @@ async function measure(label: string, doc: Doc, work: string, sets: string[]): P
   return {
     label,
     wallS: round(wallS, 2),
+    ...(cpuS !== undefined ? { cpuS: round(cpuS, 1) } : {}),
     onceS: round(summary.stages.reduce((n, s) => n + s.seconds, 0) - branchS, 2),
     branchS: round(branchS, 2),
     pipelineS: summary.seconds,
@@ -131,13 +145,20 @@ export async function benchSweep(args: string[] = []): Promise<void> {
     const sweep = readSweep(file, path.join(work, 'export'));
     const cells = cellsOf(sweep);
     const singles: RunFigures[] = [];
+    const serialSweeps: RunFigures[] = [];
     const sweeps: RunFigures[] = [];
     for (let r = 0; r < repeat; r++) {
       for (const [i, cell] of cells.entries()) singles.push(await measure(`one-${i}`, singleBranch(sweep, cell), work, sets));
+      serialSweeps.push(await measure('sweep-serial', sweep, work, sets, ['--tf-jobs', '1']));
       sweeps.push(await measure('sweep', sweep, work, sets));
     }
     const oneMean = mean(singles.map((s) => s.wallS));
     const sweepWall = median(sweeps.map((s) => s.wallS));
+    const serialWall = median(serialSweeps.map((s) => s.wallS));
+    const cpuOf = (runs: RunFigures[]) => (runs.every((s) => s.cpuS !== undefined) ? runs.map((s) => s.cpuS!) : undefined);
+    const oneCpu = cpuOf(singles);
+    const sweepCpu = cpuOf(sweeps);
+    const serialCpu = cpuOf(serialSweeps);
     const result = {
       bench: 'sweep',
       pipeline: path.relative(ROOT, file),
@@ -148,18 +169,22 @@ export async function benchSweep(args: string[] = []): Promise<void> {
       one_branch_mean_s: round(oneMean, 2),
       sweep_wall_s: sweeps.map((s) => s.wallS),
       sweep_over_one_branch: round(sweepWall / oneMean, 2),
+      sweep_tf_jobs_1_wall_s: serialSweeps.map((s) => s.wallS),
+      sweep_tf_jobs_1_over_one_branch: round(serialWall / oneMean, 2),
+      cpu_s: oneCpu && sweepCpu && serialCpu ? { one_branch: oneCpu, sweep: sweepCpu, sweep_tf_jobs_1: serialCpu, sweep_over_one_branch: round(median(sweepCpu) / mean(oneCpu), 2), sweep_tf_jobs_1_over_one_branch: round(median(serialCpu) / mean(oneCpu), 2) } : undefined,
       four_separate_runs_s: round(oneMean * cells.length, 2),
       frozen_forwards: { one_branch: singles[0].frozenForwards, sweep: sweeps[0].frozenForwards, four_separate_runs: singles.slice(0, cells.length).reduce((n, s) => n + s.frozenForwards, 0) },
       stage_seconds: { one_branch: singles.map((s) => s.stageSeconds), sweep: sweeps.map((s) => s.stageSeconds) },
       // The model: sweep = once + sum of branches; one branch = once + one branch; under 2x needs branches < once.
-      once_s: { one_branch: singles.map((s) => s.onceS), sweep: sweeps.map((s) => s.onceS) },
-      branch_s: { one_branch: singles.map((s) => s.branchS), sweep: sweeps.map((s) => s.branchS) },
+      once_s: { one_branch: singles.map((s) => s.onceS), sweep: sweeps.map((s) => s.onceS), sweep_tf_jobs_1: serialSweeps.map((s) => s.onceS) },
+      branch_s: { one_branch: singles.map((s) => s.branchS), sweep: sweeps.map((s) => s.branchS), sweep_tf_jobs_1: serialSweeps.map((s) => s.branchS) },
       accuracy: sweeps[0].accuracy,
       target: { sweep_under_2x_one_branch: sweepWall < 2 * oneMean },
     };
     console.log(JSON.stringify(result));
-    console.log(`\nsweep (${path.relative(ROOT, file)}, ${cells.length} branches): one branch ${singles.map((s) => s.wallS.toFixed(1)).join(' / ')} s (mean ${oneMean.toFixed(1)} s); 2x2 sweep ${sweeps.map((s) => s.wallS.toFixed(1)).join(' / ')} s`);
-    console.log(`  sweep / one branch = ${result.sweep_over_one_branch} (target < 2: ${result.target.sweep_under_2x_one_branch ? 'pass' : 'FAIL'}); four separate runs would take ${result.four_separate_runs_s.toFixed(1)} s`);
+    console.log(`\nsweep (${path.relative(ROOT, file)}, ${cells.length} branches): one branch ${singles.map((s) => s.wallS.toFixed(1)).join(' / ')} s (mean ${oneMean.toFixed(1)} s); 2x2 sweep ${sweeps.map((s) => s.wallS.toFixed(1)).join(' / ')} s, with --tf-jobs 1 ${serialSweeps.map((s) => s.wallS.toFixed(1)).join(' / ')} s`);
+    console.log(`  sweep / one branch = ${result.sweep_over_one_branch} (target < 2: ${result.target.sweep_under_2x_one_branch ? 'pass' : 'FAIL'}); with --tf-jobs 1: ${result.sweep_tf_jobs_1_over_one_branch}; four separate runs would take ${result.four_separate_runs_s.toFixed(1)} s`);
+    if (result.cpu_s) console.log(`  CPU seconds: one branch ${result.cpu_s.one_branch.join(' / ')}, sweep ${result.cpu_s.sweep.join(' / ')} (${result.cpu_s.sweep_over_one_branch}x), with --tf-jobs 1 ${result.cpu_s.sweep_tf_jobs_1.join(' / ')} (${result.cpu_s.sweep_tf_jobs_1_over_one_branch}x)`);
     console.log(`  frozen forwards: one branch ${result.frozen_forwards.one_branch}, sweep ${result.frozen_forwards.sweep}, four separate runs ${result.frozen_forwards.four_separate_runs}`);
     console.log(`  stages run once: one branch ${result.once_s.one_branch.join(' / ')} s, sweep ${result.once_s.sweep.join(' / ')} s; branch stages (unfreeze + fine-tune): one branch ${result.branch_s.one_branch.join(' / ')} s, sweep ${result.branch_s.sweep.join(' / ')} s (all four)`);
     console.log(`  seconds per stage (sweep, branches summed): ${JSON.stringify(result.stage_seconds.sweep[0])}`);

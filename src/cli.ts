@@ -18,6 +18,7 @@ import { refusePseudoLocation } from './runtime/fsutil.js';
 import { ArtifactStore } from './runtime/store.js';
 import { commandWorker, openExecutor, WORKER_COMMAND, WORKER_OPTION_HELP } from './commands/worker.js';
 import type { StageRegistry } from './runtime/types.js';
+import { autoTfJobs, LocalProcessPool, type RegistryModule } from './distributed/local-pool.js';
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, locked: 3, interrupted: 130 } as const;
 
@@ -31,6 +32,11 @@ export interface CliIo {
   stderrStream?: NodeJS.WritableStream;
   /** The TF.js backend: chosen lazily by the stages that need it. Absent in runtime-only use. */
   backend?: BackendControl;
+  /**
+   * The module exporting `registry` (`import(url)[name]`): child processes of `--tf-jobs` load
+   * their stages from it. Absent: TF.js stages run one at a time in this process.
+   */
+  registryModule?: RegistryModule;
 }
 
 /** How the CLI configures and names the backend without knowing TF.js. */
@@ -41,6 +47,8 @@ export interface BackendControl {
   describe(): string;
   /** Why a preference cannot be used (its package is not installed), or null; checked before anything runs. */
   unavailable?(preference: string): string | null;
+  /** The backend the configured preference will load (without loading it), for `--tf-jobs auto`. */
+  predict?(): string;
 }
 
 /** The summary's `backend` of a run that loaded no TF.js. */
@@ -95,7 +103,8 @@ const OPTION_HELP: Record<string, string> = {
   force: '--force STAGE        re-run STAGE even if cached (repeatable)',
   from: '--from STAGE         re-run STAGE and everything downstream of it',
   only: '--only STAGE         run just STAGE (its upstream must be cached)',
-  jobs: '--jobs N             concurrent I/O stages (TF.js stages run one at a time; default 4)',
+  jobs: '--jobs N             concurrent I/O stages (default 4)',
+  'tf-jobs': '--tf-jobs N|auto     TF.js stages at once, the extra ones in child processes (a sweep\'s branches); auto: one per core on wasm/cpu (at most 4), 1 on tfjs-node(-gpu)',
   artifacts: '--artifacts DIR      artifact store (default ./artifacts or $PIPELINE_ARTIFACTS)',
   backend: '--backend NAME       auto | node-gpu | node | wasm | cpu (overrides the file\'s backend:)',
   wait: '--wait               wait while gc (or, for gc, a run) holds the store instead of exiting with code 3',
@@ -148,7 +157,7 @@ function readJsonFileMaybe(file: string): unknown {
 /** Which options each command takes; any other is a usage error (exit 2). */
 const COMMAND_OPTIONS: Record<string, string[]> = {
   worker: ['redis', 'artifacts', 'queue', 'concurrency', 'remote', 'remote-endpoint', 'backend', 'stall-seconds'],
-  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis', 'remote', 'remote-endpoint'],
+  run: ['json', 'set', 'force', 'from', 'only', 'jobs', 'tf-jobs', 'artifacts', 'backend', 'wait', 'wait-timeout', 'executor', 'redis', 'remote', 'remote-endpoint'],
   validate: ['json', 'set', 'force', 'from', 'only'],
   plan: ['json', 'set', 'force', 'from', 'only', 'artifacts'],
   status: ['json', 'artifacts'],
@@ -167,6 +176,7 @@ const OPTIONS = {
   from: { type: 'string' },
   only: { type: 'string' },
   jobs: { type: 'string' },
+  'tf-jobs': { type: 'string' },
   artifacts: { type: 'string' },
   backend: { type: 'string' },
   wait: { type: 'boolean' },
@@ -276,6 +286,9 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
 
 async function commandRun(file: string, values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
   const jobs = values.jobs === undefined ? 4 : positiveInt(values.jobs, '--jobs');
+  const tfJobs = values['tf-jobs'] === undefined || values['tf-jobs'] === 'auto' ? 'auto' : positiveInt(values['tf-jobs'], '--tf-jobs');
+  if (tfJobs !== 'auto' && tfJobs > 1 && !io.registryModule) throw new UsageError('--tf-jobs above 1 needs the stage registry as a module for its child processes; this embedding of the CLI gives none');
+  if (tfJobs !== 'auto' && tfJobs > 1 && values.executor === 'bullmq') throw new UsageError('--tf-jobs is for runs on this machine; with --executor bullmq, run more workers (or --concurrency) instead');
   if (values.backend !== undefined) usableBackend(values.backend, '--backend', io); // refuse a bad flag before anything is written
   const controller = new AbortController();
   let interrupts = 0;
@@ -313,6 +326,12 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => dispatcher?.describeBackends() ?? io.backend?.describe() ?? 'none',
       dispatcher,
+      offload: (pipeline) => {
+        const preference = values.backend ?? pipeline.backend ?? 'auto';
+        const slots = (tfJobs === 'auto' ? autoTfJobs(io.backend?.predict?.() ?? 'auto') : tfJobs) - 1;
+        if (dispatcher || !io.registryModule || slots < 1) return undefined;
+        return new LocalProcessPool({ file, overrides: values.set ?? [], artifacts, registry: io.registryModule, backend: preference, slots });
+      },
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
     else io.stderr(renderSummary(summary));

@@ -1,5 +1,5 @@
 /** Process entry point: the real stage registry, real stdio, the TF.js backend, and the exit code. */
-import { backendUnavailable, configureBackend, describeBackend, type BackendPreference } from './ml/backend.js';
+import { backendUnavailable, configureBackend, describeBackend, predictBackend, type BackendPreference } from './ml/backend.js';
 import { main, NO_BACKEND } from './cli.js';
 import { stages } from './stages/index.js';
 
@@ -14,6 +14,8 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 process.exitCode = await main(process.argv.slice(2), {
   registry: stages,
+  // Child processes of `run --tf-jobs` load the same registry.
+  registryModule: { url: new URL('./stages/index.js', import.meta.url).href, name: 'stages' },
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
   env: process.env,
@@ -25,5 +27,6 @@ process.exitCode = await main(process.argv.slice(2), {
     // than name one that was never used (and may not even be installed).
     describe: () => describeBackend()?.name ?? NO_BACKEND,
     unavailable: (preference) => backendUnavailable(preference as BackendPreference),
+    predict: () => predictBackend().name,
   },
 });

@@ -139,6 +139,8 @@ export const ERROR_CODES = {
   remote_error: 'the remote refused the request for another reason',
   // Distributed execution (BullMQ workers on Redis).
   redis_unreachable: 'Redis does not answer at --redis, or is older than 6.2 (exit 2)',
+  stage_process_died: 'the child process computing a stage (`run --tf-jobs`) died before it finished (killed, out of memory)',
+  pipeline_changed: 'the pipeline file or an input changed during the run: a child process computes another key for a stage than the run did',
   version_skew: 'a worker computes another cache key for the stage than the coordinator: another toolkit version, pipeline file or input data',
   worker_input_missing: "a stage's input is neither in the worker's store nor on its remote",
   job_failed: 'a worker job failed without an error code (its worker crashed or stalled too often)',

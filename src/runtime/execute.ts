@@ -7,7 +7,7 @@
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { AbortedError, describeError, GateError, StageError } from './errors.js';
-import { ComputeFailure, computeStage } from './compute.js';
+import { ComputeFailure, computeStage, type ComputeOptions } from './compute.js';
 import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
@@ -86,7 +86,34 @@ export interface ExecuteOptions {
   dispatcher?: StageDispatcher;
   /** When the run began (`Date.now()`), before its plan hashed inputs and pulled from a remote; default: now. */
   startedAt?: number;
+  /**
+   * Computes `tf` stages in other processes of this machine while one runs here, so that
+   * independent ones (a sweep's branches) use more than one core. Absent: one at a time here.
+   */
+  offload?: StageOffloader;
 }
+
+/**
+ * Where a `tf` stage is computed when this process is already computing one: another process
+ * on this machine, on the same store. The executor still holds the key's lock, re-keys and
+ * records; the offloader only computes and commits the entry (as `computeStage` would here).
+ */
+export interface StageOffloader {
+  /** Stages it computes at once (besides the one in this process). */
+  readonly slots: number;
+  /**
+   * Computes `planned` into the store and resolves to its entry, or rejects with a
+   * `ComputeFailure` (the stage's error) like `computeStage`.
+   */
+  compute(planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta>;
+  /** Told at the start how many stages it will likely get at once (a sweep's branches beyond one). */
+  warm?(count: number): void;
+  /** The run is over. */
+  close?(): void;
+}
+
+/** What an offloaded stage is given besides the stage: what `computeStage` gets here. */
+export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
 
 /**
  * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,
@@ -119,7 +146,9 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const cache: ArtifactCache = store.cache;
   const started = options.startedAt ?? Date.now();
   const ioQueue = new PQueue({ concurrency: Math.max(1, options.jobs) });
-  const tfQueue = new PQueue({ concurrency: 1 });
+  const tfQueue = new PQueue({ concurrency: 1 + (options.offload?.slots ?? 0) });
+  /** The `tf` stage computing in this process (one at a time). */
+  const tfHere = new Slot();
   const results = new Map<string, Promise<StageSummary>>();
   const outputs = new Map<string, StageInput>();
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
@@ -216,12 +245,9 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     options.observer?.stageStarted?.(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage start');
     try {
-      const entry = await computeStage(stage, {
-        store,
-        key,
+      const request: OffloadRequest = {
         inputs: inputsOf(planned),
         downstream: planned.downstream,
-        pipeline: plan.pipeline,
         runId: options.runId,
         log: stageLog,
         signal,
@@ -232,7 +258,18 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
           if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
           options.observer?.progress?.(stage.id, event);
         },
-      });
+      };
+      // One `tf` stage at a time computes here (TF.js keeps global state); while one does, the
+      // others go to the offloader, except light ones (model surgery), which wait their turn.
+      const tf = stage.definition.resource === 'tf';
+      const here = !tf || !options.offload || stage.definition.light === true || !tfHere.busy;
+      if (tf) await (here ? tfHere.take() : undefined);
+      let entry: EntryMeta;
+      try {
+        entry = here ? await computeStage(stage, { ...request, store, key, pipeline: plan.pipeline }) : await options.offload!.compute(planned, request);
+      } finally {
+        if (tf && here) tfHere.release();
+      }
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
       return await finished(planned, base, entry, seconds);
@@ -308,6 +345,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
   };
 
+  options.offload?.warm?.(parallelBranches(plan) - 1);
   for (const planned of plan.stages) {
     const promise = runOne(planned).then((summary) => {
       options.observer?.stageFinished?.(summary);
@@ -316,6 +354,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     results.set(planned.stage.id, promise);
   }
   const stages = await Promise.all(plan.stages.map((p) => results.get(p.stage.id)!));
+  options.offload?.close?.();
   const failed = stages.some((s) => s.status === 'failed' || s.status === 'skipped');
   const summary: RunSummary = {
     pipeline: plan.pipeline.name,
@@ -337,6 +376,16 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   return summary;
 }
 
+/** The most `tf` stages to compute of one swept stage (its branches, which can run at once). */
+function parallelBranches(plan: Plan): number {
+  const count = new Map<string, number>();
+  for (const { stage, action } of plan.stages) {
+    if (action !== 'run' || !stage.template || stage.definition.resource !== 'tf' || stage.definition.light) continue;
+    count.set(stage.template, (count.get(stage.template) ?? 0) + 1);
+  }
+  return Math.max(0, ...count.values());
+}
+
 function collectEngines(stages: StageSummary[]): Record<string, Record<string, string>> {
   const out: Record<string, Record<string, string>> = {};
   for (const stage of stages) {
@@ -350,6 +399,20 @@ function collectEngines(stages: StageSummary[]): Record<string, Record<string, s
 
 function toInput(planned: PlannedStage, dir: string, metrics: Metrics): StageInput {
   return { id: planned.stage.id, kind: planned.stage.kind, key: planned.key, dir, provides: planned.stage.definition.provides, metrics };
+}
+
+/** A lock with no owner: `take` waits until it is free. */
+class Slot {
+  busy = false;
+  private readonly waiting: (() => void)[] = [];
+  async take(): Promise<void> {
+    while (this.busy) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.busy = true;
+  }
+  release(): void {
+    this.busy = false;
+    this.waiting.shift()?.();
+  }
 }
 
 function round(seconds: number): number {

@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import { ValidationError } from './errors.js';
-import { executePlan, type ExecutionObserver, type RunSummary, type StageDispatcher } from './execute.js';
+import { executePlan, type ExecutionObserver, type RunSummary, type StageDispatcher, type StageOffloader } from './execute.js';
 import { writeJsonAtomic } from './fsutil.js';
 import type { Selection } from './graph.js';
 import { StatCache } from './hash.js';
@@ -55,6 +55,11 @@ export interface RunOptions extends PipelineOptions {
   backend?: () => string;
   /** Computes the stages elsewhere (`--executor bullmq`); default: in this process. */
   dispatcher?: StageDispatcher;
+  /**
+   * Where `tf` stages go while one computes here (`--tf-jobs`: child processes), asked once the
+   * pipeline is resolved and prepared; default (or undefined): one at a time in this process.
+   */
+  offload?(pipeline: ResolvedPipeline): StageOffloader | undefined;
 }
 
 /** Loads and validates, or throws `ValidationError` with every issue found. */
@@ -111,6 +116,7 @@ export async function runPipeline(options: RunOptions): Promise<RunSummary> {
       observer: options.observer,
       backend: options.backend ?? (() => 'none'),
       dispatcher: options.dispatcher,
+      offload: options.offload?.(pipeline),
       startedAt,
       onKey(key) {
         keys.add(key);

@@ -183,10 +183,17 @@ export interface StageDefinition<P = any> {
   /** Artifact types this stage writes. */
   provides: ArtifactType[];
   /**
-   * `tf` stages compute with TF.js and run one at a time (they share one backend);
+   * `tf` stages compute with TF.js, one at a time in a process (they share one backend; with
+   * `--tf-jobs`, others in child processes);
    * `io` stages may run concurrently up to `--jobs`. Default `io`.
    */
   resource?: 'tf' | 'io';
+  /**
+   * A `tf` stage that computes in well under a second (model surgery on a loaded model): with
+   * `--tf-jobs` it waits for the run's own process rather than start a child process, whose
+   * start-up (loading the stages, the backend, the model) would cost more than it.
+   */
+  light?: boolean;
   /**
    * External inputs whose *content* is part of the cache key: local files or folders (hashed
    * with a size+mtime fast path), or URLs (the URL string is hashed). Paths are resolved

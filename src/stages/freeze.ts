@@ -19,6 +19,7 @@ export const freeze: StageDefinition<FreezeParams> = {
   consumes: ['model'],
   provides: ['model'],
   resource: 'tf',
+  light: true,
   async run(ctx, params) {
     await useTf(ctx.log);
     const { model, info } = await readModelArtifact(ctx.input('model').dir);

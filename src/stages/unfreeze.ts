@@ -23,6 +23,7 @@ export const unfreeze: StageDefinition<UnfreezeParams> = {
   consumes: ['model'],
   provides: ['model'],
   resource: 'tf',
+  light: true,
   // Stages upstream (train-head) stop their frozen pass below the layers this one will train.
   hints: (params) => ({ unfreeze: { ...(params.from !== undefined ? { from: params.from } : {}), ...(params.blocks !== undefined ? { blocks: params.blocks } : {}) } }),
   check(params) {
