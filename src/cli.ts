@@ -18,7 +18,7 @@ import { refusePseudoLocation } from './runtime/fsutil.js';
 import { ArtifactStore } from './runtime/store.js';
 import { commandWorker, openExecutor, WORKER_COMMAND, WORKER_OPTION_HELP } from './commands/worker.js';
 import type { StageRegistry } from './runtime/types.js';
-import { autoTfJobs, LocalProcessPool, type RegistryModule } from './distributed/local-pool.js';
+import { localOffload, type RegistryModule } from './distributed/local-pool.js';
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, locked: 3, interrupted: 130 } as const;
 
@@ -326,12 +326,7 @@ async function commandRun(file: string, values: Record<string, any>, artifacts: 
       prepare: (pipeline) => io.backend?.configure(values.backend !== undefined ? values.backend : usableBackend(pipeline.backend, `${pipeline.file}: backend:`, io)),
       backend: () => dispatcher?.describeBackends() ?? io.backend?.describe() ?? 'none',
       dispatcher,
-      offload: (pipeline) => {
-        const preference = values.backend ?? pipeline.backend ?? 'auto';
-        const slots = (tfJobs === 'auto' ? autoTfJobs(io.backend?.predict?.() ?? 'auto') : tfJobs) - 1;
-        if (dispatcher || !io.registryModule || slots < 1) return undefined;
-        return new LocalProcessPool({ file, overrides: values.set ?? [], artifacts, registry: io.registryModule, backend: preference, slots });
-      },
+      offload: dispatcher || !io.registryModule ? undefined : localOffload({ file, overrides: values.set ?? [], artifacts, registry: io.registryModule, tfJobs, backend: values.backend, predict: () => io.backend?.predict?.() ?? 'auto' }),
     });
     if (values.json) io.stdout(JSON.stringify(summary) + '\n');
     else io.stderr(renderSummary(summary));

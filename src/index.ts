@@ -6,7 +6,8 @@
  */
 import path from 'node:path';
 import { NO_BACKEND } from './cli.js';
-import { backendUnavailable, configureBackend, describeBackend, type BackendPreference } from './ml/backend.js';
+import { backendUnavailable, configureBackend, describeBackend, predictBackend, type BackendPreference } from './ml/backend.js';
+import { localOffload } from './distributed/local-pool.js';
 import { loadExport as loadExportFolder, predictAll, type LoadedExport, type PredictBatchResult } from './predict.js';
 import { StageError } from './runtime/errors.js';
 import type { RunSummary, StageSummary } from './runtime/execute.js';
@@ -38,8 +39,13 @@ export interface PipelineOptions {
 
 /** What `runPipeline` takes. */
 export interface RunPipelineOptions extends PipelineOptions {
-  /** Concurrent I/O stages (TF.js stages run one at a time). Default 4. */
+  /** Concurrent I/O stages. Default 4. */
   jobs?: number;
+  /**
+   * TF.js stages at once (`--tf-jobs`): beyond the one in this process, in child processes (a
+   * sweep's branches). `auto` (default): one per core on wasm/cpu (at most 4), 1 on tfjs-node(-gpu).
+   */
+  tfJobs?: number | 'auto';
   /** TF.js backend; default the file's `backend:` (else `auto`). One backend per process. */
   backend?: BackendPreference;
   /** Aborting it stops the running stages at their next step; finished stages are kept. */
@@ -154,6 +160,15 @@ export async function runPipeline(file: string, options: RunPipelineOptions = {}
       if (options.backend === undefined) useBackend(pipeline.backend);
     },
     backend: () => describeBackend()?.name ?? NO_BACKEND,
+    offload: localOffload({
+      file,
+      overrides: options.set ?? [],
+      artifacts: artifactsOf(options),
+      registry: { url: new URL('./stages/index.js', import.meta.url).href, name: 'stages' },
+      tfJobs: options.tfJobs ?? 'auto',
+      backend: options.backend,
+      predict: () => predictBackend().name,
+    }),
   });
 }
 

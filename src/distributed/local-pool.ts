@@ -23,6 +23,7 @@ import type { EntryMeta } from '../runtime/cache.js';
 import { ComputeFailure } from '../runtime/compute.js';
 import { GateError, StageError, type ErrorCode } from '../runtime/errors.js';
 import type { OffloadRequest, StageOffloader } from '../runtime/execute.js';
+import type { ResolvedPipeline } from '../runtime/load.js';
 import type { PlannedStage } from '../runtime/plan.js';
 import type { DownstreamHint, ProgressEvent, StageInput } from '../runtime/types.js';
 
@@ -90,6 +91,18 @@ export type ChildMessage =
  */
 export function autoTfJobs(backend: string, cores = os.availableParallelism()): number {
   return backend === 'wasm' || backend === 'cpu' ? Math.max(1, Math.min(4, cores)) : 1;
+}
+
+/**
+ * `RunOptions.offload` for `--tf-jobs`: once the pipeline is resolved (its `backend:` known), a
+ * pool of `tfJobs - 1` children (`auto`: `autoTfJobs` of the backend `predict` names), or none.
+ */
+export function localOffload(options: Omit<LocalPoolOptions, 'slots' | 'backend'> & { tfJobs: number | 'auto'; backend?: string; predict(): string }): (pipeline: ResolvedPipeline) => LocalProcessPool | undefined {
+  return (pipeline) => {
+    const slots = (options.tfJobs === 'auto' ? autoTfJobs(options.predict()) : options.tfJobs) - 1;
+    if (slots < 1) return undefined;
+    return new LocalProcessPool({ ...options, backend: options.backend ?? pipeline.backend ?? 'auto', slots });
+  };
 }
 
 /** The child's entry: compiled beside this file, or the TypeScript source under tsx (tests). */
