@@ -1,7 +1,8 @@
 /**
  * `Plan` -> execution -> `RunSummary`. Independent stages run concurrently on a p-queue (`io`
  * stages up to `jobs`, `tf` stages one at a time); a failed stage marks its dependents
- * `skipped` while the others finish; an abort (SIGINT/SIGTERM) lets running stages stop at
+ * `skipped` while the others finish, except a joining stage, which runs on the branches that
+ * succeeded when at least one did (`join.ts`; the run still fails); an abort (SIGINT/SIGTERM) lets running stages stop at
  * their next check and keeps every finished one.
  */
 import PQueue from 'p-queue';
@@ -11,9 +12,10 @@ import { ComputeFailure, computeStage } from './compute.js';
 import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
+import { describeFailedBranches, joinUpstream, settleJoin } from './join.js';
 import { describeMatrix } from './matrix.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { Json, Metrics, ProgressEvent, StageInput } from './types.js';
+import type { FailedBranch, Json, Metrics, ProgressEvent, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -110,6 +112,8 @@ export interface DispatchRequest {
   log: Logger;
   signal: AbortSignal;
   progress(event: ProgressEvent): void;
+  /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); absent when none did. */
+  failedBranches?: FailedBranch[];
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -124,6 +128,11 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const outputs = new Map<string, StageInput>();
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
   const digests = new Map<string, string>();
+  /** Each finished stage's summary (a join reads why its failed branches failed). */
+  const settled = new Map<string, StageSummary>();
+  const stageById = new Map(plan.pipeline.stages.map((s) => [s.id, s]));
+  /** The branches each joining stage goes without. */
+  const failedOf = new Map<string, FailedBranch[]>();
 
   /**
    * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
@@ -143,18 +152,33 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   };
 
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
-    const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    const { needs } = plannedFirst.stage;
+    const deps = await Promise.all(needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    // A join goes without the branches that failed, when others succeeded; any other stage is skipped.
+    const join = plannedFirst.stage.definition.join ? settleJoin(plannedFirst.stage, deps, (id) => stageById.get(id), (id) => settled.get(id), signal.aborted) : undefined;
+    const down = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
+    const blocked = join ? join.blocked : down && { id: down.id, message: `'${down.id}' ${down.status}` };
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
-    const known = plannedFirst.stage.needs.every((d) => digests.has(d));
-    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
+    const upstream = blocked
+      ? undefined
+      : join?.failed.length
+        ? joinUpstream(needs, digests, join.failed)
+        : needs.every((d) => digests.has(d))
+          ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!]))
+          : undefined;
+    let planned = upstream ? await rekeyStage(plannedFirst, upstream, cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
+    if (!blocked && join?.failed.length) {
+      failedOf.set(planned.stage.id, join.failed);
+      planned = { ...planned, reasons: [...planned.reasons, describeFailedBranches(join.failed, needs.length)] };
+    }
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
-    const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
-      return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: `'${blocked.id}' ${blocked.status}` } };
+      return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: blocked.message } };
     }
+    if (join?.failed.length) log.warn({ stage: stage.id, failed: join.failed.map((f) => f.id), branches: needs.length }, 'joining the branches that succeeded');
     if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     if (options.dispatcher) return dispatchOne(planned, base, options.dispatcher);
@@ -221,6 +245,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
         key,
         inputs: inputsOf(planned),
         downstream: planned.downstream,
+        failedBranches: failedOf.get(stage.id),
         pipeline: plan.pipeline,
         runId: options.runId,
         log: stageLog,
@@ -271,7 +296,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
     try {
       const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));
-      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
+      const failedBranches = failedOf.get(stage.id);
+      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event), ...(failedBranches ? { failedBranches } : {}) });
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
       const summary = await finished(planned, base, entry, seconds);
@@ -310,6 +336,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
 
   for (const planned of plan.stages) {
     const promise = runOne(planned).then((summary) => {
+      settled.set(summary.id, summary);
       options.observer?.stageFinished?.(summary);
       return summary;
     });
