@@ -162,7 +162,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const upstream = blocked
       ? undefined
       : join?.failed.length
-        ? joinUpstream(needs, digests, join.failed)
+        ? joinUpstream(needs, (d) => digests.get(d) ?? plannedFirst.record.upstream[d], join.failed)
         : needs.every((d) => digests.has(d))
           ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!]))
           : undefined;

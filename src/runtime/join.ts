@@ -61,12 +61,12 @@ function causeOf(need: SettledStage, branch: ResolvedStage, settledOf: (id: stri
  * The join's `record.upstream` (what its key is built from): each branch that succeeded by its
  * output digest, each that failed by `failed:<id>:<code>`.
  */
-export function joinUpstream(needs: string[], digests: ReadonlyMap<string, string>, failed: FailedBranch[]): Record<string, string> {
+export function joinUpstream(needs: string[], digestOf: (id: string) => string, failed: FailedBranch[]): Record<string, string> {
   const failedById = new Map(failed.map((f) => [f.id, f]));
   return Object.fromEntries(
     needs.map((id) => {
       const branch = failedById.get(id);
-      return [id, branch ? `${FAILED_BRANCH}${id}:${branch.error.code}` : digests.get(id)!];
+      return [id, branch ? `${FAILED_BRANCH}${id}:${branch.error.code}` : digestOf(id)];
     }),
   );
 }

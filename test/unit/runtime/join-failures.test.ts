@@ -9,7 +9,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { renderGrid, renderPlan, renderSummary } from '../../../src/render.js';
-import { planPipeline, runPipeline } from '../../../src/runtime/run.js';
+import { ComputeFailure, computeStage } from '../../../src/runtime/compute.js';
+import type { StageDispatcher } from '../../../src/runtime/execute.js';
+import { stageRecordOf } from '../../../src/runtime/plan.js';
+import { openStore, planPipeline, runPipeline } from '../../../src/runtime/run.js';
+import type { StageInput } from '../../../src/runtime/types.js';
 import { select } from '../../../src/stages/select.js';
 import { calls, failing, fakeRegistry, fakeScore, fakeTrain } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
@@ -147,5 +151,41 @@ describe('a sweep with failed branches', () => {
     failing.add('extra');
     const summary = await run();
     expect(summary.stages.find((s) => s.id === 'pick')!).toMatchObject({ status: 'skipped', error: { code: 'dependency_failed', message: "'extra' failed" } });
+  });
+
+  it('through the executor seam (BullMQ): the job rebuilds select\'s key from its record and is told the failed branches', async () => {
+    failing.add('tune-factor-1-lr-1e-2');
+    const store = openStore({ artifacts: dir.path('artifacts') });
+    const seen: Record<string, unknown> = {};
+    // What src/distributed/processor.ts does with a job: recompute the key from the job's
+    // `upstream` (the planned record), read the inputs by key, compute with the failed branches.
+    const dispatcher: StageDispatcher = {
+      async compute(planned, request) {
+        const record = stageRecordOf(request.pipeline, planned.stage, planned.record.upstream, {});
+        if (record.key !== planned.key) throw new Error(`key skew for ${planned.stage.id}`);
+        const byId = new Map(request.pipeline.stages.map((s) => [s.id, s]));
+        const inputs: StageInput[] = await Promise.all(
+          Object.entries(request.upstream).map(async ([id, key]) => {
+            const check = await store.cache.check(key);
+            return { id, kind: byId.get(id)!.kind, key, dir: await store.cache.materialize(key), provides: byId.get(id)!.definition.provides, metrics: check.state === 'ok' ? check.meta.metrics : {} };
+          }),
+        );
+        if (planned.stage.id === 'pick') seen.failed = request.failedBranches;
+        // A worker reports the stage's own error (its code), not the wrapper.
+        return computeStage(planned.stage, { store, key: planned.key, inputs, downstream: planned.downstream, failedBranches: request.failedBranches, pipeline: request.pipeline, runId: request.runId, log: request.log, signal: request.signal, progress: request.progress }).catch((failure) => {
+          throw failure instanceof ComputeFailure ? failure.error : failure;
+        });
+      },
+    };
+    const summary = await runPipeline({ ...options(), dispatcher });
+    const pick = summary.stages.find((s) => s.id === 'pick')!;
+    expect(pick.status).toBe('ran');
+    expect(pick.metrics.chosen).toBe('score-factor-2-lr-1e-2');
+    expect(seen.failed).toEqual([expect.objectContaining({ id: 'score-factor-1-lr-1e-2', status: 'skipped', error: expect.objectContaining({ stage: 'tune-factor-1-lr-1e-2', code: 'fake_failure' }) })]);
+    expect((pick.metrics.failed as { id: string }[]).map((f) => f.id)).toEqual(['score-factor-1-lr-1e-2']);
+    // the same pipeline run in-process keys select alike
+    dir.write('p.yaml', SWEEP);
+    const local = await runPipeline({ ...options(), artifacts: dir.path('local') });
+    expect(local.stages.find((s) => s.id === 'pick')!.key).toBe(pick.key);
   });
 });
