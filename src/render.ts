@@ -88,9 +88,10 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
   type Row = { coords: Record<string, Json>; cells: string[] };
   const table = (title: string, rows: Row[]) => {
     const widths = labels.map((label) => Math.max(label.length, ...rows.map((r) => formatValue(r.coords[label] ?? '-').length)));
+    const cellWidths = rows[0]?.cells.map((_, i) => Math.max(...rows.map((r) => r.cells[i]?.length ?? 0))) ?? [];
     lines.push(`${indent}  ${title}`);
     lines.push(`${indent}    ${labels.map((l, i) => l.padEnd(widths[i])).join('  ')}`.trimEnd());
-    for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.join('  ')}`.trimEnd());
+    for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.map((c, i) => c.padEnd(cellWidths[i])).join('  ')}`.trimEnd());
   };
   const joins = summary.stages.filter((s) => Array.isArray(s.metrics.table));
   for (const join of joins) {

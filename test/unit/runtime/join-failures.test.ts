@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { main } from '../../../src/cli.js';
 import { renderGrid, renderPlan, renderSummary } from '../../../src/render.js';
 import { ComputeFailure, computeStage } from '../../../src/runtime/compute.js';
 import type { StageDispatcher } from '../../../src/runtime/execute.js';
@@ -187,5 +188,19 @@ describe('a sweep with failed branches', () => {
     dir.write('p.yaml', SWEEP);
     const local = await runPipeline({ ...options(), artifacts: dir.path('local') });
     expect(local.stages.find((s) => s.id === 'pick')!.key).toBe(pick.key);
+  });
+
+  it('the CLI: run exits 1 and says what select chose among; status lists the failed branch and its grid row', async () => {
+    failing.add('tune-factor-2-lr-1e-2');
+    const out = { stdout: '', stderr: '' };
+    const io = { registry, stdout: (t: string) => (out.stdout += t), stderr: (t: string) => (out.stderr += t), env: { CI: 'true' }, isTTY: false };
+    expect(await main(['run', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io)).toBe(1);
+    expect(out.stderr).toMatch(/^pick chose score-factor-2-lr-0p1 among the 3 of 4 branches that succeeded; failed: score-factor-2-lr-1e-2 \(skipped: 'tune-factor-2-lr-1e-2' failed \[fake_failure\]: stage tune-factor-2-lr-1e-2 failed on purpose\)$/m);
+    expect(out.stderr).toMatch(/^✓ ship ran /m);
+    out.stdout = '';
+    expect(await main(['status', '--artifacts', dir.path('artifacts')], io)).toBe(0);
+    expect(out.stdout).toMatch(/^ {4}failed {2}tune-factor-2-lr-1e-2 stage tune-factor-2-lr-1e-2 failed on purpose \[fake_failure\]$/m);
+    expect(out.stdout).toMatch(/^ {4}skipped score-factor-2-lr-1e-2 'tune-factor-2-lr-1e-2' failed \[dependency_failed\]$/m);
+    expect(out.stdout).toMatch(/^ {8}2 +1e-2 +accuracy=- +score-factor-2-lr-1e-2 +\(skipped: 'tune-factor-2-lr-1e-2' failed \[fake_failure\]\)$/m);
   });
 });
