@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { RunSummary, StageSummary } from './runtime/execute.js';
+import { listSome } from './runtime/join.js';
 import { describeMatrix, formatValue } from './runtime/matrix.js';
 import type { Plan } from './runtime/plan.js';
 import type { Json } from './runtime/types.js';
@@ -143,7 +144,7 @@ export function renderJoins(summary: RunSummary): string {
     .map((join) => {
       const failed = failedRowsOf(join);
       const total = Number(join.metrics.branches ?? failed.length);
-      return `${join.id} chose ${join.metrics.chosen} among the ${total - failed.length} of ${total} branches that succeeded; failed: ${failed.map((row) => `${row.id} (${describeFailedRow(row)}: ${row.message})`).join(', ')}\n`;
+      return `${join.id} chose ${join.metrics.chosen} among the ${total - failed.length} of ${total} branches that succeeded; failed: ${listSome(failed.map((row) => `${row.id} (${describeFailedRow(row)}: ${row.message})`))}\n`;
     })
     .join('');
 }

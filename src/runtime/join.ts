@@ -44,7 +44,7 @@ export function settleJoin(
     return { id: need.id, template: branch.template!, coords: branch.coords ?? {}, status: need.status === 'failed' ? 'failed' : 'skipped', error: causeOf(need, branch, settledOf) };
   });
   if (failed.length === needs.length) {
-    const list = failed.map((f) => `'${f.id}' ${f.status}`).join(', ');
+    const list = listSome(failed.map((f) => `'${f.id}' ${f.status}`));
     return { blocked: { id: failed[0].id, message: `every branch it joins failed: ${list}` }, failed };
   }
   return { failed };
@@ -73,6 +73,11 @@ export function joinUpstream(needs: string[], digestOf: (id: string) => string, 
 
 /** The reason a plan line and a stage line give for a join without some branches. */
 export function describeFailedBranches(failed: FailedBranch[], total: number): string {
-  const list = failed.map((f) => (f.status === 'failed' ? `'${f.id}' failed` : `'${f.id}' skipped ('${f.error.stage}' failed)`)).join(', ');
+  const list = listSome(failed.map((f) => (f.status === 'failed' ? `'${f.id}' failed` : `'${f.id}' skipped ('${f.error.stage}' failed)`)));
   return `chooses among the ${total - failed.length} of ${total} branches that succeeded (${list})`;
+}
+
+/** The first `max` items joined by commas, then how many more (a sweep may have 256 branches). */
+export function listSome(items: string[], max = 6): string {
+  return items.length > max ? `${items.slice(0, max).join(', ')} and ${items.length - max} more` : items.join(', ');
 }

@@ -11,6 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../../src/cli.js';
 import { renderGrid, renderPlan, renderSummary } from '../../../src/render.js';
 import { ComputeFailure, computeStage } from '../../../src/runtime/compute.js';
+import { listSome } from '../../../src/runtime/join.js';
 import type { StageDispatcher } from '../../../src/runtime/execute.js';
 import { stageRecordOf } from '../../../src/runtime/plan.js';
 import { openStore, planPipeline, runPipeline } from '../../../src/runtime/run.js';
@@ -145,6 +146,8 @@ describe('a sweep with failed branches', () => {
     expect(pick.error).toMatchObject({ code: 'dependency_failed', message: expect.stringMatching(/^every branch it joins failed: 'score-factor-1-lr-0p1' skipped, /) });
     expect(summary.stages.find((s) => s.id === 'ship')!.status).toBe('skipped');
     expect(count('ship')).toBe(0);
+    // a sweep of hundreds of branches keeps its lines short
+    expect(listSome(['a', 'b', 'c'], 2)).toBe('a, b and 1 more');
   });
 
   it('a need of select that is not a branch must succeed', async () => {
