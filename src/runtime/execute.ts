@@ -2,8 +2,8 @@
  * `Plan` -> execution -> `RunSummary`. Independent stages run concurrently on a p-queue (`io`
  * stages up to `jobs`, `tf` stages one at a time); a failed stage marks its dependents
  * `skipped` while the others finish, except a joining stage, which runs on the branches that
- * succeeded when at least one did (`join.ts`; the run still fails); an abort (SIGINT/SIGTERM) lets running stages stop at
- * their next check and keeps every finished one.
+ * succeeded when at least one did (`join.ts`; the run still fails); an abort (SIGINT/SIGTERM)
+ * lets running stages stop at their next check and keeps every finished one.
  */
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
@@ -151,6 +151,16 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
   };
 
+  /**
+   * The output digests a stage is keyed by, once every need it reads has one (a join's failed
+   * branches stand in as `failed:<id>:<code>`); undefined while one is not known.
+   */
+  const upstreamOf = (planned: PlannedStage, failed: FailedBranch[]): Record<string, string> | undefined => {
+    const { needs } = planned.stage;
+    if (failed.length) return joinUpstream(needs, (d) => digests.get(d) ?? planned.record.upstream[d], failed);
+    return needs.every((d) => digests.has(d)) ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!])) : undefined;
+  };
+
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
     const { needs } = plannedFirst.stage;
     const deps = await Promise.all(needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
@@ -159,13 +169,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const down = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     const blocked = join ? join.blocked : down && { id: down.id, message: `'${down.id}' ${down.status}` };
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
-    const upstream = blocked
-      ? undefined
-      : join?.failed.length
-        ? joinUpstream(needs, (d) => digests.get(d) ?? plannedFirst.record.upstream[d], join.failed)
-        : needs.every((d) => digests.has(d))
-          ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!]))
-          : undefined;
+    const upstream = blocked ? undefined : upstreamOf(plannedFirst, join?.failed ?? []);
     let planned = upstream ? await rekeyStage(plannedFirst, upstream, cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
     if (!blocked && join?.failed.length) {
