@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../../../src/runtime/execute.js';
 import { runPipeline } from '../../../src/runtime/run.js';
 import { stages } from '../../../src/stages/index.js';
+import { gatedSweep } from '../../fixtures/sweep-gated.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 import { useTestBackend } from './helpers.js';
 
@@ -78,26 +79,11 @@ describe('a 2x2 sweep on the demo base', () => {
 });
 
 describe('a sweep where some branches fail their own gate', () => {
-  // Each branch is evaluated on val with a gate; lr 10 stays at chance (0.5), lr 3e-4 reaches ~0.9.
   const root = path.join(path.dirname(FILE), '..');
-  const gated = () => `name: sweep-gated
-seed: 42
-stages:
-  ingest: { uses: ingest, with: { path: ${path.join(root, 'data/fashion-target')} } }
-  preprocess: { uses: preprocess, needs: [ingest], with: { size: [28, 28], channels: 1, normalize: imagenet, augment: { flip: true } } }
-  load-base: { uses: load-base, with: { model: ${path.join(root, 'models/fashion-base/model.json')}, cut: block_3_relu2 } }
-  freeze: { uses: freeze, needs: [load-base] }
-  train-head: { uses: train-head, needs: [preprocess, freeze], with: { pooling: avg, dropout: 0.2, lr: 0.01, epochs: 3, batch: 16, early_stopping: false } }
-  unfreeze: { uses: unfreeze, needs: [train-head], matrix: { blocks: [1, 2] } }
-  fine-tune: { uses: fine-tune, needs: [preprocess, unfreeze], with: { epochs: 2, batch: 16, early_stopping: false }, matrix: { lr: [3e-4, 10] } }
-  evaluate: { uses: evaluate, needs: [preprocess, fine-tune], with: { split: val, gate: { accuracy: 0.7 } } }
-  select: { uses: select, needs: [evaluate], with: { metric: accuracy } }
-  export: { uses: export, needs: [select], with: { dir: ${dir.path('export-gated')} } }
-`;
 
   it('select chooses among the branches that passed, lists the two that failed, export ships the choice; a rerun reuses select', async () => {
     const file = dir.path('gated.yaml');
-    writeFileSync(file, gated());
+    writeFileSync(file, gatedSweep(root, dir.path('export-gated')));
     const gatedRun = await runPipeline({ file, registry: stages, artifacts: dir.path('artifacts') });
     const byId = new Map(gatedRun.stages.map((s) => [s.id, s]));
     expect(gatedRun.status).toBe('failed');
