@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { RunSummary, StageSummary } from './runtime/execute.js';
+import { listSome } from './runtime/join.js';
 import { describeMatrix, formatValue } from './runtime/matrix.js';
 import type { Plan } from './runtime/plan.js';
 import type { Json } from './runtime/types.js';
@@ -58,6 +59,8 @@ export function renderPlan(plan: Plan): string {
     const coords = planned.stage.coords ? `[${formatCoords(planned.stage.coords)}]  ` : '';
     lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${coords}${planned.reasons.join('; ')}`);
   }
+  for (const planned of plan.stages.filter((p) => p.stage.definition.join))
+    lines.push(`${planned.stage.id} joins ${planned.stage.needs.length} branches: if some fail, it chooses among those that succeed (the run still fails); if all fail, it is skipped`);
   const toRun = plan.stages.filter((p) => p.action === 'run').length;
   lines.push(`${toRun} to run, ${plan.stages.length - toRun} cached`);
   return lines.join('\n') + '\n';
@@ -86,9 +89,10 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
   type Row = { coords: Record<string, Json>; cells: string[] };
   const table = (title: string, rows: Row[]) => {
     const widths = labels.map((label) => Math.max(label.length, ...rows.map((r) => formatValue(r.coords[label] ?? '-').length)));
+    const cellWidths = rows[0]?.cells.map((_, i) => Math.max(...rows.map((r) => r.cells[i]?.length ?? 0))) ?? [];
     lines.push(`${indent}  ${title}`);
     lines.push(`${indent}    ${labels.map((l, i) => l.padEnd(widths[i])).join('  ')}`.trimEnd());
-    for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.join('  ')}`.trimEnd());
+    for (const row of rows) lines.push(`${indent}    ${labels.map((l, i) => formatValue(row.coords[l] ?? '-').padEnd(widths[i])).join('  ')}  ${row.cells.map((c, i) => c.padEnd(cellWidths[i])).join('  ')}`.trimEnd());
   };
   const joins = summary.stages.filter((s) => Array.isArray(s.metrics.table));
   for (const join of joins) {
@@ -97,7 +101,10 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
       coords: row.coords ?? {},
       cells: [`${metric}=${fmt(row.value)}`, row.id, row.id === join.metrics.chosen ? '<- chosen' : row.passed === false ? '(below the gate)' : ''],
     }));
-    table(`${join.id} (${join.uses}): ${join.status === 'failed' ? `failed: ${join.error?.message ?? ''}` : `chose ${join.metrics.chosen} by ${metric} (${join.metrics.mode ?? 'max'})`}`, rows);
+    const failed = failedRowsOf(join);
+    for (const row of failed) rows.push({ coords: row.coords ?? {}, cells: [`${metric}=-`, row.id, `(${describeFailedRow(row)})`] });
+    const among = failed.length ? ` among ${rows.length - failed.length} of ${rows.length} branches` : '';
+    table(`${join.id} (${join.uses}): ${join.status === 'failed' ? `failed: ${join.error?.message ?? ''}` : `chose ${join.metrics.chosen} by ${metric} (${join.metrics.mode ?? 'max'})${among}`}`, rows);
   }
   const last = Object.keys(branches).at(-1);
   if (!joins.length && last) {
@@ -105,6 +112,41 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
     table(`${last}: ${rows.length} branches`, rows);
   }
   return lines.join('\n') + '\n';
+}
+
+/** A branch a join went without (select's `failed` metric). */
+interface FailedRowMetric {
+  id: string;
+  coords?: Record<string, Json>;
+  status: string;
+  stage: string;
+  code: string;
+  message: string;
+}
+
+function failedRowsOf(join: StageSummary): FailedRowMetric[] {
+  return Array.isArray(join.metrics.failed) ? (join.metrics.failed as unknown as FailedRowMetric[]) : [];
+}
+
+/** `failed [fake_failure]`, or `skipped: 'tune-lr-0p1' failed [fake_failure]`. */
+function describeFailedRow(row: FailedRowMetric): string {
+  if (row.status === 'failed') return `failed [${row.code}]`;
+  return row.stage === row.id ? `skipped [${row.code}]` : `skipped: '${row.stage}' failed [${row.code}]`;
+}
+
+/**
+ * One line per joining stage that went without some branches: what it chose among how many,
+ * and which failed, so a run that failed only in some branches still says what it delivered.
+ */
+export function renderJoins(summary: RunSummary): string {
+  return summary.stages
+    .filter((s) => (s.status === 'ran' || s.status === 'cached') && failedRowsOf(s).length)
+    .map((join) => {
+      const failed = failedRowsOf(join);
+      const total = Number(join.metrics.branches ?? failed.length);
+      return `${join.id} chose ${join.metrics.chosen} among the ${total - failed.length} of ${total} branches that succeeded; failed: ${listSome(failed.map((row) => `${row.id} (${describeFailedRow(row)}: ${row.message})`))}\n`;
+    })
+    .join('');
 }
 
 export function formatMetrics(metrics: Record<string, Json>, max = 6): string {
@@ -144,5 +186,5 @@ export function renderSummary(summary: RunSummary): string {
   const counts = summary.stages.reduce<Record<string, number>>((acc, s) => ({ ...acc, [s.status]: (acc[s.status] ?? 0) + 1 }), {});
   const parts = Object.entries(counts).map(([status, n]) => `${n} ${status}`);
   const warnings = (summary.warnings ?? []).map((w) => `⚠ ${w.stage}: ${w.message}\n`).join('');
-  return `${warnings}${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
+  return `${warnings}${renderJoins(summary)}${summary.status} in ${summary.seconds.toFixed(1)}s (${parts.join(', ')}; backend ${summary.backend}); run ${summary.run}\n`;
 }

@@ -76,6 +76,7 @@ export class BullmqDispatcher implements StageDispatcher {
       run: request.runId,
       backend: this.options.backend,
       force: planned.forced === true,
+      ...(request.failedBranches ? { failedBranches: request.failedBranches } : {}),
     };
     const listener: Listener = { log: request.log, progress: request.progress };
     this.listeners.set(key, [...(this.listeners.get(key) ?? []), listener]);

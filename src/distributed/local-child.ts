@@ -114,6 +114,7 @@ async function compute(job: LocalJob) {
       key: job.key,
       inputs: job.inputs,
       downstream: job.downstream,
+      failedBranches: job.failedBranches,
       pipeline,
       runId: job.runId,
       log,

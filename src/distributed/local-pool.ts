@@ -25,7 +25,7 @@ import { GateError, StageError, type ErrorCode } from '../runtime/errors.js';
 import type { OffloadRequest, StageOffloader } from '../runtime/execute.js';
 import type { ResolvedPipeline } from '../runtime/load.js';
 import type { PlannedStage } from '../runtime/plan.js';
-import type { DownstreamHint, ProgressEvent, StageInput } from '../runtime/types.js';
+import type { DownstreamHint, FailedBranch, ProgressEvent, StageInput } from '../runtime/types.js';
 
 /** The module that exports the stage registry a child loads: `import(url)[name]`. */
 export interface RegistryModule {
@@ -63,6 +63,8 @@ export interface LocalJob {
   upstream: Record<string, string>;
   inputs: StageInput[];
   downstream: DownstreamHint[];
+  /** For a joining stage: its branches that failed. */
+  failedBranches?: FailedBranch[];
   runId: string;
 }
 
@@ -141,7 +143,7 @@ export class LocalProcessPool implements StageOffloader {
 
   compute(planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta> {
     const { stage, key } = planned;
-    const job: LocalJob = { stage: stage.id, key, upstream: planned.record.upstream, inputs: request.inputs, downstream: request.downstream, runId: request.runId };
+    const job: LocalJob = { stage: stage.id, key, upstream: planned.record.upstream, inputs: request.inputs, downstream: request.downstream, failedBranches: request.failedBranches, runId: request.runId };
     const child = this.idle.shift() ?? this.spawn();
     hold(child.process, true);
     const abort = () => send(child.process, { type: 'abort' });

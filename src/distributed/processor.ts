@@ -97,6 +97,7 @@ export default async function processStage(job: SandboxedJob<StageJobData, Stage
           key: data.key,
           inputs,
           downstream: downstreamHints(pipeline, stage.id),
+          failedBranches: data.failedBranches,
           pipeline,
           runId: data.run,
           log,

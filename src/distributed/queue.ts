@@ -9,7 +9,7 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { PipelineError, UsageError } from '../runtime/errors.js';
 import type { EntryMeta } from '../runtime/store.js';
-import type { ProgressEvent } from '../runtime/types.js';
+import type { FailedBranch, ProgressEvent } from '../runtime/types.js';
 
 /** The resource kinds, and so the queues. */
 export const QUEUE_KINDS = ['tf', 'io'] as const;
@@ -43,7 +43,8 @@ export interface StageJobData {
   /** The TF.js backend the coordinator was asked for (`auto`, `wasm`, …). */
   backend: string;
   /** `--force`/`--from` chose the stage: compute it even when an entry of its key exists. */
-  force: boolean;
+  force: boolean;  /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); absent when none did. */
+  failedBranches?: FailedBranch[];
 }
 
 /** A job's result. */

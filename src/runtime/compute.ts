@@ -14,7 +14,7 @@ import { seedFor } from './seed.js';
 import type { EntryMeta } from './cache.js';
 import { lookUp } from './plan.js';
 import type { ArtifactStore } from './store.js';
-import type { BranchInput, DownstreamHint, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { BranchInput, DownstreamHint, FailedBranch, ProgressEvent, StageContext, StageInput } from './types.js';
 
 /** What computing a stage needs besides the stage itself. */
 export interface ComputeOptions {
@@ -25,6 +25,8 @@ export interface ComputeOptions {
   inputs: StageInput[];
   /** Hints of the stages downstream (`StageContext.downstream`). */
   downstream: DownstreamHint[];
+  /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); default none. */
+  failedBranches?: FailedBranch[];
   /** The pipeline's seed and folder, and its stages (a joining stage's branches are read from them). */
   pipeline: { seed: number; baseDir: string; stages?: readonly ResolvedStage[] };
   /** Names the run in lock purposes. */
@@ -68,7 +70,7 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
       return found;
     },
     downstream: options.downstream,
-    ...(stage.definition.join ? { branches: branchesOf(stage, inputs, options.pipeline.stages ?? []) } : {}),
+    ...(stage.definition.join ? { branches: branchesOf(stage, inputs, options.pipeline.stages ?? []), failedBranches: options.failedBranches ?? [] } : {}),
     async memo(name, parts, compute, memoOptions) {
       const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
       memoKeys.push(memoKey);
@@ -132,13 +134,14 @@ export class ComputeFailure extends Error {
 }
 
 /**
- * What a joining stage reads of each stage in its needs: its artifact, its matrix coordinates
- * and its own upstream artifacts (all among the joining stage's inputs: they are its ancestors).
+ * What a joining stage reads of each stage in its needs that succeeded (a failed one has no
+ * artifact among the inputs): its artifact, its matrix coordinates and its own upstream
+ * artifacts (all among the joining stage's inputs: they are its ancestors).
  */
 function branchesOf(stage: ResolvedStage, inputs: StageInput[], stages: readonly ResolvedStage[]): BranchInput[] {
   const byId = new Map(stages.map((s) => [s.id, s]));
   const output = new Map(inputs.map((input) => [input.id, input]));
-  return stage.needs.map((id) => {
+  return stage.needs.filter((id) => output.has(id)).map((id) => {
     const need = byId.get(id);
     return {
       input: output.get(id)!,

@@ -1,8 +1,9 @@
 /**
  * `Plan` -> execution -> `RunSummary`. Independent stages run concurrently on a p-queue (`io`
  * stages up to `jobs`, `tf` stages one at a time); a failed stage marks its dependents
- * `skipped` while the others finish; an abort (SIGINT/SIGTERM) lets running stages stop at
- * their next check and keeps every finished one.
+ * `skipped` while the others finish, except a joining stage, which runs on the branches that
+ * succeeded when at least one did (`join.ts`; the run still fails); an abort (SIGINT/SIGTERM)
+ * lets running stages stop at their next check and keeps every finished one.
  */
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
@@ -11,9 +12,10 @@ import { ComputeFailure, computeStage, type ComputeOptions } from './compute.js'
 import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
+import { describeFailedBranches, joinUpstream, settleJoin } from './join.js';
 import { describeMatrix } from './matrix.js';
 import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { Json, Metrics, ProgressEvent, StageInput } from './types.js';
+import type { FailedBranch, Json, Metrics, ProgressEvent, StageInput } from './types.js';
 
 export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
 
@@ -113,7 +115,7 @@ export interface StageOffloader {
 }
 
 /** What an offloaded stage is given besides the stage: what `computeStage` gets here. */
-export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
+export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'failedBranches' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
 
 /**
  * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,
@@ -137,6 +139,8 @@ export interface DispatchRequest {
   log: Logger;
   signal: AbortSignal;
   progress(event: ProgressEvent): void;
+  /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); absent when none did. */
+  failedBranches?: FailedBranch[];
 }
 
 /** Runs the plan and returns its summary; never throws for a stage failure. */
@@ -153,6 +157,11 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const outputs = new Map<string, StageInput>();
   /** Output digest of each stage that ran or was reused: its dependents are keyed by it. */
   const digests = new Map<string, string>();
+  /** Each finished stage's summary (a join reads why its failed branches failed). */
+  const settled = new Map<string, StageSummary>();
+  const stageById = new Map(plan.pipeline.stages.map((s) => [s.id, s]));
+  /** The branches each joining stage goes without. */
+  const failedOf = new Map<string, FailedBranch[]>();
 
   /**
    * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
@@ -171,19 +180,38 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
   };
 
+  /**
+   * The output digests a stage is keyed by, once every need it reads has one (a join's failed
+   * branches stand in as `failed:<id>:<code>`); undefined while one is not known.
+   */
+  const upstreamOf = (planned: PlannedStage, failed: FailedBranch[]): Record<string, string> | undefined => {
+    const { needs } = planned.stage;
+    if (failed.length) return joinUpstream(needs, (d) => digests.get(d) ?? planned.record.upstream[d], failed);
+    return needs.every((d) => digests.has(d)) ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!])) : undefined;
+  };
+
   const runOne = async (plannedFirst: PlannedStage): Promise<StageSummary> => {
-    const deps = await Promise.all(plannedFirst.stage.needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    const { needs } = plannedFirst.stage;
+    const deps = await Promise.all(needs.filter((d) => results.has(d)).map((d) => results.get(d)!));
+    // A join goes without the branches that failed, when others succeeded; any other stage is skipped.
+    const join = plannedFirst.stage.definition.join ? settleJoin(plannedFirst.stage, deps, (id) => stageById.get(id), (id) => settled.get(id), signal.aborted) : undefined;
+    const down = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
+    const blocked = join ? join.blocked : down && { id: down.id, message: `'${down.id}' ${down.status}` };
     // Now that the upstream outputs are known, the final key (a forced upstream that produced the same bytes keeps this stage cached).
-    const known = plannedFirst.stage.needs.every((d) => digests.has(d));
-    const planned = known ? await rekeyStage(plannedFirst, Object.fromEntries(plannedFirst.stage.needs.map((d) => [d, digests.get(d)!])), cache) : plannedFirst;
+    const upstream = blocked ? undefined : upstreamOf(plannedFirst, join?.failed ?? []);
+    let planned = upstream ? await rekeyStage(plannedFirst, upstream, cache) : plannedFirst;
     if (planned.key !== plannedFirst.key) await options.onKey?.(planned.key);
+    if (!blocked && join?.failed.length) {
+      failedOf.set(planned.stage.id, join.failed);
+      planned = { ...planned, reasons: [...planned.reasons, describeFailedBranches(join.failed, needs.length)] };
+    }
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
-    const blocked = deps.find((d) => d.status === 'failed' || d.status === 'skipped');
     if (blocked) {
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
-      return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: `'${blocked.id}' ${blocked.status}` } };
+      return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: blocked.message } };
     }
+    if (join?.failed.length) log.warn({ stage: stage.id, failed: join.failed.map((f) => f.id), branches: needs.length }, 'joining the branches that succeeded');
     if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     if (options.dispatcher) return dispatchOne(planned, base, options.dispatcher);
@@ -248,6 +276,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const request: OffloadRequest = {
         inputs: inputsOf(planned),
         downstream: planned.downstream,
+        failedBranches: failedOf.get(stage.id),
         runId: options.runId,
         log: stageLog,
         signal,
@@ -308,7 +337,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
     try {
       const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));
-      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event) });
+      const failedBranches = failedOf.get(stage.id);
+      const entry = await dispatcher.compute(planned, { pipeline: plan.pipeline, runId: options.runId, upstream, log: stageLog, signal, progress: (event) => options.observer?.progress?.(stage.id, event), ...(failedBranches ? { failedBranches } : {}) });
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
       const summary = await finished(planned, base, entry, seconds);
@@ -348,6 +378,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   options.offload?.warm?.(parallelBranches(plan) - 1);
   for (const planned of plan.stages) {
     const promise = runOne(planned).then((summary) => {
+      settled.set(summary.id, summary);
       options.observer?.stageFinished?.(summary);
       return summary;
     });

@@ -13,6 +13,7 @@ import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
 import type { RunHistory, StageRecord } from './history.js';
+import { FAILED_BRANCH } from './join.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -234,8 +235,10 @@ export function explainChange(previous: StageRecord | undefined, next: StageReco
   if (previous.seed !== undefined && previous.seed !== next.seed) reasons.push('seed changed (pipeline seed or stage id)');
   for (const change of diffJson(previous.params, next.params, '')) reasons.push(`param ${change}`);
   for (const [id, key] of Object.entries(next.upstream)) {
-    if (key.startsWith(PENDING)) reasons.push(`upstream '${id}' runs first (its output decides)`);
-    else if (previous.upstream[id] !== key) reasons.push(previous.upstream[id] ? `upstream '${id}' changed` : `new upstream '${id}'`);
+    const before = previous.upstream[id];
+    if (before?.startsWith(FAILED_BRANCH)) reasons.push(`branch '${id}' failed last time${key.startsWith(PENDING) ? ' and runs first (its output decides)' : ''}`);
+    else if (key.startsWith(PENDING)) reasons.push(`upstream '${id}' runs first (its output decides)`);
+    else if (before !== key) reasons.push(before ? `upstream '${id}' changed` : `new upstream '${id}'`);
   }
   for (const id of Object.keys(previous.upstream)) if (!(id in next.upstream)) reasons.push(`no longer needs '${id}'`);
   for (const [input, hash] of Object.entries(next.external)) {

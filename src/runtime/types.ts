@@ -109,10 +109,20 @@ export interface StageContext<P = Record<string, unknown>> {
   downstream: DownstreamHint[];
   /**
    * For a stage that joins branches (`StageDefinition.join`): one entry per stage in its
-   * `needs`, in order, with the branch's matrix coordinates and its own upstream artifacts (so
-   * the stage can find, say, the model behind a branch's evaluation). Absent for other stages.
+   * `needs` that succeeded (ran or came from the cache), in order, with the branch's matrix
+   * coordinates and its own upstream artifacts (so the stage can find, say, the model behind a
+   * branch's evaluation). Never empty: a join runs when at least one branch succeeded. Absent
+   * for other stages.
    */
   branches?: BranchInput[];
+  /**
+   * For a joining stage: the branches in its `needs` that failed or were skipped (a failed
+   * branch is not an input, so it is not in `branches`), in `needs` order; `[]` when every
+   * branch succeeded. Only branches of a sweep may fail this way: a need that is not a branch
+   * (a stage of the file listed as is) must succeed, or the join is skipped. Absent for other
+   * stages.
+   */
+  failedBranches?: FailedBranch[];
   /** Child logger bound to run, stage and kind. */
   log: Logger;
   /** Reports a one-off fact worth a line (an epoch finished, a resume); see `track` for bars. */
@@ -147,6 +157,20 @@ export interface BranchInput {
   coords: Record<string, Json>;
   /** The branch stage's upstream artifacts, nearest first (its `needs`, then their ancestors). */
   upstream: StageInput[];
+}
+
+/** A branch a joining stage does not read because it failed (`StageContext.failedBranches`). */
+export interface FailedBranch {
+  /** The branch stage's id. */
+  id: string;
+  /** The stage id in the pipeline file the branch was expanded from. */
+  template: string;
+  /** Its matrix coordinates, axis label -> value. */
+  coords: Record<string, Json>;
+  /** `failed`: the branch stage itself failed; `skipped`: a stage upstream of it in the branch failed. */
+  status: 'failed' | 'skipped';
+  /** The failure that took the branch out: the stage that failed (the branch itself, or the one upstream of it), its error code and message. */
+  error: { stage: string; code: string; message: string };
 }
 
 /** One downstream stage's hints (`StageDefinition.hints`). */
@@ -233,7 +257,11 @@ export interface StageDefinition<P = any> {
   /**
    * The stage joins the branches of a sweep: it reads every branch of the stages in its
    * `needs` (`ctx.branches`) and is not itself expanded per branch, so the stages after it
-   * run once. Validation requires two or more branches to read.
+   * run once. Validation requires two or more branches to read. It runs when at least one
+   * branch succeeded: the others are in `ctx.failedBranches`, and its key covers which
+   * branches it read and which failed (a rerun where a failed branch succeeds runs it again;
+   * one with the same survivors reuses it). It is skipped when every branch, or a need that is
+   * not a branch, failed.
    */
   join?: boolean;
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */

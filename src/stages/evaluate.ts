@@ -174,7 +174,8 @@ async function predictSplit(ctx: StageContext<EvaluateParams>, model: LayersMode
   const classCount = dataset.classes.length;
   const source = sources.splits[split];
   const out = new Float32Array(source.count * classCount);
-  const scoring = ctx.track(`evaluate ${split}`, Math.ceil(source.count / batchSize));
+  // The view prints the stage id before the label: the label says only what is counted.
+  const scoring = ctx.track(`score ${split}`, Math.ceil(source.count / batchSize));
   let index = 0;
   try {
     for await (const batch of source.batches(0, { shuffle: false })) {

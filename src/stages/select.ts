@@ -1,8 +1,9 @@
 /**
  * `select`: joins the branches of a sweep. It reads the metric of every branch in its `needs`
- * (`ctx.branches`, one per branch of a swept stage), keeps those that pass the gate, picks the
- * best, and passes that branch's model on, so the stages after it (export) run once. The table
- * of all branches and the choice are its metrics and `selection.json`.
+ * that succeeded (`ctx.branches`, one per branch of a swept stage), keeps those that pass the
+ * gate, picks the best, and passes that branch's model on, so the stages after it (export) run
+ * once. The branches that failed (`ctx.failedBranches`) are listed, not chosen from. The table
+ * of the branches, the failed ones and the choice are its metrics and `selection.json`.
  */
 import { cp, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -35,6 +36,21 @@ export interface SelectionRow {
   model: string;
 }
 
+/** A branch select did not choose from because it failed (or a stage upstream of it in the branch did). */
+export interface FailedRow {
+  /** The branch stage's id. */
+  id: string;
+  /** Its matrix coordinates. */
+  coords: Record<string, Json>;
+  /** `failed`, or `skipped` when a stage upstream of it in the branch failed. */
+  status: 'failed' | 'skipped';
+  /** The stage that failed: the branch itself, or the one upstream of it. */
+  stage: string;
+  /** That stage's error code and message. */
+  code: string;
+  message: string;
+}
+
 /** The file in the artifact that holds the table and the choice. */
 export const SELECTION_FILE = 'selection.json';
 
@@ -53,10 +69,15 @@ export const select: StageDefinition<SelectParams> = {
     const rows = branches.map((branch) => rowOf(branch, params));
     const passed = rows.filter((row) => row.passed);
     const table = rows.map((row) => ({ ...row }) as unknown as Json);
+    const failed: FailedRow[] = (ctx.failedBranches ?? []).map((f) => ({ id: f.id, coords: f.coords, status: f.status, stage: f.error.stage, code: f.error.code, message: f.error.message }));
+    // Only when some failed, so a sweep whose branches all succeed keeps its outputs (and the keys after it).
+    const failures: Record<string, Json> = failed.length ? { failed: failed.map((row) => ({ ...row }) as unknown as Json) } : {};
+    const total = rows.length + failed.length;
     if (!passed.length) {
       const gate = Object.entries(params.gate).map(([name, min]) => `${name} >= ${min}`).join(', ');
-      throw new GateError('select_none_passed', `no branch of ${rows.length} reached the gate (${gate}); best ${params.metric}: ${best(rows, mode).id} ${best(rows, mode).value}`, {
-        metrics: { branches: rows.length, passed: 0, metric: params.metric, table },
+      const others = failed.length ? ` (${failed.length} more failed)` : '';
+      throw new GateError('select_none_passed', `no branch of ${rows.length}${others} reached the gate (${gate}); best ${params.metric}: ${best(rows, mode).id} ${best(rows, mode).value}`, {
+        metrics: { branches: total, passed: 0, metric: params.metric, table, ...failures },
       });
     }
     const chosen = best(passed, mode);
@@ -66,10 +87,10 @@ export const select: StageDefinition<SelectParams> = {
     // pass it shares) travels with it.
     for (const name of await readdir(model.dir)) if (name !== ENTRY_FILE) await cp(path.join(model.dir, name), path.join(ctx.outDir, name), { recursive: true });
     const choice = { chosen: chosen.id, model: model.id, coords: chosen.coords, metric: params.metric, mode, value: chosen.value };
-    await writeFile(path.join(ctx.outDir, SELECTION_FILE), JSON.stringify({ ...choice, gate: params.gate, table: rows }, null, 1) + '\n');
-    ctx.log.info({ ...choice, branches: rows.length, passed: passed.length }, 'branch selected');
+    await writeFile(path.join(ctx.outDir, SELECTION_FILE), JSON.stringify({ ...choice, gate: params.gate, table: rows, ...(failed.length ? { failed } : {}) }, null, 1) + '\n');
+    ctx.log.info({ ...choice, branches: total, passed: passed.length, failed: failed.map((row) => row.id) }, 'branch selected');
     return {
-      metrics: { chosen: chosen.id, [params.metric]: chosen.value, branches: rows.length, passed: passed.length, model: model.id, choice: chosen.coords, metric: params.metric, mode, table, report: SELECTION_FILE },
+      metrics: { chosen: chosen.id, [params.metric]: chosen.value, branches: total, passed: passed.length, model: model.id, choice: chosen.coords, metric: params.metric, mode, table, ...failures, report: SELECTION_FILE },
     };
   },
 };

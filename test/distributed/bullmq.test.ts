@@ -4,7 +4,9 @@
  * --executor bullmq`) on one machine with one --artifacts store run the demo pipeline; one worker
  * is SIGKILLed mid-stage and the other finishes the run, with the result of a local run.
  * Also: a worker refuses a job whose key it computes differently (version skew, no retry), and
- * two coordinators that need one stage share one job. Skipped when redis-server is missing.
+ * two coordinators that need one stage share one job; a sweep whose lr-10 branches fail their
+ * gate: the worker's select is told which failed and chooses among the others. Skipped when
+ * redis-server is missing.
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gatedSweep } from '../fixtures/sweep-gated.js';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
 import { redisMissing, startRedis, type RedisServer } from '../services/redis.js';
 import { cli, root, runLog, startWorker, stopWorker, until, type Cli } from './helpers.js';
@@ -182,6 +185,30 @@ describe.skipIf(skip)('pipeline run --executor bullmq with pipeline workers', ()
       expect(ingest.error!.message).toMatch(/after 3 attempt\(s\)\)$/);
       expect(worker.stderr.match(/ ingest \w+ started \(attempt \d\)/g)).toEqual([' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 1)', ' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 2)', ' ingest ' + ingest.key.slice(0, 12) + ' started (attempt 3)']);
       expect(seconds).toBeGreaterThan(3); // waited 1 s, then 2 s between the tries
+    } finally {
+      await stopWorker(worker);
+    }
+  });
+
+  it('a sweep where two branches fail their gate: the worker runs select on the other two and lists the failed ones', { timeout: 180_000 }, async () => {
+    const file = dir.write('gated/pipeline.yaml', gatedSweep(root, dir.path('gated/export')));
+    const store = dir.path('gated/artifacts');
+    const worker = await startWorker(redis.url, store);
+    try {
+      const coordinator = cli(['run', file, '--executor', 'bullmq', '--redis', redis.url, '--artifacts', store, '--json']);
+      expect(await coordinator.exited, coordinator.stderr.slice(-3000)).toBe(1);
+      const summary = summaryOf(coordinator);
+      const byId = new Map(summary.stages.map((s) => [s.id, s]));
+      expect(summary.status).toBe('failed');
+      expect(['evaluate-blocks-1-lr-10', 'evaluate-blocks-2-lr-10'].map((id) => [byId.get(id)!.status, byId.get(id)!.error?.code])).toEqual([['failed', 'gate_failed'], ['failed', 'gate_failed']]);
+      const select = byId.get('select')!;
+      expect(select.status).toBe('ran');
+      expect(select.metrics).toMatchObject({ branches: 4, passed: 2 });
+      expect(String(select.metrics.chosen)).toMatch(/^evaluate-blocks-[12]-lr-3e-4$/);
+      // computed on the worker, from the job's failedBranches
+      expect((select.metrics.failed as { id: string; code: string }[]).map((f) => [f.id, f.code])).toEqual([['evaluate-blocks-1-lr-10', 'gate_failed'], ['evaluate-blocks-2-lr-10', 'gate_failed']]);
+      expect(worker.stderr).toMatch(/ select \w+ started/);
+      expect(byId.get('export')!.status).toBe('ran');
     } finally {
       await stopWorker(worker);
     }

@@ -86,8 +86,8 @@ console.log(JSON.stringify({ actions: plan.stages.map((s) => s.action), status: 
     expect(out.status).toBe('succeeded');
     const ofEvaluate = out.events.filter(([, stage]: string[]) => stage === 'evaluate');
     expect(ofEvaluate[0]).toEqual(['stage-start', 'evaluate', null, null]);
-    expect(ofEvaluate.slice(1, 3)).toEqual([['progress', 'evaluate', 'evaluate val', 'start'], ['progress', 'evaluate', 'evaluate val', 'tick']]);
-    expect(ofEvaluate.at(-2)).toEqual(['progress', 'evaluate', 'evaluate val', 'end']);
+    expect(ofEvaluate.slice(1, 3)).toEqual([['progress', 'evaluate', 'score val', 'start'], ['progress', 'evaluate', 'score val', 'tick']]);
+    expect(ofEvaluate.at(-2)).toEqual(['progress', 'evaluate', 'score val', 'end']);
     expect(ofEvaluate.at(-1)).toEqual(['stage-end', 'evaluate', null, null]);
     expect(out.events.filter(([type]: string[]) => type === 'stage-end')).toHaveLength(10);
     expect(out.error).toEqual({ validation: true, pipeline: true, code: 'unknown_stage_kind', line: 4 });

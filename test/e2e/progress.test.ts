@@ -39,6 +39,6 @@ describe('progress without a TTY', () => {
     // Each epoch's batches (with the running loss), then the epoch's own line.
     expect(stderr).toMatch(/^ {2}fine-tune epoch 3\/15 1\/4 \(25%\) [\d.]+\/s ETA [\d.]+s loss=\d\.\d{4}$/m);
     expect(stderr).toMatch(/^ {2}fine-tune epoch 3\/15 loss=\d\.\d{4} acc=/m);
-    expect(stderr).toMatch(/^ {2}evaluate evaluate val \d+\/\d+ \(100%\) [\d.]+\/s in /m);
+    expect(stderr).toMatch(/^ {2}evaluate score val \d+\/\d+ \(100%\) [\d.]+\/s in /m);
   });
 });

@@ -65,7 +65,9 @@ describe('evaluate', () => {
         [2, 0, 0],
       ],
     });
-    expect(ctx.progressEvents.at(-1)).toEqual({ unit: 'evaluate val', done: 1, total: 1, phase: 'end' });
+    expect(ctx.progressEvents.at(-1)).toEqual({ unit: 'score val', done: 1, total: 1, phase: 'end' });
+    // progress lines print the stage id (or kind) before the label: the label must not repeat it
+    expect(ctx.progressEvents.filter((e) => /^evaluate\b/.test(e.unit))).toEqual([]);
 
     const report = JSON.parse(await readFile(join(ctx.outDir, 'evaluation.json'), 'utf8'));
     expect(report.accuracy).toBeCloseTo(1 / 3, 6);

@@ -2,16 +2,19 @@
  * A real sweep on the demo's pretrained base (pipelines/sweep-finetune.yaml: unfreeze depth
  * [1, 2] x fine-tune lr [3e-4, 1e-4], shortened epochs): the frozen base passes each image-view
  * once for all four branches, at the lowest cut any branch needs; the shallower branches derive
- * their cut from that pass; select passes the most accurate branch's model on to export.
+ * their cut from that pass; select passes the most accurate branch's model on to export. And a
+ * sweep where two branches fail their own evaluate gate (lr 10 learns nothing): select chooses
+ * among the other two, lists the failed ones, export ships the choice, and the run fails.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunSummary } from '../../../src/runtime/execute.js';
 import { runPipeline } from '../../../src/runtime/run.js';
 import { stages } from '../../../src/stages/index.js';
+import { gatedSweep } from '../../fixtures/sweep-gated.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 import { useTestBackend } from './helpers.js';
 
@@ -73,4 +76,37 @@ describe('a 2x2 sweep on the demo base', () => {
     expect(sha(path.join(dir.path('export'), 'weights.bin'))).toBe(sha(path.join(entry(select.model as string), 'weights.bin')));
     expect(summary.matrix!.branches['fine-tune']).toHaveLength(4);
   });
+});
+
+describe('a sweep where some branches fail their own gate', () => {
+  const root = path.join(path.dirname(FILE), '..');
+
+  it('select chooses among the branches that passed, lists the two that failed, export ships the choice; a rerun reuses select', async () => {
+    const file = dir.path('gated.yaml');
+    writeFileSync(file, gatedSweep(root, dir.path('export-gated')));
+    const gatedRun = await runPipeline({ file, registry: stages, artifacts: dir.path('artifacts') });
+    const byId = new Map(gatedRun.stages.map((s) => [s.id, s]));
+    expect(gatedRun.status).toBe('failed');
+    for (const blocks of [1, 2]) {
+      expect(byId.get(`evaluate-blocks-${blocks}-lr-10`)!).toMatchObject({ status: 'failed', error: { code: 'gate_failed' } });
+      expect(byId.get(`evaluate-blocks-${blocks}-lr-3e-4`)!.status).toBe('ran');
+    }
+    const select = byId.get('select')!;
+    expect(select.status).toBe('ran');
+    const passing = ['evaluate-blocks-1-lr-3e-4', 'evaluate-blocks-2-lr-3e-4'].map((id) => byId.get(id)!);
+    const best = passing.reduce((a, b) => ((b.metrics.accuracy as number) > (a.metrics.accuracy as number) ? b : a));
+    expect(select.metrics).toMatchObject({ chosen: best.id, model: best.id.replace('evaluate', 'fine-tune'), branches: 4, passed: 2 });
+    expect((select.metrics.failed as { id: string; status: string; code: string }[]).map((f) => [f.id, f.status, f.code])).toEqual([
+      ['evaluate-blocks-1-lr-10', 'failed', 'gate_failed'],
+      ['evaluate-blocks-2-lr-10', 'failed', 'gate_failed'],
+    ]);
+    expect(byId.get('export')!.status).toBe('ran');
+    const entry = (key: string) => path.join(dir.path('artifacts'), 'cache', key);
+    expect(sha(path.join(dir.path('export-gated'), 'weights.bin'))).toBe(sha(path.join(entry(byId.get(select.metrics.model as string)!.key), 'weights.bin')));
+
+    // the same failures again: select and export come from the cache
+    const again = await runPipeline({ file, registry: stages, artifacts: dir.path('artifacts') });
+    expect(again.stages.find((s) => s.id === 'select')!).toMatchObject({ status: 'cached', key: select.key });
+    expect(again.stages.find((s) => s.id === 'export')!.status).toBe('cached');
+  }, 240_000);
 });
