@@ -197,13 +197,22 @@ export class LocalProcessPool implements StageOffloader {
     });
   }
 
-  /** The run is over: idle children exit; running ones are told to stop. */
-  close(): void {
+  /**
+   * The run is over: idle children exit, running ones are told to stop; resolves once all have
+   * exited (after `graceMs`, the ones left are killed), so none outlives the run.
+   */
+  async close(graceMs = 10_000): Promise<void> {
+    const exits = [...this.children].map((child) => new Promise<void>((resolve) => (child.process.exitCode !== null || child.process.signalCode !== null ? resolve() : child.process.once('exit', () => resolve()))));
     for (const child of this.children) {
       if (child.job) send(child.process, { type: 'abort' });
-      else child.process.disconnect();
+      else if (child.process.connected) child.process.disconnect();
     }
     this.idle.length = 0;
+    const timer = setTimeout(() => {
+      for (const child of this.children) child.process.kill('SIGKILL');
+    }, graceMs);
+    await Promise.all(exits);
+    clearTimeout(timer);
   }
 
   private spawn(): Child {

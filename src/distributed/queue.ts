@@ -21,7 +21,7 @@ export function queueName(kind: QueueKind): string {
 }
 
 /** The format tag of `StageJobData`: a worker refuses a job of another format. */
-export const JOB_FORMAT = 'finetune-pipeline/stage-job@1';
+export const JOB_FORMAT = 'finetune-pipeline/stage-job@2';
 
 /** A job: compute one stage of one pipeline file. */
 export interface StageJobData {

@@ -110,8 +110,8 @@ export interface StageOffloader {
   compute(planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta>;
   /** Told at the start how many stages it will likely get at once (a sweep's branches beyond one). */
   warm?(count: number): void;
-  /** The run is over. */
-  close?(): void;
+  /** The run is over: resolves once its processes have exited. */
+  close?(): Promise<void>;
 }
 
 /** What an offloaded stage is given besides the stage: what `computeStage` gets here. */
@@ -385,7 +385,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     results.set(planned.stage.id, promise);
   }
   const stages = await Promise.all(plan.stages.map((p) => results.get(p.stage.id)!));
-  options.offload?.close?.();
+  await options.offload?.close?.();
   const failed = stages.some((s) => s.status === 'failed' || s.status === 'skipped');
   const summary: RunSummary = {
     pipeline: plan.pipeline.name,

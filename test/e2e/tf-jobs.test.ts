@@ -57,6 +57,8 @@ describe('--tf-jobs', () => {
     expect(new Set(work.map((s) => s.metrics.pid)).size).toBe(2);
     const overlap = work.some((a) => work.some((b) => a !== b && a.metrics.started_ms < b.metrics.ended_ms && b.metrics.started_ms < a.metrics.ended_ms));
     expect(overlap).toBe(true);
+    // no child outlives the run (the run waits for them: their CPU time is the run's)
+    for (const pid of work.map((s) => s.metrics.pid)) expect(procState(pid) ?? 'gone').toMatch(/gone|Z/);
     // the children's lines are in the run's log, with their pid, and their progress reached it
     const runs = readFileSync(path.join(dir.root, 'store', 'runs', readdirOne(path.join(dir.root, 'store', 'runs')), 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     const childPid = work.map((s) => s.metrics.pid).find((pid) => runs.some((l) => l.msg === 'fake-tf working' && l.pid === pid));
@@ -142,7 +144,7 @@ describe('--tf-jobs', () => {
     expect(error.code).toBe('pipeline_changed');
     expect(error.message).toMatch(/p\.yaml changed while the run was going: stage 'work-factor-2' now has the key [0-9a-f]{12}…, not ffffffffffff…; run again/);
     expect(existsSync(dir.path('store', 'cache', 'f'.repeat(64)))).toBe(false);
-    pool.close();
+    await pool.close();
   }, 60_000);
 });
 
