@@ -60,8 +60,11 @@ export interface OrderAgreement {
   order: string[];
   /** Same order as the fine-tuned means. */
   strict: boolean;
-  /** Every pair that is not tied is ordered as fine-tuning orders it. */
+  /** Every pair that is not tied is ordered as fine-tuning orders it (vacuous when all are tied). */
   upToTies: boolean;
+  /** Pairs the fine-tunes separate, and how many of them the score orders the same way. */
+  separated: number;
+  agreeing: number;
   /** Kendall's τ-b against the fine-tuned means. */
   tau: number;
   /** τ-b with the statistically tied pairs counted as ties of the fine-tuned side. */
@@ -170,14 +173,17 @@ export function summarizeTargets(results: readonly SeedResult[]): TargetSummary[
     const tuned = bases.map((b) => b.tunedAcc);
     const isTied = (i: number, j: number) => tied.has(`${Math.min(i, j)},${Math.max(i, j)}`);
     const agreement = (scores: number[]): OrderAgreement => {
-      let upToTies = true;
+      let separated = 0;
+      let agreeing = 0;
       for (let i = 0; i < names.length; i++) {
         for (let j = i + 1; j < names.length; j++) {
-          if (!isTied(i, j) && Math.sign(scores[i] - scores[j]) !== Math.sign(tuned[i] - tuned[j])) upToTies = false;
+          if (isTied(i, j)) continue;
+          separated++;
+          if (Math.sign(scores[i] - scores[j]) === Math.sign(tuned[i] - tuned[j])) agreeing++;
         }
       }
       const order = orderBy(names, scores);
-      return { order, strict: order.join() === orderBy(names, tuned).join(), upToTies, tau: kendallTauB(scores, tuned), tauTies: kendallTauB(scores, tuned, isTied) };
+      return { order, strict: order.join() === orderBy(names, tuned).join(), upToTies: agreeing === separated, separated, agreeing, tau: kendallTauB(scores, tuned), tauTies: kendallTauB(scores, tuned, isTied) };
     };
     return { target, bases, pairs, tunedOrder: orderBy(names, tuned), logme: agreement(bases.map((b) => b.logme)), probe: agreement(bases.map((b) => b.probe)) };
   });

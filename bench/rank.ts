@@ -55,7 +55,7 @@ export interface RankBenchRow extends SeedResult {
 }
 
 export async function benchRank(argv: string[] = []): Promise<RankBenchRow[]> {
-  const { values } = parseArgs({ args: argv, options: { markdown: { type: 'string' }, seeds: { type: 'string', default: '3' }, save: { type: 'string' }, load: { type: 'string' } } });
+  const { values } = parseArgs({ args: argv, options: { markdown: { type: 'string' }, seeds: { type: 'string', default: '5' }, save: { type: 'string' }, load: { type: 'string' } } });
   if (values.load) {
     // Only the table, from the rows a --save run wrote.
     const saved = JSON.parse(readFileSync(values.load, 'utf8')) as { rows: RankBenchRow[] };
@@ -178,15 +178,19 @@ export function formatTable(rows: RankBenchRow[], backend: string): string {
       lines.push(`| ${i === 0 ? summary.target : ''} | ${b.base} | ${logme} | ${fmt(b.probe)} | ${params.toLocaleString('en-US')} | ${fmt(b.headAcc)} | **${fmt(b.tunedAcc)}** ± ${fmt(b.tunedStd)} | ${b.tunedBySeed.map(fmt).join(' / ')} | ${summary.logme.order.indexOf(b.base) + 1} | ${summary.probe.order.indexOf(b.base) + 1} | ${summary.tunedOrder.indexOf(b.base) + 1} |`);
     }
     const pairs = summary.pairs.map((p) => `${p.a} − ${p.b} ${p.diff >= 0 ? '+' : ''}${fmt(p.diff)} ± ${fmt(p.se)} (z ${p.z.toFixed(1)}, ${p.tied ? 'tied' : 'differ'})`);
-    const verdict = (label: string, a: typeof summary.logme) => `${label} ${a.order.join(' > ')}: ${a.strict ? 'matches' : a.upToTies ? 'matches up to ties' : 'does not match'} (τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties)`;
+    const verdict = (label: string, a: typeof summary.logme) => {
+      const match = !a.separated ? `${a.strict ? 'matches the means' : 'differs from the means'}, but every pair is tied: nothing to predict` : a.strict ? 'matches' : a.upToTies ? 'matches up to ties' : 'does not match';
+      return `${label} ${a.order.join(' > ')}: ${match} (orders ${a.agreeing} of the ${a.separated} separated pairs right; τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties)`;
+    };
     const rankSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.rankSeconds, 0)));
     const tuneSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.tuneSeconds, 0)));
     notes.push(`${summary.target}: fine-tuned ${formatTunedOrder(summary)}; ${verdict('LogME', summary.logme)}; ${verdict('probe', summary.probe)}. Pairs: ${pairs.join('; ')}. Ranking ${rankSeconds.toFixed(1)} s, the fine-tunes ${tuneSeconds.toFixed(1)} s per seed`);
   }
-  const strict = (key: 'logme' | 'probe') => summarizeTargets(rows).filter((s) => s[key].strict).length;
-  const ties = (key: 'logme' | 'probe') => summarizeTargets(rows).filter((s) => s[key].upToTies).length;
-  const count = new Set(rows.map((r) => r.target)).size;
-  return `${lines.join('\n')}\n\n${notes.map((v) => `- ${v}`).join('\n')}\n\nLogME matches the fine-tuned order on ${strict('logme')} of ${count} targets strictly, ${ties('logme')} up to ties; the probe on ${strict('probe')} and ${ties('probe')}. Seeds ${seeds.join(', ')}; a pair is tied when |Δ| < ${Z_CRITICAL} SE (images and seeds, bench/rank-stats.ts). (backend ${backend})\n`;
+  const summaries = summarizeTargets(rows);
+  const strict = (key: 'logme' | 'probe') => summaries.filter((s) => s[key].strict).length;
+  const ties = (key: 'logme' | 'probe') => summaries.filter((s) => s[key].upToTies && s[key].separated > 0).length;
+  const vacuous = summaries.filter((s) => s.logme.separated === 0).length;
+  return `${lines.join('\n')}\n\n${notes.map((v) => `- ${v}`).join('\n')}\n\nLogME matches the fine-tuned order on ${strict('logme')} of ${summaries.length} targets strictly, ${ties('logme')} up to ties${vacuous ? ` (not counting ${vacuous} target(s) where every pair is tied)` : ''}; the probe on ${strict('probe')} and ${ties('probe')}. Seeds ${seeds.join(', ')}; a pair is tied when |Δ| < ${Z_CRITICAL} SE (images and seeds, bench/rank-stats.ts). (backend ${backend})\n`;
 }
 
 function fmt(value: number): string {

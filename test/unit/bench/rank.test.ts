@@ -71,11 +71,21 @@ describe('summarizeTargets', () => {
     expect(summarizeTargets(swapped)[0].logme.upToTies).toBe(false);
   });
 
+  it('calls a match vacuous when every pair is tied', () => {
+    const close = [1, 2].flatMap((seed) => [result('x', seed, -0.2, 30 + seed), result('y', seed, -0.1, 31 + seed)]);
+    const [tiedOnly] = summarizeTargets(close);
+    expect(tiedOnly.logme.separated).toBe(0);
+    expect(tiedOnly.logme.upToTies).toBe(true);
+    const table = formatTable(close.map((r) => ({ ...r, featureSeconds: 0.1, params: 1, tuneSeconds: 1, rankSeconds: 1 })), 'cpu');
+    expect(table).toContain('differs from the means, but every pair is tied: nothing to predict');
+    expect(table).toContain('0 up to ties (not counting 1 target(s) where every pair is tied)');
+  });
+
   it('renders the table with the counts of matching targets', () => {
     const benchRows: RankBenchRow[] = rows.map((r) => ({ ...r, featureSeconds: 0.1, params: 1000, tuneSeconds: 2, rankSeconds: 0.5 }));
     const table = formatTable(benchRows, 'cpu');
     expect(table).toContain('| T | good | -0.100 | 0.800 | 1,000 | 0.500 | **0.960** ± 0.003 | 0.963 / 0.960 / 0.957 | 1 | 1 | 1 |');
-    expect(table).toContain('fine-tuned good > mid ≈ close; LogME good > close > mid: matches up to ties');
-    expect(table).toContain('LogME matches the fine-tuned order on 0 of 1 targets strictly, 1 up to ties');
+    expect(table).toContain('fine-tuned good > mid ≈ close; LogME good > close > mid: matches up to ties (orders 2 of the 2 separated pairs right');
+    expect(table).toContain('LogME matches the fine-tuned order on 0 of 1 targets strictly, 1 up to ties;');
   });
 });
