@@ -80,6 +80,9 @@ export interface TargetSummary {
   tunedOrder: string[];
   logme: OrderAgreement;
   probe: OrderAgreement;
+  /** The same, with each seed's own scores (a random base's weights differ per seed) against the mean fine-tuned order. */
+  logmeBySeed: OrderAgreement[];
+  probeBySeed: OrderAgreement[];
 }
 
 /** z beyond which two bases differ (two-sided 95 %). */
@@ -185,7 +188,9 @@ export function summarizeTargets(results: readonly SeedResult[]): TargetSummary[
       const order = orderBy(names, scores);
       return { order, strict: order.join() === orderBy(names, tuned).join(), upToTies: agreeing === separated, separated, agreeing, tau: kendallTauB(scores, tuned), tauTies: kendallTauB(scores, tuned, isTied) };
     };
-    return { target, bases, pairs, tunedOrder: orderBy(names, tuned), logme: agreement(bases.map((b) => b.logme)), probe: agreement(bases.map((b) => b.probe)) };
+    const seeds = [...new Set(rows.map((r) => r.seed))];
+    const bySeed = (key: 'logme' | 'probe') => seeds.map((seed) => agreement(names.map((name) => runs.get(name)!.find((r) => r.seed === seed)?.[key] ?? NaN)));
+    return { target, bases, pairs, tunedOrder: orderBy(names, tuned), logme: agreement(bases.map((b) => b.logme)), probe: agreement(bases.map((b) => b.probe)), logmeBySeed: bySeed('logme'), probeBySeed: bySeed('probe') };
   });
 }
 

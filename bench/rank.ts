@@ -180,7 +180,9 @@ export function formatTable(rows: RankBenchRow[], backend: string): string {
     const pairs = summary.pairs.map((p) => `${p.a} − ${p.b} ${p.diff >= 0 ? '+' : ''}${fmt(p.diff)} ± ${fmt(p.se)} (z ${p.z.toFixed(1)}, ${p.tied ? 'tied' : 'differ'})`);
     const verdict = (label: string, a: typeof summary.logme) => {
       const match = !a.separated ? `${a.strict ? 'matches the means' : 'differs from the means'}, but every pair is tied: nothing to predict` : a.strict ? 'matches' : a.upToTies ? 'matches up to ties' : 'does not match';
-      return `${label} ${a.order.join(' > ')}: ${match} (orders ${a.agreeing} of the ${a.separated} separated pairs right; τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties)`;
+      const perSeed = label === 'LogME' ? summary.logmeBySeed : summary.probeBySeed;
+      const seedsText = a.separated ? `; with one seed's scores: up to ties in ${perSeed.filter((x) => x.upToTies).length} of ${perSeed.length} seeds` : '';
+      return `${label} ${a.order.join(' > ')}: ${match} (orders ${a.agreeing} of the ${a.separated} separated pairs right; τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties${seedsText})`;
     };
     const rankSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.rankSeconds, 0)));
     const tuneSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.tuneSeconds, 0)));

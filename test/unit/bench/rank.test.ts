@@ -66,6 +66,14 @@ describe('summarizeTargets', () => {
     expect(summary.logme.tauTies).toBeCloseTo(2 / Math.sqrt(6), 12);
   });
 
+  it("judges each seed's own scores too", () => {
+    // At seed 2 LogME puts mid above good.
+    const wobbly = rows.map((r) => (r.base === 'mid' && r.seed === 2 ? { ...r, logme: 0 } : r));
+    const [s] = summarizeTargets(wobbly);
+    expect(s.logmeBySeed.map((a) => a.upToTies)).toEqual([true, false, true]);
+    expect(s.probeBySeed).toHaveLength(3);
+  });
+
   it('fails a score that swaps a pair the fine-tunes separate', () => {
     const swapped = rows.map((r) => (r.base === 'good' ? { ...r, logme: -0.9 } : r));
     expect(summarizeTargets(swapped)[0].logme.upToTies).toBe(false);
@@ -85,7 +93,7 @@ describe('summarizeTargets', () => {
     const benchRows: RankBenchRow[] = rows.map((r) => ({ ...r, featureSeconds: 0.1, params: 1000, tuneSeconds: 2, rankSeconds: 0.5 }));
     const table = formatTable(benchRows, 'cpu');
     expect(table).toContain('| T | good | -0.100 | 0.800 | 1,000 | 0.500 | **0.960** ± 0.003 | 0.963 / 0.960 / 0.957 | 1 | 1 | 1 |');
-    expect(table).toContain('fine-tuned good > mid ≈ close; LogME good > close > mid: matches up to ties (orders 2 of the 2 separated pairs right');
+    expect(table).toContain('fine-tuned good > mid ≈ close; LogME good > close > mid: matches up to ties (orders 2 of the 2 separated pairs right; τ-b 0.33, 0.82 with ties; with one seed\'s scores: up to ties in 3 of 3 seeds)');
     expect(table).toContain('LogME matches the fine-tuned order on 0 of 1 targets strictly, 1 up to ties;');
   });
 });
