@@ -1,11 +1,18 @@
 /**
  * Does `rank-bases` predict which base fine-tunes best? On Fashion-MNIST targets, three
  * bases are ranked from frozen features (LogME, 5-fold ridge probe), then each is fine-tuned with
- * one short recipe (head 15 epochs at lr 0.003, then the top block + head 10 epochs at lr/10),
- * and the LogME order is compared with the order of the fine-tuned validation accuracies.
+ * one short recipe (head 15 epochs at lr 0.003, then the top block + head 10 epochs at lr/10) at
+ * several pipeline seeds and scored by `evaluate`; the LogME order is compared with the order of
+ * the mean fine-tuned validation accuracies, pairs of bases within noise counted as ties
+ * (bench/rank-stats.ts: a paired test over the validation images and the seeds).
  *
- *   npx tsx bench/rank.ts [--markdown FILE]        (or `npm run bench rank`)
+ *   npx tsx bench/rank.ts [--seeds 5] [--markdown FILE] [--save ROWS.json]   (or `npm run bench rank`)
+ *   npx tsx bench/rank.ts --load ROWS.json [--markdown FILE]                 (the table again, no run)
  *
+ * Each base is ranked by its own rank-bases stage (on 28x28 shards, as one stage ranking all
+ * would) and loaded with `load-base from: rank`, so a random candidate is fine-tuned with the
+ * weights it was scored with. Seeds are 42, 43, …; a seed changes the head's init, the
+ * shuffling, the augmentation and the random base's weights.
  * Bases: the demo's fashion base (models/fashion-base, 28x28x1, pretrained on 8 other
  * Fashion-MNIST classes), the same architecture with seeded random weights (load-base
  * `init: random`), and nsfwjs's Keras MobileNetV2 (decoded at run time, never committed) cut at
@@ -15,8 +22,8 @@
  * val per class from Debian's dataset-fashion-mnist (past the images the base trained on);
  * C = A's classes with 150 train and 150 val per class (past A's images), to tell a
  * small-sample effect from a wrong ranking.
- * Needs /usr/share/datasets/fashion-mnist for B and C (skipped with a note without it). A few minutes
- * on two cores (wasm + onnxruntime).
+ * Needs /usr/share/datasets/fashion-mnist for B and C (skipped with a note without it). About 1.7 min
+ * per seed on two cores (wasm + onnxruntime).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
