@@ -189,14 +189,15 @@ export function formatTable(rows: RankBenchRow[], backend: string): string {
       const match = !a.separated ? `${a.strict ? 'matches the means' : 'differs from the means'}, but every pair is tied: nothing to predict` : a.strict ? 'matches' : a.upToTies ? 'matches up to ties' : 'does not match';
       const perSeed = label === 'LogME' ? summary.logmeBySeed : summary.probeBySeed;
       const seedsText = a.separated ? `; with one seed's scores: up to ties in ${perSeed.filter((x) => x.upToTies).length} of ${perSeed.length} seeds` : '';
-      return `${label} ${a.order.join(' > ')}: ${match} (orders ${a.agreeing} of the ${a.separated} separated pairs right; τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties${seedsText})`;
+      const pairsText = a.separated ? `orders ${a.agreeing} of the ${a.separated} separated pairs right; ` : '';
+      return `${label} ${a.order.join(' > ')}: ${match} (${pairsText}τ-b ${a.tau.toFixed(2)}, ${a.tauTies.toFixed(2)} with ties${seedsText})`;
     };
     const rankSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.rankSeconds, 0)));
     const tuneSeconds = mean(seeds.map((seed) => group.filter((r) => r.seed === seed).reduce((s, r) => s + r.tuneSeconds, 0)));
     notes.push(`${summary.target}: fine-tuned ${formatTunedOrder(summary)}; ${verdict('LogME', summary.logme)}; ${verdict('probe', summary.probe)}. Pairs: ${pairs.join('; ')}. Ranking ${rankSeconds.toFixed(1)} s, the fine-tunes ${tuneSeconds.toFixed(1)} s per seed`);
   }
   const summaries = summarizeTargets(rows);
-  const strict = (key: 'logme' | 'probe') => summaries.filter((s) => s[key].strict).length;
+  const strict = (key: 'logme' | 'probe') => summaries.filter((s) => s[key].strict && s[key].separated > 0).length;
   const ties = (key: 'logme' | 'probe') => summaries.filter((s) => s[key].upToTies && s[key].separated > 0).length;
   const vacuous = summaries.filter((s) => s.logme.separated === 0).length;
   return `${lines.join('\n')}\n\n${notes.map((v) => `- ${v}`).join('\n')}\n\nLogME matches the fine-tuned order on ${strict('logme')} of ${summaries.length} targets strictly, ${ties('logme')} up to ties${vacuous ? ` (not counting ${vacuous} target(s) where every pair is tied)` : ''}; the probe on ${strict('probe')} and ${ties('probe')}. Seeds ${seeds.join(', ')}; a pair is tied when |Δ| < ${Z_CRITICAL} SE (images and seeds, bench/rank-stats.ts). (backend ${backend})\n`;

@@ -86,7 +86,7 @@ describe('summarizeTargets', () => {
     expect(tiedOnly.logme.upToTies).toBe(true);
     const table = formatTable(close.map((r) => ({ ...r, featureSeconds: 0.1, params: 1, tuneSeconds: 1, rankSeconds: 1 })), 'cpu');
     expect(table).toContain('differs from the means, but every pair is tied: nothing to predict');
-    expect(table).toContain('0 up to ties (not counting 1 target(s) where every pair is tied)');
+    expect(table).toContain('LogME matches the fine-tuned order on 0 of 1 targets strictly, 0 up to ties (not counting 1 target(s) where every pair is tied)');
   });
 
   it('renders the table with the counts of matching targets', () => {
