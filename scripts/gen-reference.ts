@@ -50,7 +50,7 @@ export function renderReference(): string {
   ];
   for (const definition of Object.values(stages)) {
     parts.push(`### \`${definition.kind}\``, '', definition.description + '.', '');
-    parts.push(`Reads: ${definition.consumes.length ? definition.consumes.map((t) => `\`${t}\``).join(', ') : 'nothing upstream'}. Provides: ${definition.provides.map((t) => `\`${t}\``).join(', ')}. Runs ${definition.resource === 'tf' ? 'on the TF.js backend, one such stage at a time' : 'as I/O work, concurrently up to `--jobs`'}.`, '');
+    parts.push(`Reads: ${definition.consumes.length ? definition.consumes.map((t) => `\`${t}\``).join(', ') : 'nothing upstream'}. Provides: ${definition.provides.map((t) => `\`${t}\``).join(', ')}. Runs ${definition.resource === 'tf' ? (definition.light ? 'on the TF.js backend, in the run\'s process (model surgery: never in a `--tf-jobs` child)' : 'on the TF.js backend, up to `--tf-jobs` such stages at once (the extra ones in child processes)') : 'as I/O work, concurrently up to `--jobs`'}.`, '');
     parts.push(table(definition.paramsSchema as Schema), '');
   }
   return parts.join('\n');
