@@ -21,6 +21,16 @@ import type { ChildFailure, ChildMessage, LocalJob, LocalRun, ParentMessage } fr
 
 // The run's process is gone (killed): stop; its lock on the key is free for the next run.
 process.once('disconnect', () => process.exit(1));
+// Ctrl-C in a terminal signals the whole process group, this process too: stop the stage at its
+// next step, as the run's own process does (the run also says `abort` and waits for this one),
+// rather than die in the middle of it; then exit. The run stops taking stages too.
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.on(signal, () => {
+    stopping = true;
+    controller.abort();
+    if (!busy) process.exit(0);
+  });
 
 /** The current job's: the run's interrupt reaches it. */
 let controller = new AbortController();
@@ -30,6 +40,8 @@ let nextRequest = 0;
 let loaded: Promise<Loaded> | undefined;
 /** One job at a time, in order. */
 let queue: Promise<unknown> = Promise.resolve();
+/** A job is being computed (or its result sent). */
+let busy = false;
 
 interface Loaded {
   run: LocalRun;
@@ -60,11 +72,15 @@ process.on('message', (message: ParentMessage) => {
     else waiting?.reject(new Error(message.error));
   } else if (message.type === 'start') {
     queue = queue.then(async () => {
+      busy = true;
       controller = new AbortController();
+      if (stopping) controller.abort();
       await compute(message.job).then(
         (entry) => post({ type: 'done', entry }),
         (error: unknown) => post({ type: 'failed', failure: describeFailure(error) }),
       );
+      busy = false;
+      if (stopping) process.exit(0);
     });
   }
 });

@@ -11,8 +11,9 @@
  * started ahead (`warm`), so that their start-up overlaps the stages before the branches. Its progress and log lines are
  * forwarded to the run's; `onKey` and `push` are asked of the run. A child that dies (killed,
  * out of memory) fails its stage with `stage_process_died`; the checkpoints it left are kept for
- * the next run. When the run is interrupted, the children are told to stop; when the run's
- * process dies, its children see the IPC channel close and exit.
+ * the next run. When the run is interrupted, the children are told to stop (a child that gets
+ * the SIGINT itself, Ctrl-C in a terminal, stops the same way); when the run's process dies,
+ * its children see the IPC channel close and exit.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
@@ -21,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { EntryMeta } from '../runtime/cache.js';
 import { ComputeFailure } from '../runtime/compute.js';
-import { GateError, StageError, type ErrorCode } from '../runtime/errors.js';
+import { AbortedError, GateError, StageError, type ErrorCode } from '../runtime/errors.js';
 import type { OffloadRequest, StageOffloader } from '../runtime/execute.js';
 import type { ResolvedPipeline } from '../runtime/load.js';
 import type { PlannedStage } from '../runtime/plan.js';
@@ -266,7 +267,9 @@ function rebuild(failure: ChildFailure): ComputeFailure {
     failure.kind === 'gate'
       ? new GateError(code, failure.message, failure.details ?? {})
       : failure.kind === 'stage'
-        ? new StageError(code, failure.message, failure.details ?? {})
+        ? code === 'aborted'
+          ? new AbortedError(failure.message) // as an interrupted stage of the run's process: no details
+          : new StageError(code, failure.message, failure.details ?? {})
         : Object.assign(new Error(failure.message), { code: failure.code, ...(typeof failure.details?.stack === 'string' ? { stack: failure.details.stack } : {}) });
   return new ComputeFailure(error, failure.outDir ?? '');
 }

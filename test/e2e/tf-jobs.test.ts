@@ -6,7 +6,7 @@
  * only its stage, an interrupt stops the children, and a child that finds another key refuses.
  * Then the real demo sweep: the same bytes with children as without.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
@@ -17,7 +17,7 @@ import { StageError } from '../../src/runtime/errors.js';
 import { planPipeline } from '../../src/runtime/run.js';
 import { cliRegistry } from '../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../fixtures/testdir.js';
-import { procState, root, runCli, startCli, waitFor } from '../faults/helpers.js';
+import { fakeCli, procState, root, runCli, startCli, waitFor } from '../faults/helpers.js';
 
 let dir: TestDir | undefined;
 afterEach(() => dir?.cleanup());
@@ -121,6 +121,29 @@ describe('--tf-jobs', () => {
     expect(await child.exited).toBe(130);
     await waitFor(() => pids.every((pid) => pid === child.pid || procState(pid) === undefined || procState(pid) === 'Z'), 10_000, 50);
     expect((JSON.parse(child.output().stdout) as Summary).status).toBe('interrupted');
+  }, 90_000);
+
+  it('Ctrl-C in a terminal (SIGINT to the process group) stops the children at their next step, not by killing them', async () => {
+    dir = testdir({ 'p.yaml': sweep('', 60_000) });
+    // A terminal sends Ctrl-C's SIGINT to every process of its foreground group: the run and its children.
+    const child = spawn(process.execPath, fakeCli('run', 'p.yaml', '--json', '--artifacts', 'store', '--tf-jobs', '3'), { cwd: dir.root, env: { ...process.env, PIPELINE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let stdout = '';
+    child.stdout!.on('data', (c) => (stdout += c));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const runs = dir.path('store', 'runs');
+    const log = () => {
+      const file = existsSync(runs) && readdirSync(runs).length ? path.join(runs, readdirOne(runs), 'log.jsonl') : undefined;
+      return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
+    };
+    await waitFor(() => (log().match(/fake-tf working/g) ?? []).length === 3, 60_000, 50);
+    const pids = [...log().matchAll(/"pid":(\d+),[^\n]*"msg":"fake-tf working"/g)].map((m) => Number(m[1]));
+    process.kill(-child.pid!, 'SIGINT');
+    expect(await exited).toBe(130);
+    for (const pid of pids) expect(procState(pid) ?? 'gone').toMatch(/gone|Z/);
+    const summary = JSON.parse(stdout) as Summary & { stages: { error?: { details?: unknown } }[] };
+    expect(summary.status).toBe('interrupted');
+    // each branch stopped as the one in the run's process does: aborted, no process that died
+    for (const stage of branches(summary)) expect(stage.error, stage.id).toEqual({ code: 'aborted', message: 'interrupted' });
   }, 90_000);
 
   it('refuses a bad --tf-jobs with exit 2', () => {
