@@ -286,7 +286,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
 
 async function commandRun(file: string, values: Record<string, any>, artifacts: string, io: CliIo): Promise<number> {
   const jobs = values.jobs === undefined ? 4 : positiveInt(values.jobs, '--jobs');
-  const tfJobs = values['tf-jobs'] === undefined || values['tf-jobs'] === 'auto' ? 'auto' : positiveInt(values['tf-jobs'], '--tf-jobs');
+  const tfJobs = values['tf-jobs'] === undefined || values['tf-jobs'] === 'auto' ? 'auto' : positiveInt(values['tf-jobs'], '--tf-jobs', ' or auto');
   if (tfJobs !== 'auto' && tfJobs > 1 && !io.registryModule) throw new UsageError('--tf-jobs above 1 needs the stage registry as a module for its child processes; this embedding of the CLI gives none');
   if (tfJobs !== 'auto' && tfJobs > 1 && values.executor === 'bullmq') throw new UsageError('--tf-jobs is for runs on this machine; with --executor bullmq, run more workers (or --concurrency) instead');
   if (values.backend !== undefined) usableBackend(values.backend, '--backend', io); // refuse a bad flag before anything is written
@@ -456,9 +456,9 @@ function selectionOf(values: Record<string, any>) {
   return { from: values.from, only: values.only, force: values.force };
 }
 
-function positiveInt(text: string, flag: string): number {
+function positiveInt(text: string, flag: string, orElse = ''): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got '${text}'`);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a whole number of at least 1${orElse}, got '${text}'`);
   return n;
 }
 

@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { EntryMeta } from '../runtime/cache.js';
 import { ComputeFailure } from '../runtime/compute.js';
-import { AbortedError, GateError, StageError, type ErrorCode } from '../runtime/errors.js';
+import { AbortedError, GateError, StageError, UsageError, type ErrorCode } from '../runtime/errors.js';
 import type { OffloadRequest, StageOffloader } from '../runtime/execute.js';
 import type { ResolvedPipeline } from '../runtime/load.js';
 import type { PlannedStage } from '../runtime/plan.js';
@@ -101,6 +101,8 @@ export function autoTfJobs(backend: string, cores = os.availableParallelism()): 
  * pool of `tfJobs - 1` children (`auto`: `autoTfJobs` of the backend `predict` names), or none.
  */
 export function localOffload(options: Omit<LocalPoolOptions, 'slots' | 'backend'> & { tfJobs: number | 'auto'; backend?: string; predict(): string }): (pipeline: ResolvedPipeline) => LocalProcessPool | undefined {
+  // The library's `tfJobs` (the CLI checks `--tf-jobs` itself): refused before anything is written.
+  if (options.tfJobs !== 'auto' && !(Number.isInteger(options.tfJobs) && options.tfJobs >= 1)) throw new UsageError(`tfJobs must be a whole number of at least 1 or 'auto', got ${JSON.stringify(options.tfJobs)}`);
   return (pipeline) => {
     const slots = (options.tfJobs === 'auto' ? autoTfJobs(options.predict()) : options.tfJobs) - 1;
     if (slots < 1) return undefined;

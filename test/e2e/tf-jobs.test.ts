@@ -151,8 +151,19 @@ describe('--tf-jobs', () => {
     for (const bad of ['0', 'two', '1.5']) {
       const result = runCli(dir.root, ['run', 'p.yaml', '--tf-jobs', bad]);
       expect(result.status, result.stderr).toBe(2);
-      expect(result.stderr).toMatch(/--tf-jobs/);
+      expect(result.stderr).toMatch(/--tf-jobs must be a whole number of at least 1 or auto/);
     }
+  });
+
+  it('the library refuses a bad tfJobs with a UsageError and writes nothing', async () => {
+    dir = testdir({});
+    const { runPipeline, UsageError } = await import('../../src/index.js');
+    for (const bad of [0, 1.5, -2, 'two'] as const) {
+      const error = await runPipeline(path.join(root, 'pipelines', 'sweep-finetune.yaml'), { artifacts: dir.path('store'), tfJobs: bad as number }).catch((e: unknown) => e);
+      expect(error, String(bad)).toBeInstanceOf(UsageError);
+      expect((error as Error).message).toBe(`tfJobs must be a whole number of at least 1 or 'auto', got ${JSON.stringify(bad)}`);
+    }
+    expect(existsSync(dir.path('store'))).toBe(false);
   });
 
   it('a child that computes another key than the run refuses (pipeline_changed) and writes nothing', async () => {
