@@ -10,7 +10,7 @@
 import pino from 'pino';
 import { configureBackend, useTf, type BackendPreference } from '../ml/backend.js';
 import { ComputeFailure, computeStage } from '../runtime/compute.js';
-import { describeError, GateError, PipelineError, StageError, ValidationError } from '../runtime/errors.js';
+import { AbortedError, describeError, GateError, PipelineError, StageError, ValidationError } from '../runtime/errors.js';
 import { StatCache } from '../runtime/hash.js';
 import { hashStageExternals, stageRecordOf } from '../runtime/plan.js';
 import { openStore, resolvePipeline } from '../runtime/run.js';
@@ -24,10 +24,10 @@ process.once('disconnect', () => process.exit(1));
 // Ctrl-C in a terminal signals the whole process group, this process too: stop the stage at its
 // next step, as the run's own process does (the run also says `abort` and waits for this one),
 // rather than die in the middle of it; then exit. The run stops taking stages too.
-let stopping = false;
+let stopping: NodeJS.Signals | undefined;
 for (const signal of ['SIGINT', 'SIGTERM'] as const)
   process.on(signal, () => {
-    stopping = true;
+    stopping = signal;
     controller.abort();
     if (!busy) process.exit(0);
   });
@@ -76,8 +76,8 @@ process.on('message', (message: ParentMessage) => {
       controller = new AbortController();
       if (stopping) controller.abort();
       await compute(message.job).then(
-        (entry) => post({ type: 'done', entry }),
-        (error: unknown) => post({ type: 'failed', failure: describeFailure(error) }),
+        (entry) => post({ type: 'done', entry, exiting: stopping !== undefined }),
+        (error: unknown) => post({ type: 'failed', failure: stoppedBy(error, message.job) ?? describeFailure(error), exiting: stopping !== undefined }),
       );
       busy = false;
       if (stopping) process.exit(0);
@@ -142,6 +142,16 @@ async function compute(job: LocalJob) {
   } finally {
     await Promise.all(lines);
   }
+}
+
+/**
+ * The stage stopped because this process got a signal: when only this process got it (the run
+ * goes on), its stage says so, not just "interrupted"; an interrupted run says "interrupted".
+ */
+function stoppedBy(failure: unknown, job: LocalJob): ChildFailure | undefined {
+  const error = failure instanceof ComputeFailure ? failure.error : failure;
+  if (!stopping || !(error instanceof AbortedError)) return undefined;
+  return { code: 'aborted', kind: 'stage', message: `the child process (pid ${process.pid}) computing stage '${job.stage}' got ${stopping} and stopped; its checkpoints are kept: run again to resume` };
 }
 
 function describeFailure(failure: unknown): ChildFailure {

@@ -84,8 +84,9 @@ export type ChildMessage =
   | { type: 'progress'; event: ProgressEvent }
   | { type: 'log'; line: Record<string, unknown> }
   | { type: 'request'; id: number; what: 'onKey' | 'push'; key: string }
-  | { type: 'done'; entry: EntryMeta }
-  | { type: 'failed'; failure: ChildFailure };
+  /** `exiting`: the child got a signal and exits now (it takes no other stage). */
+  | { type: 'done'; entry: EntryMeta; exiting?: boolean }
+  | { type: 'failed'; failure: ChildFailure; exiting?: boolean };
 
 /**
  * How many TF.js stages a backend runs usefully at once on this machine: TF.js on wasm and cpu
@@ -178,10 +179,10 @@ export class LocalProcessPool implements StageOffloader {
             break;
           }
           case 'done':
-            settle(() => resolve(message.entry), true);
+            settle(() => resolve(message.entry), !message.exiting);
             break;
           case 'failed':
-            settle(() => reject(rebuild(message.failure)), true);
+            settle(() => reject(rebuild(message.failure)), !message.exiting);
             break;
           case 'exit': {
             const last = child.stderr.trim().split('\n').at(-1);

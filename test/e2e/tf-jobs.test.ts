@@ -146,6 +146,25 @@ describe('--tf-jobs', () => {
     for (const stage of branches(summary)) expect(stage.error, stage.id).toEqual({ code: 'aborted', message: 'interrupted' });
   }, 90_000);
 
+  it('a SIGTERM to one child stops its stage, which says so; the run goes on', async () => {
+    dir = testdir({ 'p.yaml': sweep('', 4000) });
+    const child = startCli(dir.root, ['run', 'p.yaml', '--json', '--artifacts', 'store', '--tf-jobs', '2']);
+    const runs = dir.path('store', 'runs');
+    const log = () => {
+      const file = existsSync(runs) && readdirSync(runs).length ? path.join(runs, readdirOne(runs), 'log.jsonl') : undefined;
+      return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
+    };
+    await waitFor(() => /"pid":\d+,[^\n]*"msg":"fake-tf working"/.test(log()), 60_000, 50);
+    const pid = Number(/"pid":(\d+),[^\n]*"msg":"fake-tf working"/.exec(log())![1]);
+    process.kill(pid, 'SIGTERM');
+    expect(await child.exited).toBe(1);
+    const work = branches(JSON.parse(child.output().stdout) as Summary);
+    const stopped = work.filter((s) => s.status === 'failed');
+    expect(stopped).toHaveLength(1);
+    expect(stopped[0].error).toEqual({ code: 'aborted', message: `the child process (pid ${pid}) computing stage '${stopped[0].id}' got SIGTERM and stopped; its checkpoints are kept: run again to resume` });
+    expect(work.filter((s) => s.status === 'ran')).toHaveLength(2);
+  }, 90_000);
+
   it('refuses a bad --tf-jobs with exit 2', () => {
     dir = testdir({ 'p.yaml': sweep() });
     for (const bad of ['0', 'two', '1.5']) {
