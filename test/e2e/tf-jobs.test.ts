@@ -3,7 +3,9 @@
  * child processes (`src/distributed/local-pool.ts`). Through the fake CLI (its `fake-tf` stage
  * reports the pid it ran in and when): branches overlap in two processes, the results and keys
  * are those of a one-at-a-time run, a child's failure is its stage's, a child that dies fails
- * only its stage, an interrupt stops the children, and a child that finds another key refuses.
+ * only its stage, an interrupt stops the children (also Ctrl-C's SIGINT to the whole process
+ * group: they stop at their next step, not die), a SIGTERM to one child stops its stage only, a
+ * bad `--tf-jobs` or `tfJobs` is refused, and a child that finds another key refuses.
  * Then the real demo sweep: the same bytes with children as without.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -42,6 +44,14 @@ function sweep(extra = '', sleepMs = 1200): string {
 function run(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; summary: Summary; stderr: string } {
   const result = runCli(dir!.root, ['run', 'p.yaml', '--json', '--artifacts', 'store', ...args], env);
   return { code: result.status, summary: JSON.parse(result.stdout.trim().split('\n').at(-1) || '{}') as Summary, stderr: result.stderr };
+}
+
+/** The log.jsonl of the newest run in the test's `store` ('' until it exists). */
+function runLog(): string {
+  const runs = path.join(dir!.root, 'store', 'runs');
+  const id = existsSync(runs) ? readdirSync(runs).sort().at(-1) : undefined;
+  const file = id && path.join(runs, id, 'log.jsonl');
+  return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
 }
 
 const branches = (summary: Summary) => summary.stages.filter((s) => s.id.startsWith('work-'));
@@ -109,12 +119,7 @@ describe('--tf-jobs', () => {
   it('an interrupt stops the children and exits 130', async () => {
     dir = testdir({ 'p.yaml': sweep('', 60_000) });
     const child = startCli(dir.root, ['run', 'p.yaml', '--json', '--artifacts', 'store', '--tf-jobs', '3']);
-    const log = () => {
-      const runs = path.join(dir!.root, 'store', 'runs');
-      const id = existsSync(runs) ? readdirOne(runs) : undefined;
-      const file = id && path.join(runs, id, 'log.jsonl');
-      return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
-    };
+    const log = runLog;
     await waitFor(() => (log().match(/fake-tf working/g) ?? []).length === 3, 60_000, 50);
     const pids = [...log().matchAll(/"pid":(\d+),[^\n]*"msg":"fake-tf working"/g)].map((m) => Number(m[1]));
     child.kill('SIGTERM');
@@ -130,11 +135,7 @@ describe('--tf-jobs', () => {
     let stdout = '';
     child.stdout!.on('data', (c) => (stdout += c));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    const runs = dir.path('store', 'runs');
-    const log = () => {
-      const file = existsSync(runs) && readdirSync(runs).length ? path.join(runs, readdirOne(runs), 'log.jsonl') : undefined;
-      return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
-    };
+    const log = runLog;
     await waitFor(() => (log().match(/fake-tf working/g) ?? []).length === 3, 60_000, 50);
     const pids = [...log().matchAll(/"pid":(\d+),[^\n]*"msg":"fake-tf working"/g)].map((m) => Number(m[1]));
     process.kill(-child.pid!, 'SIGINT');
@@ -149,11 +150,7 @@ describe('--tf-jobs', () => {
   it('a SIGTERM to one child stops its stage, which says so; the run goes on', async () => {
     dir = testdir({ 'p.yaml': sweep('', 4000) });
     const child = startCli(dir.root, ['run', 'p.yaml', '--json', '--artifacts', 'store', '--tf-jobs', '2']);
-    const runs = dir.path('store', 'runs');
-    const log = () => {
-      const file = existsSync(runs) && readdirSync(runs).length ? path.join(runs, readdirOne(runs), 'log.jsonl') : undefined;
-      return file && existsSync(file) ? readFileSync(file, 'utf8') : '';
-    };
+    const log = runLog;
     await waitFor(() => /"pid":\d+,[^\n]*"msg":"fake-tf working"/.test(log()), 60_000, 50);
     const pid = Number(/"pid":(\d+),[^\n]*"msg":"fake-tf working"/.exec(log())![1]);
     process.kill(pid, 'SIGTERM');
