@@ -185,7 +185,7 @@ export class LocalProcessPool implements StageOffloader {
             settle(() => reject(rebuild(message.failure)), !message.exiting);
             break;
           case 'exit': {
-            const last = child.stderr.trim().split('\n').at(-1);
+            const last = tellingLine(child.stderr);
             const how = message.signal ? `on ${message.signal}` : `with code ${message.code}`;
             const error = new StageError(
               'stage_process_died',
@@ -238,6 +238,16 @@ export class LocalProcessPool implements StageOffloader {
     send(process_, { type: 'hello', run: { file: path.resolve(file), overrides, artifacts: path.resolve(artifacts), registry, backend } });
     return child;
   }
+}
+
+/**
+ * The line of a dead child's stderr that says why it died: V8's `FATAL ERROR: … heap out of
+ * memory`, else the last line that is not a stack frame (`at …`, ` 12: 0x… [node]`), a source
+ * excerpt's caret or Node's closing `Node.js v20…`.
+ */
+export function tellingLine(stderr: string): string | undefined {
+  const lines = stderr.split('\n').map((line) => line.trim()).filter(Boolean).reverse();
+  return lines.find((line) => line.startsWith('FATAL ERROR')) ?? lines.find((line) => !/^(at |\d+: 0x|Node\.js v\d|\^+$|-{3,}|<-{3,})/.test(line));
 }
 
 /** An idle child does not keep the run's process alive (a busy one does, until its job ends). */

@@ -3,7 +3,7 @@
  * child processes (`src/distributed/local-pool.ts`). Through the fake CLI (its `fake-tf` stage
  * reports the pid it ran in and when): branches overlap in two processes, the results and keys
  * are those of a one-at-a-time run, a child's failure is its stage's, a child that dies fails
- * only its stage, an interrupt stops the children (also Ctrl-C's SIGINT to the whole process
+ * only its stage (out of memory: its message quotes V8's FATAL ERROR), an interrupt stops the children (also Ctrl-C's SIGINT to the whole process
  * group: they stop at their next step, not die), a SIGTERM to one child stops its stage only, a
  * bad `--tf-jobs` or `tfJobs` is refused, and a child that finds another key refuses.
  * Then the real demo sweep: the same bytes with children as without.
@@ -13,7 +13,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { LocalProcessPool } from '../../src/distributed/local-pool.js';
+import { LocalProcessPool, tellingLine } from '../../src/distributed/local-pool.js';
 import { ComputeFailure } from '../../src/runtime/compute.js';
 import { StageError } from '../../src/runtime/errors.js';
 import { planPipeline } from '../../src/runtime/run.js';
@@ -114,6 +114,20 @@ describe('--tf-jobs', () => {
     const again = run(['--tf-jobs', '1']);
     expect(again.code).toBe(0);
     expect(branches(again.summary).filter((s) => s.status === 'ran').map((s) => s.id).sort()).toEqual(died.map((s) => s.id).sort());
+  }, 90_000);
+
+  it("a child that runs out of memory: its stage's message says so, not a native stack frame", () => {
+    dir = testdir({ 'p.yaml': sweep(', oom: true', 300) });
+    const result = run(['--tf-jobs', '3'], { NODE_OPTIONS: '--max-old-space-size=96' });
+    expect(result.code).toBe(1);
+    const died = branches(result.summary).filter((s) => s.status === 'failed');
+    expect(died.length).toBeGreaterThan(0);
+    for (const stage of died) {
+      expect(stage.error!.code).toBe('stage_process_died');
+      expect(stage.error!.message).toMatch(/exited on SIGABRT before it finished \(FATAL ERROR: .*JavaScript heap out of memory\); its checkpoints are kept/);
+    }
+    // an uncaught error, as Node prints it: the error, not the stack or the version line
+    expect(tellingLine("file:///x.js:3\n  throw new Error('boom');\n  ^\n\nError: boom\n    at file:///x.js:3:9\n    at process.processImmediate (node:internal/timers:483:21)\n\nNode.js v20.20.2\n")).toBe('Error: boom');
   }, 90_000);
 
   it('an interrupt stops the children and exits 130', async () => {
