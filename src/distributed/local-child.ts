@@ -63,8 +63,11 @@ function ask(what: 'onKey' | 'push', key: string): Promise<void> {
 }
 
 process.on('message', (message: ParentMessage) => {
-  if (message.type === 'hello') loaded = load(message.run);
-  else if (message.type === 'abort') controller.abort();
+  if (message.type === 'hello') {
+    loaded = load(message.run);
+    // A failure to load is the first job's to report (pipeline_changed), not a crash while idle.
+    loaded.catch(() => undefined);
+  } else if (message.type === 'abort') controller.abort();
   else if (message.type === 'reply') {
     const waiting = pending.get(message.id);
     pending.delete(message.id);
