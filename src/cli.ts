@@ -414,8 +414,9 @@ async function commandRuns(command: 'status' | 'runs', json: boolean, artifacts:
   else if (incomplete.length) io.stderr(`note: ${incomplete.length} run(s) without a usable summary skipped (see \`pipeline runs\`)\n`);
   for (const summary of chosen) {
     io.stdout(`${summary.run}  ${summary.pipeline}  ${summary.status}  ${summary.seconds.toFixed(1)}s  backend ${summary.backend}\n`);
+    const idWidth = Math.max(16, ...summary.stages.map((s) => s.id.length));
     if (command === 'status')
-      for (const s of summary.stages) io.stdout(`    ${s.status.padEnd(7)} ${s.id.padEnd(16)} ${s.error ? `${s.error.message} [${s.error.code}]` : Object.entries(s.metrics).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).slice(0, 6).join(' ')}\n`);
+      for (const s of summary.stages) io.stdout(`    ${s.status.padEnd(7)} ${s.id.padEnd(idWidth)} ${s.error ? `${s.error.message} [${s.error.code}]` : Object.entries(s.metrics).filter(([, v]) => typeof v !== 'object').map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).slice(0, 6).join(' ')}\n`);
     if (command === 'status') io.stdout(renderGrid(summary));
   }
   return EXIT.ok;

@@ -202,7 +202,7 @@ describe('a sweep with failed branches', () => {
     expect(out.stderr).toMatch(/^✓ ship ran /m);
     out.stdout = '';
     expect(await main(['status', '--artifacts', dir.path('artifacts')], io)).toBe(0);
-    expect(out.stdout).toMatch(/^ {4}failed {2}tune-factor-2-lr-1e-2 stage tune-factor-2-lr-1e-2 failed on purpose \[fake_failure\]$/m);
+    expect(out.stdout).toMatch(/^ {4}failed {2}tune-factor-2-lr-1e-2 +stage tune-factor-2-lr-1e-2 failed on purpose \[fake_failure\]$/m);
     expect(out.stdout).toMatch(/^ {4}skipped score-factor-2-lr-1e-2 'tune-factor-2-lr-1e-2' failed \[dependency_failed\]$/m);
     expect(out.stdout).toMatch(/^ {8}2 +1e-2 +accuracy=- +score-factor-2-lr-1e-2 +\(skipped: 'tune-factor-2-lr-1e-2' failed \[fake_failure\]\)$/m);
   });
