@@ -58,7 +58,9 @@ const branches = (summary: Summary) => summary.stages.filter((s) => s.id.startsW
 
 describe('--tf-jobs', () => {
   it('computes branches at once in child processes, with the keys and results of a one-at-a-time run', () => {
-    dir = testdir({ 'p.yaml': sweep() });
+    // 3 s a branch: under load a child's start-up (tsx compiling the stages) takes seconds, and the
+    // run's own process must still be busy when the child's first branch begins
+    dir = testdir({ 'p.yaml': sweep('', 3000) });
     const parallel = run(['--tf-jobs', '2']);
     expect(parallel.code, parallel.stderr).toBe(0);
     const work = branches(parallel.summary);
@@ -77,7 +79,7 @@ describe('--tf-jobs', () => {
     expect(runs.some((l) => l.msg === 'progress' && l.stage === work.find((s) => s.metrics.pid === childPid)!.id)).toBe(true);
 
     // one at a time, in one process: the same keys and values (and cached on a rerun either way)
-    dir.write('p.yaml', sweep());
+    dir.write('p.yaml', sweep('', 3000));
     const serial = runCli(dir.root, ['run', 'p.yaml', '--json', '--artifacts', 'serial', '--tf-jobs', '1']);
     const one = JSON.parse(serial.stdout) as Summary;
     expect(branches(one).map((s) => [s.key, s.metrics.value])).toEqual(work.map((s) => [s.key, s.metrics.value]));

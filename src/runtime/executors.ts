@@ -1,0 +1,59 @@
+/**
+ * The seams where the executor has stages computed somewhere else than in its own process: a
+ * `StageDispatcher` computes every stage (BullMQ workers, `--executor bullmq`), a
+ * `StageOffloader` the `tf` stages beyond the one computing here (child processes, `--tf-jobs`).
+ */
+import type { Logger } from 'pino';
+import type { EntryMeta } from './cache.js';
+import type { ComputeOptions } from './compute.js';
+import type { ResolvedPipeline } from './load.js';
+import type { PlannedStage } from './plan.js';
+import type { FailedBranch, ProgressEvent } from './types.js';
+
+/**
+ * Where a `tf` stage is computed when this process is already computing one: another process
+ * on this machine, on the same store. The executor still holds the key's lock, re-keys and
+ * records; the offloader only computes and commits the entry (as `computeStage` would here).
+ */
+export interface StageOffloader {
+  /** Stages it computes at once (besides the one in this process). */
+  readonly slots: number;
+  /**
+   * Computes `planned` into the store and resolves to its entry, or rejects with a
+   * `ComputeFailure` (the stage's error) like `computeStage`.
+   */
+  compute(planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta>;
+  /** Told at the start how many stages it will likely get at once (a sweep's branches beyond one). */
+  warm?(count: number): void;
+  /** The run is over: resolves once its processes have exited. */
+  close?(): Promise<void>;
+}
+
+/** What an offloaded stage is given besides the stage: what `computeStage` gets here. */
+export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'failedBranches' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
+
+/**
+ * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,
+ * skipping dependents of a failure) stays in `executePlan`; a dispatcher only computes one key.
+ */
+export interface StageDispatcher {
+  /**
+   * Computes `planned` (its final key) and resolves to the committed entry's record, or rejects
+   * with a `PipelineError` that says why. `upstream` maps each input stage id to its key.
+   */
+  compute(planned: PlannedStage, request: DispatchRequest): Promise<EntryMeta>;
+}
+
+/** What a dispatcher is told besides the stage. */
+export interface DispatchRequest {
+  pipeline: ResolvedPipeline;
+  runId: string;
+  /** Input stage id -> its cache key (direct `needs` first, then their ancestors). */
+  upstream: Record<string, string>;
+  /** The stage's child of the run log: the worker's lines are written to it. */
+  log: Logger;
+  signal: AbortSignal;
+  progress(event: ProgressEvent): void;
+  /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); absent when none did. */
+  failedBranches?: FailedBranch[];
+}
