@@ -16,30 +16,12 @@ import type { StageDispatcher } from '../../../src/runtime/execute.js';
 import { stageRecordOf } from '../../../src/runtime/plan.js';
 import { openStore, planPipeline, runPipeline } from '../../../src/runtime/run.js';
 import type { StageInput } from '../../../src/runtime/types.js';
-import { select } from '../../../src/stages/select.js';
-import { calls, failing, fakeRegistry, fakeScore, fakeTrain } from '../../fixtures/fake-stages.js';
+import { calls, failing } from '../../fixtures/fake-stages.js';
+import { fakeSweep, sweepRegistry } from '../../fixtures/fake-sweep.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
-const registry = { ...fakeRegistry, 'fake-train': fakeTrain, 'fake-score': fakeScore, select };
-
-const SWEEP = `name: sweep
-stages:
-  src: { uses: source, with: { value: 3 } }
-  depth:
-    uses: transform
-    needs: [src]
-    matrix: { factor: [1, 2] }
-  tune:
-    uses: fake-train
-    needs: [depth]
-    matrix: { lr: [0.1, 0.01] }
-  score: { uses: fake-score, needs: [tune] }
-  pick:
-    uses: select
-    needs: [score]
-    with: { metric: accuracy }
-  ship: { uses: fake-score, needs: [pick] }
-`;
+const registry = sweepRegistry;
+const SWEEP = fakeSweep();
 
 const SCORES = ['score-factor-1-lr-0p1', 'score-factor-1-lr-1e-2', 'score-factor-2-lr-0p1', 'score-factor-2-lr-1e-2'];
 

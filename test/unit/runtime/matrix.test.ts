@@ -10,30 +10,12 @@ import { renderGrid, renderPlan } from '../../../src/render.js';
 import { loadPipelineText } from '../../../src/runtime/load.js';
 import { planPipeline, runPipeline } from '../../../src/runtime/run.js';
 import { ValidationError } from '../../../src/runtime/errors.js';
-import { select } from '../../../src/stages/select.js';
-import { calls, fakeRegistry, fakeScore, fakeTrain } from '../../fixtures/fake-stages.js';
+import { calls } from '../../fixtures/fake-stages.js';
+import { fakeSweep, sweepRegistry } from '../../fixtures/fake-sweep.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
-const registry = { ...fakeRegistry, 'fake-train': fakeTrain, 'fake-score': fakeScore, select };
-
-const sweep = (lrs = '[0.1, 0.01]', extra = '') => `name: sweep
-stages:
-  src: { uses: source, with: { value: 3 } }
-  depth:
-    uses: transform
-    needs: [src]
-    matrix: { factor: [1, 2] }
-  tune:
-    uses: fake-train
-    needs: [depth]
-    matrix: { lr: ${lrs} }
-  score: { uses: fake-score, needs: [tune] }
-  pick:
-    uses: select
-    needs: [score]
-    with: { metric: accuracy }
-  ship: { uses: fake-score, needs: [pick] }
-${extra}`;
+const registry = sweepRegistry;
+const sweep = fakeSweep;
 
 let dir: TestDir;
 beforeEach(() => {
