@@ -146,7 +146,7 @@ export function createProgressView(options: ProgressViewOptions): ProgressView {
     },
     progress(stageId, event) {
       if (event.phase) return onStep(stageId, event);
-      if (event.unit === RESUMED_UNIT) line(`↻ ${stageId} resumed from epoch ${event.done}${event.total ? `/${event.total}` : ''} (checkpoint of an interrupted run)`);
+      if (event.unit === RESUMED_UNIT) line(`↻ ${stageId} resumed from epoch ${event.done}${event.total ? `/${event.total}` : ''} (${event.info?.from === 'rung' ? 'where its halving rung stopped' : 'checkpoint of an interrupted run'})`);
       else if (event.unit === 'epoch') line(`  ${stageId} epoch ${event.done}${event.total ? `/${event.total}` : ''}${formatInfo(event.info)}`);
     },
     close() {

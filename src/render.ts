@@ -168,9 +168,9 @@ export type EntryDirOf = (key: string) => string;
  * that lists what the numbers count (ingest's skipped and ignored files); the line says where it is.
  */
 export function stageLine(summary: StageSummary, entryDir?: EntryDirOf): string {
-  const mark = { ran: '✓', cached: '=', failed: '✗', skipped: '-' }[summary.status];
+  const mark = { ran: '✓', cached: '=', failed: '✗', skipped: '-', pruned: '✂' }[summary.status];
   const detail = summary.error ? `${summary.error.message} [${summary.error.code}]` : formatMetrics(summary.metrics);
-  const time = summary.status === 'ran' || summary.status === 'failed' ? ` ${summary.seconds.toFixed(1)}s` : '';
+  const time = summary.status === 'ran' || summary.status === 'failed' || summary.status === 'pruned' ? ` ${summary.seconds.toFixed(1)}s` : '';
   const changes = Object.entries(summary.changes ?? {})
     .slice(0, 4)
     .map(([name, c]) => `${name} ${fmt(c.before)} -> ${fmt(c.after)}`);

@@ -26,7 +26,7 @@ import { AbortedError, GateError, StageError, UsageError, type ErrorCode } from 
 import type { OffloadRequest, StageOffloader } from '../runtime/execute.js';
 import type { ResolvedPipeline } from '../runtime/load.js';
 import type { PlannedStage } from '../runtime/plan.js';
-import type { DownstreamHint, FailedBranch, ProgressEvent, StageInput } from '../runtime/types.js';
+import type { DownstreamHint, FailedBranch, ProgressEvent, PrunedBranch, StageInput } from '../runtime/types.js';
 
 /** The module that exports the stage registry a child loads: `import(url)[name]`. */
 export interface RegistryModule {
@@ -66,6 +66,12 @@ export interface LocalJob {
   downstream: DownstreamHint[];
   /** For a joining stage: its branches that failed. */
   failedBranches?: FailedBranch[];
+  /** For a halving join: the branches it stopped early. */
+  prunedBranches?: PrunedBranch[];
+  /** A rung of a halved sweep: the key to commit under, its epochs, the rung to go on from (`ComputeOptions`). */
+  entryKey?: string;
+  budget?: number;
+  resumeFrom?: string;
   runId: string;
 }
 
@@ -147,7 +153,8 @@ export class LocalProcessPool implements StageOffloader {
 
   compute(planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta> {
     const { stage, key } = planned;
-    const job: LocalJob = { stage: stage.id, key, upstream: planned.record.upstream, inputs: request.inputs, downstream: request.downstream, failedBranches: request.failedBranches, runId: request.runId };
+    const { prunedBranches, entryKey, budget, resumeFrom } = request;
+    const job: LocalJob = { stage: stage.id, key, upstream: planned.record.upstream, inputs: request.inputs, downstream: request.downstream, failedBranches: request.failedBranches, prunedBranches, entryKey, budget, resumeFrom, runId: request.runId };
     const child = this.idle.shift() ?? this.spawn();
     hold(child.process, true);
     const abort = () => send(child.process, { type: 'abort' });

@@ -3,7 +3,7 @@
  * last finished epoch: model weights, optimizer slots (Adam moments) and the history, written
  * to temp files and renamed (a kill during the write leaves the previous checkpoint intact).
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { readJsonMaybe, writeJsonAtomic } from '../runtime/fsutil.js';
@@ -161,4 +161,32 @@ export async function restoreCheckpoint(
   } catch {
     return undefined; // an unreadable checkpoint only costs the epochs it held
   }
+}
+
+/** The files of a checkpoint; checkpoint.json last (it names what the others hold). */
+const CHECKPOINT_FILES = ['weights.bin', 'optimizer.bin', 'best.bin', 'checkpoint.json'] as const;
+
+/** Epochs a checkpoint in `dir` holds (0 when there is none, or it is unreadable). */
+async function checkpointEpochs(dir: string): Promise<number> {
+  const meta = await readJsonMaybe<unknown>(path.join(dir, 'checkpoint.json'));
+  return checkCheckpointMeta(meta) ? meta.epochs : 0;
+}
+
+/**
+ * Copies the checkpoint in `from` to `to` (a work dir, or an entry being written), unless `to`
+ * already holds one at least as far along: a run resumed from a shorter run's entry, then
+ * killed, goes on from its own later checkpoint. Returns whether it copied.
+ */
+export async function copyCheckpoint(from: string, to: string): Promise<boolean> {
+  const have = await checkpointEpochs(from);
+  if (have === 0 || (await checkpointEpochs(to)) >= have) return false;
+  for (const name of CHECKPOINT_FILES) {
+    try {
+      await copyFile(path.join(from, name), path.join(to, `${name}.tmp`));
+      await rename(path.join(to, `${name}.tmp`), path.join(to, name));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error; // best.bin exists with early stopping only
+    }
+  }
+  return true;
 }

@@ -14,10 +14,10 @@ import { writeModelArtifact, type ModelInfo } from './artifact.js';
 import type { Tf } from './backend.js';
 import { RESUMED_UNIT } from '../runtime/types.js';
 import { createTrainStepper } from './engine.js';
-import { checkpointHook, restoreCheckpoint } from './checkpoint.js';
+import { checkpointHook, copyCheckpoint, restoreCheckpoint } from './checkpoint.js';
 import { passMetrics, prepareSources } from './sources.js';
 import { summarizeModel } from './surgery.js';
-import { batchProgressHook, createOptimizer, earlyStopping, evaluateSource, fitModel, historyFile, nanGuard, progressHook, type OptimizerSpec, type TrainHook } from './train.js';
+import { batchProgressHook, createOptimizer, earlyStopping, evaluateSource, fitModel, historyFile, nanGuard, progressHook, type EpochLogs, type OptimizerSpec, type TrainHook } from './train.js';
 
 /** Training params shared by train-head and fine-tune (schema: the stages' JSON files). */
 export interface TrainingParams {
@@ -66,11 +66,13 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   // Layer names and weight shapes, not weight names: TF.js uniquifies variable names per process.
   const fingerprint = sha256(canonicalJson({ key: ctx.key, trainable: trainee.layers.filter((l) => l.trainable && l.weights.length).map((l) => [l.name, l.weights.map((w) => w.shape)]) }));
   const stopper = params.early_stopping ? earlyStopping({ patience: params.early_stopping.patience ?? 3, minDelta: params.early_stopping.min_delta ?? 0 }) : undefined;
+  // A rung of a halved sweep goes on from the shorter rung before it (StageContext.resumeFrom).
+  const fromRung = ctx.resumeFrom ? await copyCheckpoint(ctx.resumeFrom, ctx.workDir) : false;
   const resumed = await restoreCheckpoint(tf, ctx.workDir, fingerprint, trainee, optimizer, stopper);
   if (resumed) {
-    ctx.log.info({ epoch: resumed.startEpoch, stopped: resumed.stopped }, 'resuming from checkpoint');
+    ctx.log.info({ epoch: resumed.startEpoch, stopped: resumed.stopped, ...(fromRung ? { from: ctx.resumeFrom } : {}) }, 'resuming from checkpoint');
     // Shown on stderr (`↻ tune resumed from epoch 3/10`): a rerun should say it did not start over.
-    ctx.progress({ unit: RESUMED_UNIT, done: resumed.startEpoch, total: params.epochs });
+    ctx.progress({ unit: RESUMED_UNIT, done: resumed.startEpoch, total: params.epochs, ...(fromRung ? { info: { from: 'rung' } } : {}) });
   }
   const hooks: TrainHook[] = [
     nanGuard(),
@@ -97,6 +99,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
       signal: ctx.signal,
       // A run killed after early stopping decided to stop trains no further epochs.
       startEpoch: resumed?.stopped ? params.epochs : resumed?.startEpoch,
+      ...(ctx.budget !== undefined ? { until: ctx.budget } : {}),
       seed: ctx.seed,
       history: resumed?.history,
       existingOptimizer: optimizer,
@@ -106,6 +109,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     optimizer.dispose();
     await stepper?.dispose();
   }
+  if (ctx.budget !== undefined) return pausedMetrics(ctx, history, lr, stopper?.best());
   // The top shares its layers (and weights) with `model`, which the caller disposes.
   const final = val ? await evaluateSource(tf, trainee, val, numClasses, { signal: ctx.signal }) : undefined;
   const summary = await writeModelArtifact(ctx.outDir, model, sources.frozenFrom ? { ...request.info, frozenFrom: sources.frozenFrom } : request.info);
@@ -125,6 +129,26 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     trainable_params: summarizeModel(trainee).trainableParams,
     params: summary.params,
     ...(resumed ? { resumed_from_epoch: resumed.startEpoch } : {}),
+  };
+}
+
+/**
+ * A run stopped at `ctx.budget` (a rung of a halved sweep): its entry holds the checkpoint to go
+ * on from and the history; no model (nothing downstream reads a rung). Its metrics are those of
+ * its last epoch, val included.
+ */
+async function pausedMetrics(ctx: StageContext<any>, history: EpochLogs[], lr: number, best: { epoch: number } | undefined): Promise<Metrics> {
+  await copyCheckpoint(ctx.workDir, ctx.outDir);
+  await writeFile(path.join(ctx.outDir, 'history.json'), historyFile(history));
+  const last = history.at(-1);
+  return {
+    epochs_run: history.length,
+    budget: ctx.budget!,
+    ...(best ? { best_epoch: best.epoch + 1 } : {}),
+    loss: last?.loss ?? null,
+    acc: last?.acc ?? null,
+    ...(last?.valAcc !== undefined ? { val_loss: last.valLoss ?? null, val_acc: last.valAcc } : {}),
+    lr,
   };
 }
 

@@ -124,6 +124,12 @@ export interface FitOptions {
   signal?: AbortSignal;
   /** First epoch to run (after resuming from a checkpoint). Default 0. */
   startEpoch?: number;
+  /**
+   * Stop after this many epochs (of `epochs`), as an interrupted run would: the schedule is
+   * still that of `epochs`, so a run resumed from here trains exactly as one that never
+   * stopped. Default `epochs`.
+   */
+  until?: number;
   /** History of the epochs before `startEpoch` (resume). */
   history?: EpochLogs[];
   /** An optimizer to continue with (resume); otherwise one is made from `optimizer`. */
@@ -282,7 +288,7 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
   const variables = () => model.trainableWeights.map((w) => (w as unknown as { read(): TfCore.Variable }).read());
   throwIfAborted(signal);
   for (const hook of hooks) await hook.onTrainStart?.(state);
-  for (let epoch = state.epoch; epoch < options.epochs && !state.stop; epoch++) {
+  for (let epoch = state.epoch; epoch < Math.min(options.epochs, options.until ?? Infinity) && !state.stop; epoch++) {
     throwIfAborted(signal);
     state.epoch = epoch;
     const t0 = performance.now();

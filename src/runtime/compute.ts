@@ -14,13 +14,24 @@ import { seedFor } from './seed.js';
 import type { EntryMeta } from './cache.js';
 import { lookUp } from './plan.js';
 import type { ArtifactStore } from './store.js';
-import type { BranchInput, DownstreamHint, FailedBranch, ProgressEvent, StageContext, StageInput } from './types.js';
+import type { BranchInput, DownstreamHint, FailedBranch, ProgressEvent, PrunedBranch, StageContext, StageInput } from './types.js';
 
 /** What computing a stage needs besides the stage itself. */
 export interface ComputeOptions {
   store: ArtifactStore;
-  /** The stage's final cache key. */
+  /** The stage's final cache key (`ctx.key`). */
   key: string;
+  /**
+   * Commit under this key instead (a rung of a halved sweep: the stage run with `budget`, keyed
+   * apart from its final entry); the work dir is this key's. Default `key`.
+   */
+  entryKey?: string;
+  /** `StageContext.budget`: stop after this many units of the stage's budget param. */
+  budget?: number;
+  /** `StageContext.resumeFrom`: the entry of an earlier, shorter run of this stage to go on from. */
+  resumeFrom?: string;
+  /** For a halving join: the branches it stopped early (`StageContext.prunedBranches`); default none. */
+  prunedBranches?: PrunedBranch[];
   /** Upstream artifacts (direct `needs` first, then their ancestors). */
   inputs: StageInput[];
   /** Hints of the stages downstream (`StageContext.downstream`). */
@@ -48,10 +59,11 @@ export interface ComputeOptions {
  */
 export async function computeStage(stage: ResolvedStage, options: ComputeOptions): Promise<EntryMeta> {
   const { store, key, inputs, log, signal } = options;
+  const entryKey = options.entryKey ?? key;
   // Entries go through the cache interface (local, or backed by a remote); the store gives locks.
   const cache = store.cache;
-  const outDir = await cache.createTempDir(key);
-  const workDir = cache.workDir(key);
+  const outDir = await cache.createTempDir(entryKey);
+  const workDir = cache.workDir(entryKey);
   await mkdir(workDir, { recursive: true });
   const memoKeys: string[] = [];
   const ctx: StageContext = {
@@ -70,7 +82,9 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
       return found;
     },
     downstream: options.downstream,
-    ...(stage.definition.join ? { branches: branchesOf(stage, inputs, options.pipeline.stages ?? []), failedBranches: options.failedBranches ?? [] } : {}),
+    ...(stage.definition.join ? { branches: branchesOf(stage, inputs, options.pipeline.stages ?? []), failedBranches: options.failedBranches ?? [], prunedBranches: options.prunedBranches ?? [] } : {}),
+    ...(options.budget !== undefined ? { budget: options.budget } : {}),
+    ...(options.resumeFrom !== undefined ? { resumeFrom: options.resumeFrom } : {}),
     async memo(name, parts, compute, memoOptions) {
       const memoKey = sha256(canonicalJson(memoOptions?.shared ? { memo: name, shared: true, parts } : { memo: name, kind: stage.kind, version: stage.definition.version, parts }));
       memoKeys.push(memoKey);
@@ -112,9 +126,12 @@ export async function computeStage(stage: ResolvedStage, options: ComputeOptions
     const result = await stage.definition.run(ctx, stage.params);
     if (signal.aborted) throw new AbortedError();
     const metrics = result.metrics ?? {};
-    const entry = await cache.commit(outDir, { key, kind: stage.kind, stage: stage.id, provides: stage.definition.provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
+    // A rung's entry is no artifact of the stage's type: nothing downstream reads it as one.
+    const provides = entryKey === key ? stage.definition.provides : [];
+    const kind = entryKey === key ? stage.kind : `${stage.kind}:rung`;
+    const entry = await cache.commit(outDir, { key: entryKey, kind, stage: stage.id, provides, metrics, ...(memoKeys.length ? { memo: memoKeys } : {}) });
     await rm(workDir, { recursive: true, force: true });
-    await options.push?.(key);
+    await options.push?.(entryKey);
     return entry;
   } catch (error) {
     await rm(outDir, { recursive: true, force: true });

@@ -44,6 +44,7 @@ export const ERROR_CODES = {
   matrix_too_large: 'a sweep would make more branches than a pipeline may hold',
   matrix_collision: 'a swept param is also set in with:, a matrix lists a value twice, or two stages would get one id',
   join_without_branches: 'a stage that picks among branches (select) needs fewer than two',
+  halving_needs_budget: 'a halving select needs stages it cannot run in rungs of epochs',
   'schema_<keyword>': 'any other JSON Schema rule broken (the code names the keyword)',
   // The artifact store and its locks (exit 3 unless noted).
   store_locked: 'another live process holds the artifact store',
@@ -114,6 +115,7 @@ export const ERROR_CODES = {
   gate_metric_unavailable: 'a gate names a metric the evaluation does not produce',
   gate_failed: 'an evaluate gate failed',
   select_metric_missing: 'select names a metric that a branch does not report',
+  halving_metric_missing: 'a halving select ranks by a metric its branches do not report after a rung',
   select_no_model: 'select found no model behind a branch',
   select_none_passed: "no branch passed select's gate",
   accuracy_drop: "prune lost more accuracy than max_accuracy_drop allows",

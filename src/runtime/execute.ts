@@ -14,11 +14,13 @@ import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
 import { describeFailedBranches, joinUpstream, settleJoin } from './join.js';
+import { budgetOf, halvingGroups, type HalvingMember, type PrunedInfo } from './halving.js';
 import { describeMatrix } from './matrix.js';
-import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
-import type { FailedBranch, Json, Metrics, ProgressEvent, StageInput } from './types.js';
+import { lookUp, rekeyStage, type Plan, type PlannedStage } from './plan.js';
+import type { FailedBranch, Json, Metrics, ProgressEvent, PrunedBranch, StageInput } from './types.js';
 
-export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped';
+/** `pruned`: a branch a halving join stopped early (not a failure; see `halving.ts`). */
+export type StageStatus = 'ran' | 'cached' | 'failed' | 'skipped' | 'pruned';
 
 export interface StageSummary {
   id: string;
@@ -117,6 +119,18 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const stageById = new Map(plan.pipeline.stages.map((s) => [s.id, s]));
   /** The branches each joining stage goes without. */
   const failedOf = new Map<string, FailedBranch[]>();
+  /** The branches a halving join stopped early, by id (the join reads and is keyed by them). */
+  const prunedOf = new Map<string, PrunedInfo>();
+  /** The halving group of each branch a halving join reads. */
+  const groupOf = halvingGroups(plan, !!options.dispatcher, {
+    rung: (member, key, budget, resumeFrom) => rungOf(member, key, budget, resumeFrom),
+    finish: (member, resumeFrom) => finishOf(member.planned, member.base, resumeFrom),
+    decided: (info, message) => log.info(info, message),
+    warn(stage, message) {
+      log.warn({ stage }, message);
+      pushWarnings.push({ stage, message });
+    },
+  });
 
   /**
    * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
@@ -141,7 +155,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
    */
   const upstreamOf = (planned: PlannedStage, failed: FailedBranch[]): Record<string, string> | undefined => {
     const { needs } = planned.stage;
-    if (failed.length) return joinUpstream(needs, (d) => digests.get(d) ?? planned.record.upstream[d], failed);
+    const pruned = new Map(needs.filter((d) => prunedOf.has(d)).map((d) => [d, prunedOf.get(d)!.digest]));
+    if (failed.length || pruned.size) return joinUpstream(needs, (d) => digests.get(d) ?? planned.record.upstream[d], failed, pruned);
     return needs.every((d) => digests.has(d)) ? Object.fromEntries(needs.map((d) => [d, digests.get(d)!])) : undefined;
   };
 
@@ -162,20 +177,70 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     }
     const { stage, key } = planned;
     const base = { id: stage.id, uses: stage.kind, key, reasons: planned.reasons, ...(stage.template ? { branch: { template: stage.template, coords: stage.coords ?? {} } } : {}) };
+    const group = groupOf.get(stage.id);
     if (blocked) {
+      group?.leave(stage.id);
       log.warn({ stage: stage.id, because: blocked.id }, 'stage skipped');
       return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'dependency_failed', message: blocked.message } };
     }
+    if (group) {
+      const outcome = await group.run({ planned, base, full: budgetOf(planned) });
+      if (outcome.pruned) prunedOf.set(stage.id, outcome.pruned);
+      return outcome.summary;
+    }
     if (join?.failed.length) log.warn({ stage: stage.id, failed: join.failed.map((f) => f.id), branches: needs.length }, 'joining the branches that succeeded');
+    return finishOf(planned, base);
+  };
+
+  /** A stage whose upstream is settled: reused, dispatched or computed here (going on from `resumeFrom`, a rung's entry). */
+  const finishOf = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, resumeFrom?: string): Promise<StageSummary> => {
     if (planned.action === 'cached' && planned.entry) return reuse(planned, base, planned.entry);
     if (signal.aborted) return { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } };
     if (options.dispatcher) return dispatchOne(planned, base, options.dispatcher);
-    const queue = stage.definition.resource === 'tf' ? tfQueue : ioQueue;
+    const queue = planned.stage.definition.resource === 'tf' ? tfQueue : ioQueue;
     // No `signal` for p-queue: it would reject a *running* task's promise on abort while the
     // stage still runs; a queued task checks the signal itself when it starts.
     return (await queue.add(async (): Promise<StageSummary> =>
-      signal.aborted ? { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } } : execute(planned, base),
+      signal.aborted ? { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } } : execute(planned, base, resumeFrom),
     )) as StageSummary;
+  };
+
+  /**
+   * One rung of a halving join's branch (`halving.ts`): its entry under `key` from the cache, or
+   * computed holding that key's lock, stopped at `budget` epochs. Throws the stage's error.
+   */
+  const rungOf = async (member: HalvingMember, key: string, budget: number, resumeFrom: string | undefined): Promise<{ entry: EntryMeta; dir: string; seconds: number }> => {
+    const { planned } = member;
+    const stageLog = log.child({ stage: planned.stage.id, kind: planned.stage.kind, rung: budget });
+    const cachedRung = async (): Promise<EntryMeta | undefined> => {
+      const found = await lookUp(cache, key);
+      return found.check.state === 'ok' ? found.check.meta : undefined;
+    };
+    await options.onKey?.(key);
+    const hit = await cachedRung();
+    if (hit) {
+      stageLog.info({ key, budget }, 'rung cached');
+      return { entry: hit, dir: await cache.materialize(key), seconds: 0 };
+    }
+    if (signal.aborted) throw new AbortedError();
+    return (await tfQueue.add(async () => {
+      const claim = await store.claimKey(key, { signal, purpose: `run ${options.runId} stage ${planned.stage.id} rung ${budget}` });
+      try {
+        const now = await cachedRung();
+        if (now) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
+        const t0 = performance.now();
+        options.observer?.stageStarted?.(planned);
+        stageLog.info({ key, budget, of: member.full, resumeFrom }, 'rung start');
+        const entry = await computeSomewhere(planned, { ...requestOf(planned, stageLog), entryKey: key, budget, ...(resumeFrom ? { resumeFrom } : {}) });
+        const seconds = round((performance.now() - t0) / 1000);
+        stageLog.info({ key, seconds, metrics: entry.metrics }, 'rung done');
+        return { entry, dir: await cache.materialize(key), seconds };
+      } catch (failure) {
+        throw failure instanceof ComputeFailure ? failure.error : failure;
+      } finally {
+        await claim.release();
+      }
+    }))!;
   };
 
   /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
@@ -195,7 +260,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
    * Computes a stage holding its key's lock: a run that needs the same key waits, then finds
    * the entry this one committed and reuses it (each key is computed once).
    */
-  const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
+  const execute = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, resumeFrom?: string): Promise<StageSummary> => {
     const { stage, key } = planned;
     let claim;
     try {
@@ -215,45 +280,63 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const now = await cache.check(key);
       // Committed since we planned (by the run we waited for): reuse it, even under --force.
       if (now.state === 'ok' && now.meta.created !== planned.entry?.created) return await reuse(planned, { ...base, reasons: [...(base.reasons ?? []), 'computed by a concurrent run'] }, now.meta);
-      return await executeClaimed(planned, base);
+      return await executeClaimed(planned, base, resumeFrom);
     } finally {
       await claim.release();
     }
   };
 
-  const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>): Promise<StageSummary> => {
+  /** What computing `planned` is given, here or in another process. */
+  const requestOf = (planned: PlannedStage, stageLog: Logger): OffloadRequest => {
+    const { stage } = planned;
+    const pruned = stage.needs.filter((id) => prunedOf.has(id)).map((id): PrunedBranch => {
+      const { budget, of, metrics } = prunedOf.get(id)!;
+      const branch = stageById.get(id)!;
+      return { id, template: branch.template ?? id, coords: branch.coords ?? {}, budget, of, metrics };
+    });
+    return {
+      inputs: inputsOf(planned),
+      downstream: planned.downstream,
+      failedBranches: failedOf.get(stage.id),
+      ...(pruned.length ? { prunedBranches: pruned } : {}),
+      runId: options.runId,
+      log: stageLog,
+      signal,
+      onKey: options.onKey,
+      push: (entryKey) => pushQuietly(entryKey, stage.id, stageLog),
+      progress(event) {
+        // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
+        if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
+        options.observer?.progress?.(stage.id, event);
+      },
+    };
+  };
+
+  /**
+   * Computes the stage's entry. One `tf` stage at a time computes here (TF.js keeps global
+   * state); while one does, the others go to the offloader, except light ones (model surgery),
+   * which wait their turn.
+   */
+  const computeSomewhere = async (planned: PlannedStage, request: OffloadRequest): Promise<EntryMeta> => {
+    const { stage, key } = planned;
+    const tf = stage.definition.resource === 'tf';
+    const here = !tf || !options.offload || stage.definition.light === true || !tfHere.busy;
+    if (tf && here) await tfHere.take();
+    try {
+      return here ? await computeStage(stage, { ...request, store, key, pipeline: plan.pipeline }) : await options.offload!.compute(planned, request);
+    } finally {
+      if (tf && here) tfHere.release();
+    }
+  };
+
+  const executeClaimed = async (planned: PlannedStage, base: Pick<StageSummary, 'id' | 'uses' | 'key' | 'reasons'>, resumeFrom?: string): Promise<StageSummary> => {
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
     options.observer?.stageStarted?.(planned);
-    stageLog.info({ key, reasons: planned.reasons }, 'stage start');
+    stageLog.info({ key, reasons: planned.reasons, ...(resumeFrom ? { resumeFrom } : {}) }, 'stage start');
     try {
-      const request: OffloadRequest = {
-        inputs: inputsOf(planned),
-        downstream: planned.downstream,
-        failedBranches: failedOf.get(stage.id),
-        runId: options.runId,
-        log: stageLog,
-        signal,
-        onKey: options.onKey,
-        push: (entryKey) => pushQuietly(entryKey, stage.id, stageLog),
-        progress(event) {
-          // Ticks are many (one per batch): only the start and end of a tracked step go to the log.
-          if (event.phase !== 'tick') stageLog.debug({ progress: event }, 'progress');
-          options.observer?.progress?.(stage.id, event);
-        },
-      };
-      // One `tf` stage at a time computes here (TF.js keeps global state); while one does, the
-      // others go to the offloader, except light ones (model surgery), which wait their turn.
-      const tf = stage.definition.resource === 'tf';
-      const here = !tf || !options.offload || stage.definition.light === true || !tfHere.busy;
-      if (tf) await (here ? tfHere.take() : undefined);
-      let entry: EntryMeta;
-      try {
-        entry = here ? await computeStage(stage, { ...request, store, key, pipeline: plan.pipeline }) : await options.offload!.compute(planned, request);
-      } finally {
-        if (tf && here) tfHere.release();
-      }
+      const entry = await computeSomewhere(planned, { ...requestOf(planned, stageLog), ...(resumeFrom ? { resumeFrom } : {}) });
       const seconds = round((performance.now() - t0) / 1000);
       stageLog.info({ key, seconds, metrics: entry.metrics }, 'stage done');
       return await finished(planned, base, entry, seconds);

@@ -30,7 +30,7 @@ export interface StageOffloader {
 }
 
 /** What an offloaded stage is given besides the stage: what `computeStage` gets here. */
-export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'failedBranches' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
+export type OffloadRequest = Pick<ComputeOptions, 'inputs' | 'downstream' | 'failedBranches' | 'prunedBranches' | 'entryKey' | 'budget' | 'resumeFrom' | 'runId' | 'log' | 'signal' | 'progress' | 'onKey' | 'push'>;
 
 /**
  * The executor seam: where a stage that must be computed is computed. The DAG (order, re-keying,

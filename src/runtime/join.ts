@@ -11,7 +11,7 @@ import type { FailedBranch } from './types.js';
 /** What a join needs to know of a finished upstream stage (a `StageSummary`). */
 export interface SettledStage {
   id: string;
-  status: 'ran' | 'cached' | 'failed' | 'skipped';
+  status: 'ran' | 'cached' | 'failed' | 'skipped' | 'pruned';
   error?: { code: string; message: string };
 }
 
@@ -32,7 +32,8 @@ export function settleJoin(
   settledOf: (id: string) => SettledStage | undefined,
   interrupted: boolean,
 ): { blocked?: { id: string; message: string }; failed: FailedBranch[] } {
-  const down = needs.filter((need) => !succeeded(need));
+  // A branch a halving join stopped early is neither its input nor a failure (see halving.ts).
+  const down = needs.filter((need) => !succeeded(need) && need.status !== 'pruned');
   if (!down.length) return { failed: [] };
   const plain = down.find((need) => !stageOf(need.id)?.template);
   if (interrupted || plain) {
@@ -43,7 +44,7 @@ export function settleJoin(
     const branch = stageOf(need.id)!;
     return { id: need.id, template: branch.template!, coords: branch.coords ?? {}, status: need.status === 'failed' ? 'failed' : 'skipped', error: causeOf(need, branch, settledOf) };
   });
-  if (failed.length === needs.length) {
+  if (failed.length === needs.filter((need) => need.status !== 'pruned').length) {
     const list = listSome(failed.map((f) => `'${f.id}' ${f.status}`));
     return { blocked: { id: failed[0].id, message: `every branch it joins failed: ${list}` }, failed };
   }
@@ -57,16 +58,21 @@ function causeOf(need: SettledStage, branch: ResolvedStage, settledOf: (id: stri
   return { stage: (origin ?? need).id, code: error?.code ?? 'dependency_failed', message: error?.message ?? `'${need.id}' ${need.status}` };
 }
 
+/** The prefix of a pruned branch's entry in a halving join's `record.upstream` (`pruned:<rung digest>`). */
+export const PRUNED_BRANCH = 'pruned:';
+
 /**
  * The join's `record.upstream` (what its key is built from): each branch that succeeded by its
- * output digest, each that failed by `failed:<id>:<code>`.
+ * output digest, each that failed by `failed:<id>:<code>`, each that a halving join stopped by
+ * `pruned:<digest of the rung it stopped at>`.
  */
-export function joinUpstream(needs: string[], digestOf: (id: string) => string, failed: FailedBranch[]): Record<string, string> {
+export function joinUpstream(needs: string[], digestOf: (id: string) => string, failed: FailedBranch[], pruned: ReadonlyMap<string, string> = new Map()): Record<string, string> {
   const failedById = new Map(failed.map((f) => [f.id, f]));
   return Object.fromEntries(
     needs.map((id) => {
       const branch = failedById.get(id);
-      return [id, branch ? `${FAILED_BRANCH}${id}:${branch.error.code}` : digestOf(id)];
+      const rung = pruned.get(id);
+      return [id, branch ? `${FAILED_BRANCH}${id}:${branch.error.code}` : rung ? `${PRUNED_BRANCH}${rung}` : digestOf(id)];
     }),
   );
 }

@@ -158,6 +158,27 @@ function slugsOf(values: Json[]): string[] {
 }
 
 /**
+ * A halving join (`StageDefinition.halving`) runs its needs in rungs of their `budget` param and
+ * stops some early: each need must be a stage with a budget (train-head, fine-tune), and only
+ * joins may depend on it (a stage after a stopped branch would have nothing to read).
+ */
+function halvingProblems(t: TemplateStage, templates: TemplateStage[]): (MatrixProblem & { stage: string })[] {
+  if (!t.definition.halving?.(t.variants[0] as never)) return [];
+  const byId = new Map(templates.map((s) => [s.id, s]));
+  return t.needs.flatMap((dep) => {
+    const need = byId.get(dep);
+    if (!need) return [];
+    if (!need.definition.budget) {
+      const budgeted = templates.filter((s) => s.definition.budget).map((s) => `'${s.id}'`);
+      return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, which trains its needs in rungs of epochs, but '${dep}' (${need.kind}) has no epochs to stop and go on; make select need the training stage itself${budgeted.length ? ` (${budgeted.join(', ')})` : ''}, or set halving: false` }];
+    }
+    const others = templates.filter((s) => s !== t && s.needs.includes(dep) && !s.definition.join).map((s) => `'${s.id}'`);
+    if (others.length) return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, so it stops some branches of '${dep}' early, but ${others.join(', ')} also need${others.length === 1 ? 's' : ''} '${dep}' and would have nothing to read; make them need '${t.id}' instead, or set halving: false` }];
+    return [];
+  });
+}
+
+/**
  * Expands templates (in topological order) into branches. Returns the expanded stages (in
  * the same order, branches of one template together), their needs, the matrix description
  * (undefined when nothing is swept) and problems: a joining stage with fewer than two
@@ -193,6 +214,7 @@ export function expandMatrix(templates: TemplateStage[]): { stages: ExpandedStag
           segments: [t.needs.length ? 'needs' : 'uses'],
           message: `stage '${t.id}' (${t.kind}) picks among branches, but its needs give ${merged[0].needs.length ? `only '${merged[0].needs[0]}'` : 'none'}; need a stage with a matrix: (or one downstream of it), or list two or more stages`,
         });
+      problems.push(...halvingProblems(t, templates));
     } else {
       for (const dep of t.needs) {
         merged = merged.flatMap((m) =>

@@ -123,6 +123,25 @@ export interface StageContext<P = Record<string, unknown>> {
    * stages.
    */
   failedBranches?: FailedBranch[];
+  /**
+   * For a joining stage that halves its sweep (`StageDefinition.halving`): the branches it
+   * stopped early, with their metrics where they stopped, in `needs` order; `[]` when none
+   * was. They are not in `branches`. Absent for other stages.
+   */
+  prunedBranches?: PrunedBranch[];
+  /**
+   * For a stage with a `budget` param, run as one rung of a halved sweep: stop after this many
+   * of its units (epochs) of the `params[budget]` it is set to, as if interrupted there, and
+   * write into `outDir` what a later run needs to continue (`resumeFrom`), with the metrics so
+   * far. Absent: run to the end.
+   */
+  budget?: number;
+  /**
+   * An entry written by an earlier run of this stage with a smaller `budget` (same params, same
+   * inputs): continue from where it stopped instead of starting over. The result must be the
+   * same bytes as a run that never stopped.
+   */
+  resumeFrom?: string;
   /** Child logger bound to run, stage and kind. */
   log: Logger;
   /** Reports a one-off fact worth a line (an epoch finished, a resume); see `track` for bars. */
@@ -171,6 +190,35 @@ export interface FailedBranch {
   status: 'failed' | 'skipped';
   /** The failure that took the branch out: the stage that failed (the branch itself, or the one upstream of it), its error code and message. */
   error: { stage: string; code: string; message: string };
+}
+
+/** A branch a halving join stopped early (`StageContext.prunedBranches`). */
+export interface PrunedBranch {
+  /** The branch stage's id. */
+  id: string;
+  /** The stage id in the pipeline file the branch was expanded from. */
+  template: string;
+  /** Its matrix coordinates, axis label -> value. */
+  coords: Record<string, Json>;
+  /** The units (epochs) it ran of the `of` it was set to. */
+  budget: number;
+  of: number;
+  /** Its metrics where it stopped. */
+  metrics: Metrics;
+}
+
+/**
+ * How a joining stage halves its sweep (successive halving, as in Hyperband): every branch runs
+ * `min` units of its budget param, the best 1/`factor` of them (at least one) go on to
+ * `min·factor`, and so on; the last ones run to the end. Branches are ranked by `metric`.
+ */
+export interface HalvingSpec {
+  metric: string;
+  mode: 'max' | 'min';
+  /** Keeps 1 of every `factor` branches per rung (>= 2). */
+  factor: number;
+  /** Units of the first rung (>= 1). */
+  min: number;
 }
 
 /** One downstream stage's hints (`StageDefinition.hints`). */
@@ -264,6 +312,18 @@ export interface StageDefinition<P = any> {
    * not a branch, failed.
    */
   join?: boolean;
+  /**
+   * For a joining stage: whether, with these params, it halves the sweep it joins (see
+   * `HalvingSpec`); undefined for a plain join. The branches it reads must be stages with a
+   * `budget`. Branches it stops early end with status `pruned`, and are in `ctx.prunedBranches`.
+   */
+  halving?(params: P): HalvingSpec | undefined;
+  /**
+   * The integer param that is how long the stage trains (`epochs`): the stage honours
+   * `ctx.budget` (stop early, leave what is needed to go on) and `ctx.resumeFrom` (go on),
+   * so a halving join can run it in rungs. Its metrics at any budget are those it reports.
+   */
+  budget?: string;
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

@@ -31,6 +31,8 @@ export const fineTune: StageDefinition<FineTuneParams> = {
   consumes: ['shards', 'model'],
   provides: ['model'],
   resource: 'tf',
+  // A halving select runs it in rungs of epochs (ctx.budget, ctx.resumeFrom: see fit-stage.ts).
+  budget: 'epochs',
   async run(ctx, params) {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');

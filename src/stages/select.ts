@@ -20,6 +20,19 @@ export interface SelectParams {
   mode?: 'max' | 'min';
   /** Minimum per metric a branch must reach to be a candidate. Default `{}`. */
   gate: Record<string, number>;
+  /** Successive halving of the branches (`true`: factor 3 from 1 epoch), or `false`. Default `false`. */
+  halving: boolean | { factor?: number; min?: number };
+}
+
+/** A branch the sweep stopped early (successive halving), listed beside the table. */
+export interface PrunedRow {
+  id: string;
+  coords: Record<string, Json>;
+  /** Its value of the ranking metric where it stopped (null when it reports none). */
+  value: number | null;
+  /** Epochs it ran, of how many. */
+  budget: number;
+  of: number;
 }
 
 /** One row of the selection table. */
@@ -58,21 +71,30 @@ export const select: StageDefinition<SelectParams> = {
   kind: 'select',
   version: 1,
   join: true,
-  description: 'Pick the best branch of a sweep by a metric (with an optional gate) and pass its model on',
+  description: 'Pick the best branch of a sweep by a metric (with an optional gate, optionally halving the sweep) and pass its model on',
+  halving(params) {
+    if (!params.halving) return undefined;
+    const options = params.halving === true ? {} : params.halving;
+    return { metric: params.metric, mode: modeOf(params), factor: options.factor ?? 3, min: options.min ?? 1 };
+  },
   paramsSchema,
   consumes: ['model'],
   provides: ['model'],
   async run(ctx, params) {
     const branches = ctx.branches;
     if (!branches?.length) throw new InternalError(`select stage '${ctx.id}' was given no branches`);
-    const mode = params.mode ?? (/loss$/i.test(params.metric) ? 'min' : 'max');
+    const mode = modeOf(params);
     const rows = branches.map((branch) => rowOf(branch, params));
     const passed = rows.filter((row) => row.passed);
     const table = rows.map((row) => ({ ...row }) as unknown as Json);
     const failed: FailedRow[] = (ctx.failedBranches ?? []).map((f) => ({ id: f.id, coords: f.coords, status: f.status, stage: f.error.stage, code: f.error.code, message: f.error.message }));
     // Only when some failed, so a sweep whose branches all succeed keeps its outputs (and the keys after it).
-    const failures: Record<string, Json> = failed.length ? { failed: failed.map((row) => ({ ...row }) as unknown as Json) } : {};
-    const total = rows.length + failed.length;
+    const pruned: PrunedRow[] = (ctx.prunedBranches ?? []).map((p) => ({ id: p.id, coords: p.coords, value: typeof p.metrics[params.metric] === 'number' ? (p.metrics[params.metric] as number) : null, budget: p.budget, of: p.of }));
+    const failures: Record<string, Json> = {
+      ...(failed.length ? { failed: failed.map((row) => ({ ...row }) as unknown as Json) } : {}),
+      ...(pruned.length ? { pruned: pruned.map((row) => ({ ...row }) as unknown as Json) } : {}),
+    };
+    const total = rows.length + failed.length + pruned.length;
     if (!passed.length) {
       const gate = Object.entries(params.gate).map(([name, min]) => `${name} >= ${min}`).join(', ');
       const others = failed.length ? ` (${failed.length} more failed)` : '';
@@ -87,8 +109,8 @@ export const select: StageDefinition<SelectParams> = {
     // pass it shares) travels with it.
     for (const name of await readdir(model.dir)) if (name !== ENTRY_FILE) await cp(path.join(model.dir, name), path.join(ctx.outDir, name), { recursive: true });
     const choice = { chosen: chosen.id, model: model.id, coords: chosen.coords, metric: params.metric, mode, value: chosen.value };
-    await writeFile(path.join(ctx.outDir, SELECTION_FILE), JSON.stringify({ ...choice, gate: params.gate, table: rows, ...(failed.length ? { failed } : {}) }, null, 1) + '\n');
-    ctx.log.info({ ...choice, branches: total, passed: passed.length, failed: failed.map((row) => row.id) }, 'branch selected');
+    await writeFile(path.join(ctx.outDir, SELECTION_FILE), JSON.stringify({ ...choice, gate: params.gate, table: rows, ...(failed.length ? { failed } : {}), ...(pruned.length ? { pruned } : {}) }, null, 1) + '\n');
+    ctx.log.info({ ...choice, branches: total, passed: passed.length, failed: failed.map((row) => row.id), pruned: pruned.map((row) => row.id) }, 'branch selected');
     return {
       metrics: { chosen: chosen.id, [params.metric]: chosen.value, branches: total, passed: passed.length, model: model.id, choice: chosen.coords, metric: params.metric, mode, table, ...failures, report: SELECTION_FILE },
     };
@@ -113,6 +135,10 @@ function rowOf(branch: BranchInput, params: SelectParams): SelectionRow {
 /** The branch's own model, or the nearest one upstream of it (an evaluate's). */
 function modelOf(branch: BranchInput): StageInput | undefined {
   return [branch.input, ...branch.upstream].find((input) => input.provides.includes('model'));
+}
+
+function modeOf(params: SelectParams): 'max' | 'min' {
+  return params.mode ?? (/loss$/i.test(params.metric) ? 'min' : 'max');
 }
 
 /** The best row; the first of equals (pipeline order), so the choice is stable. */

@@ -39,6 +39,8 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
   consumes: ['shards', 'model'],
   provides: ['model'],
   resource: 'tf',
+  // A halving select runs it in rungs of epochs (ctx.budget, ctx.resumeFrom: see fit-stage.ts).
+  budget: 'epochs',
   async run(ctx, params) {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');

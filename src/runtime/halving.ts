@@ -1,0 +1,226 @@
+/**
+ * Successive halving of a sweep (Jamieson & Talwalkar 2016; the inner loop of Hyperband): a
+ * joining stage whose definition says it halves (`StageDefinition.halving`, e.g. `select` with
+ * `halving: true`) does not wait for every branch to train to the end. Each branch in its
+ * `needs` (a stage with a `budget` param: epochs) first runs `min` epochs, as a *rung*: the
+ * stage stopped there (`ctx.budget`), committed under a key of its own (`rungKey`), with its
+ * metrics and what it needs to go on. The best 1/`factor` (at least one) by the join's metric go
+ * on to `min·factor` epochs, continuing from their rung (`ctx.resumeFrom`), and so on; the last
+ * ones run to the end as the stage itself, under its own key, with the same bytes as a run that
+ * never stopped. The others end `pruned`: not a failure, not an input of the join, which is told
+ * of them (`ctx.prunedBranches`) and keyed by their rungs.
+ *
+ * Every rung is a cache entry, so a rerun makes the same decisions from the cache without
+ * training; a rung key covers the branch's final key and the rung's epochs, so anything that
+ * changes a branch changes its rungs. This module decides; the executor computes (`HalvingPort`).
+ */
+import { canonicalJson, sha256 } from './hash.js';
+import { entryDigest, type EntryMeta } from './cache.js';
+import type { StageSummary } from './execute.js';
+import type { Plan, PlannedStage } from './plan.js';
+import type { HalvingSpec, Json, Metrics } from './types.js';
+import { StageError, describeError } from './errors.js';
+
+/** The key of one rung of a branch: its final key and the epochs it stops at. */
+export function rungKey(stageKey: string, budget: number): string {
+  return sha256(canonicalJson({ rung: budget, of: stageKey }));
+}
+
+/** The epochs of the rungs before the end: `min`, `min·factor`, … while under `full`. */
+export function rungBudgets(spec: Pick<HalvingSpec, 'factor' | 'min'>, full: number): number[] {
+  const out: number[] = [];
+  for (let budget = spec.min; budget < full; budget *= spec.factor) out.push(budget);
+  return out;
+}
+
+/** How many of `n` branches go on from a rung: 1 of every `factor`, at least one. */
+export function survivorsOf(n: number, factor: number): number {
+  return Math.max(1, Math.floor(n / factor));
+}
+
+/** A branch as the executor hands it to the group: its final plan and summary fields. */
+export interface HalvingMember {
+  planned: PlannedStage;
+  base: Omit<StageSummary, 'status' | 'seconds' | 'metrics'>;
+  /** Its budget param's value: the epochs it runs when it goes to the end. */
+  full: number;
+}
+
+/** What the group asks of the executor. */
+export interface HalvingPort {
+  /** The rung's entry from the cache, or computed (`budget` epochs, going on from `resumeFrom`); throws as a stage does. */
+  rung(member: HalvingMember, key: string, budget: number, resumeFrom: string | undefined): Promise<{ entry: EntryMeta; dir: string; seconds: number }>;
+  /** The member run to the end (or reused), going on from `resumeFrom`: its summary, as any stage's. */
+  finish(member: HalvingMember, resumeFrom: string | undefined): Promise<StageSummary>;
+  /** Logs a decision. */
+  decided(info: Record<string, unknown>, message: string): void;
+  /** A warning for the run's summary. */
+  warn(stage: string, message: string): void;
+}
+
+/** The epochs a member runs to the end: the value of its stage's budget param. */
+export function budgetOf(planned: PlannedStage): number {
+  const param = planned.stage.definition.budget;
+  const value = param ? (planned.stage.params as Record<string, unknown>)[param] : undefined;
+  if (typeof value !== 'number') throw new StageError('internal', `stage '${planned.stage.id}' has no number '${param}' to halve by`);
+  return value;
+}
+
+/**
+ * One group per halving join of the plan, by member id. With a dispatcher (BullMQ workers),
+ * which compute a stage's final key only, there are none: every branch trains to the end, and
+ * the run's summary says so.
+ */
+export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort): Map<string, HalvingGroup> {
+  const groups = new Map<string, HalvingGroup>();
+  const planned = new Map(plan.stages.map((p) => [p.stage.id, p]));
+  for (const { stage } of plan.stages) {
+    const spec = stage.definition.join ? stage.definition.halving?.(stage.params) : undefined;
+    if (!spec) continue;
+    const members = stage.needs.filter((id) => planned.get(id)?.stage.definition.budget);
+    if (members.length < 2) continue;
+    if (dispatched) {
+      port.warn(stage.id, `'${stage.id}' halving is not done with --executor bullmq: every branch trains all its epochs`);
+      continue;
+    }
+    const group = new HalvingGroup(stage.id, spec, members, port, entryDigest);
+    for (const id of members) groups.set(id, group);
+  }
+  return groups;
+}
+
+/** A member that was stopped: the join's input in place of its output. */
+export interface PrunedInfo {
+  budget: number;
+  of: number;
+  /** The rung entry's digest (the join is keyed by it). */
+  digest: string;
+  metrics: Metrics;
+}
+
+/** Where a member ended: its summary, and for a pruned one what the join reads of it. */
+export interface HalvingOutcome {
+  summary: StageSummary;
+  pruned?: PrunedInfo;
+}
+
+/**
+ * The branches of one halving join. Each member's `run` (or `leave`, for one that is skipped
+ * before it starts) is called once; the rungs start when all have come, and each `run`
+ * resolves when its member is decided.
+ */
+export class HalvingGroup {
+  private readonly waiting = new Map<string, { member: HalvingMember; resolve: (outcome: HalvingOutcome) => void }>();
+  private readonly left = new Set<string>();
+  private started = false;
+
+  constructor(
+    readonly join: string,
+    private readonly spec: HalvingSpec,
+    private readonly members: readonly string[],
+    private readonly port: HalvingPort,
+    private readonly digestOf: (entry: EntryMeta) => string,
+  ) {}
+
+
+  run(member: HalvingMember): Promise<HalvingOutcome> {
+    return new Promise((resolve) => {
+      this.waiting.set(member.base.id, { member, resolve });
+      this.maybeStart();
+    });
+  }
+
+  leave(id: string): void {
+    this.left.add(id);
+    this.maybeStart();
+  }
+
+  private maybeStart(): void {
+    if (this.started || this.waiting.size + this.left.size < this.members.length) return;
+    this.started = true;
+    const order = this.members.filter((id) => this.waiting.has(id)).map((id) => this.waiting.get(id)!);
+    void this.halve(order.map((w) => w.member)).then(
+      (outcomes) => order.forEach((w) => w.resolve(outcomes.get(w.member.base.id)!)),
+      (error) => order.forEach((w) => w.resolve({ summary: failedSummary(w.member, describeError(error), 0) })),
+    );
+  }
+
+  /** The rungs, in order; every member ends with an outcome. */
+  private async halve(members: HalvingMember[]): Promise<Map<string, HalvingOutcome>> {
+    const { spec, port } = this;
+    const outcomes = new Map<string, HalvingOutcome>();
+    const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
+    const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
+    let active = members;
+    const longest = Math.max(...members.map((m) => m.full));
+    for (const budget of rungBudgets(spec, longest)) {
+      if (active.length <= 1) break;
+      // A member whose end is this rung or before it runs to the end, and is ranked by that.
+      const ran = await Promise.all(
+        active.map(async (member): Promise<{ member: HalvingMember; metrics?: Metrics; done?: StageSummary }> => {
+          const id = member.base.id;
+          if (member.full <= budget) {
+            const done = await port.finish(member, last.get(id)?.dir);
+            seconds.set(id, seconds.get(id)! + done.seconds);
+            return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
+          }
+          try {
+            const rung = await port.rung(member, rungKey(member.planned.key, budget), budget, last.get(id)?.dir);
+            seconds.set(id, seconds.get(id)! + rung.seconds);
+            last.set(id, { dir: rung.dir, entry: rung.entry, budget });
+            return { member, metrics: rung.entry.metrics };
+          } catch (error) {
+            return { member, done: failedSummary(member, describeError(error), seconds.get(id)!) };
+          }
+        }),
+      );
+      const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
+      for (const { member, metrics, done } of ran) {
+        if (!metrics) {
+          outcomes.set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
+          continue;
+        }
+        const value = metrics[spec.metric];
+        if (typeof value !== 'number' || !Number.isFinite(value)) {
+          const numeric = Object.entries(metrics).filter(([, v]) => typeof v === 'number').map(([k]) => k);
+          throw new StageError('halving_metric_missing', `'${this.join}' halves its sweep by '${spec.metric}', which '${member.base.id}' (${member.base.uses}) does not report after ${budget} epoch(s)${value === undefined ? '' : ` (it is ${JSON.stringify(value)})`}; it reports: ${numeric.join(', ') || 'nothing'}. Rank by one of those, or set halving: false`, { branch: member.base.id, metric: spec.metric });
+        }
+        ranked.push({ member, value, done });
+      }
+      // Stable: the first of equals (pipeline order) stays ahead, as select chooses.
+      const order = ranked.map((r, i) => ({ ...r, i })).sort((a, b) => (spec.mode === 'max' ? b.value - a.value : a.value - b.value) || a.i - b.i);
+      const keep = survivorsOf(order.length, spec.factor);
+      port.decided({ join: this.join, budget, ranked: order.map((r) => ({ id: r.member.base.id, [spec.metric]: r.value })), kept: order.slice(0, keep).map((r) => r.member.base.id) }, 'halving rung ranked');
+      for (const [rank, { member, done }] of order.entries()) {
+        const id = member.base.id;
+        if (rank < keep && !done) continue;
+        if (done) {
+          outcomes.set(id, { summary: { ...done, seconds: seconds.get(id)! } });
+          continue;
+        }
+        const rung = last.get(id)!;
+        outcomes.set(id, {
+          summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
+          pruned: { budget, of: member.full, digest: this.digestOf(rung.entry), metrics: rung.entry.metrics },
+        });
+      }
+      active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);
+    }
+    await Promise.all(
+      active.map(async (member) => {
+        const id = member.base.id;
+        const done = await port.finish(member, last.get(id)?.dir);
+        outcomes.set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
+      }),
+    );
+    return outcomes;
+  }
+}
+
+function failedSummary(member: HalvingMember, error: { code: string; message: string }, seconds: number): StageSummary {
+  return { ...member.base, status: 'failed', seconds, metrics: {}, error };
+}
+
+function formatValue(value: Json): string {
+  return typeof value === 'number' ? String(Math.round(value * 10000) / 10000) : JSON.stringify(value);
+}
