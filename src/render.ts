@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { ValidationIssue } from './runtime/errors.js';
 import type { RunSummary, StageSummary } from './runtime/execute.js';
+import { budgetOf, describeHalving } from './runtime/halving.js';
 import { listSome } from './runtime/join.js';
 import { describeMatrix, formatValue } from './runtime/matrix.js';
 import type { Plan } from './runtime/plan.js';
@@ -59,8 +60,12 @@ export function renderPlan(plan: Plan): string {
     const coords = planned.stage.coords ? `[${formatCoords(planned.stage.coords)}]  ` : '';
     lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${coords}${planned.reasons.join('; ')}`);
   }
-  for (const planned of plan.stages.filter((p) => p.stage.definition.join))
+  for (const planned of plan.stages.filter((p) => p.stage.definition.join)) {
     lines.push(`${planned.stage.id} joins ${planned.stage.needs.length} branches: if some fail, it chooses among those that succeed (the run still fails); if all fail, it is skipped`);
+    const spec = planned.stage.definition.halving?.(planned.stage.params);
+    const full = plan.stages.find((p) => p.stage.id === planned.stage.needs[0]);
+    if (spec && full?.stage.definition.budget) lines.push(`${planned.stage.id} halves them (successive halving, factor ${spec.factor}): ${describeHalving(spec, planned.stage.needs.length, budgetOf(full))}`);
+  }
   const toRun = plan.stages.filter((p) => p.action === 'run').length;
   lines.push(`${toRun} to run, ${plan.stages.length - toRun} cached`);
   return lines.join('\n') + '\n';
@@ -101,9 +106,12 @@ export function renderGrid(summary: RunSummary, indent = '    '): string {
       coords: row.coords ?? {},
       cells: [`${metric}=${fmt(row.value)}`, row.id, row.id === join.metrics.chosen ? '<- chosen' : row.passed === false ? '(below the gate)' : ''],
     }));
+    // A halving select's pruned branches, with their value where they stopped.
+    const pruned = Array.isArray(join.metrics.pruned) ? (join.metrics.pruned as unknown as { id: string; coords?: Record<string, Json>; value: number | null; budget: number; of: number }[]) : [];
+    for (const row of pruned) rows.push({ coords: row.coords ?? {}, cells: [`${metric}=${row.value === null ? '-' : fmt(row.value)}`, row.id, `(pruned after ${row.budget} of ${row.of} epochs)`] });
     const failed = failedRowsOf(join);
     for (const row of failed) rows.push({ coords: row.coords ?? {}, cells: [`${metric}=-`, row.id, `(${describeFailedRow(row)})`] });
-    const among = failed.length ? ` among ${rows.length - failed.length} of ${rows.length} branches` : '';
+    const among = failed.length ? ` among ${rows.length - failed.length} of ${rows.length} branches` : pruned.length ? `, halving: ${pruned.length} of ${rows.length} branches pruned` : '';
     table(`${join.id} (${join.uses}): ${join.status === 'failed' ? `failed: ${join.error?.message ?? ''}` : `chose ${join.metrics.chosen} by ${metric} (${join.metrics.mode ?? 'max'})${among}`}`, rows);
   }
   const last = Object.keys(branches).at(-1);

@@ -141,7 +141,7 @@ export function buildReportModel(inputs: ReportInputs): ReportModel {
   if (summary.previous && !inputs.previous) notes.push(`the previous run ${summary.previous} is no longer in the store: its metrics are compared from this run's summary only`);
   if (!summary.previous) notes.push('no previous run of this pipeline to compare with');
   for (const stage of inputs.stages) {
-    if (!stage.present && stage.summary.status !== 'skipped' && stage.summary.status !== 'failed') notes.push(`the artifact of '${stage.summary.id}' is no longer in the store (removed by gc?): its report files are missing`);
+    if (!stage.present && stage.summary.status !== 'skipped' && stage.summary.status !== 'failed' && stage.summary.status !== 'pruned') notes.push(`the artifact of '${stage.summary.id}' is no longer in the store (removed by gc?): its report files are missing`);
   }
   return {
     run: { id: summary.run, pipeline: summary.pipeline, status: summary.status, started: summary.started, seconds: summary.seconds, backend: summary.backend, previous: summary.previous },

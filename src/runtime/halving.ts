@@ -38,6 +38,28 @@ export function survivorsOf(n: number, factor: number): number {
   return Math.max(1, Math.floor(n / factor));
 }
 
+/**
+ * The schedule of `n` branches of `full` epochs, for `plan`: `4 branches train 1 epoch, 1 goes
+ * on; 1 trains to 5 (8 of the 20 epochs of the full grid)`.
+ */
+export function describeHalving(spec: Pick<HalvingSpec, 'factor' | 'min' | 'metric'>, n: number, full: number): string {
+  const parts: string[] = [];
+  let count = n;
+  let epochs = 0;
+  let trained = 0;
+  for (const budget of rungBudgets(spec, full)) {
+    if (count <= 1) break;
+    const keep = survivorsOf(count, spec.factor);
+    parts.push(`${count} branches train to epoch ${budget}, the best ${keep} by ${spec.metric} go${keep === 1 ? 'es' : ''} on`);
+    epochs += count * (budget - trained);
+    trained = budget;
+    count = keep;
+  }
+  epochs += count * (full - trained);
+  parts.push(`${count === 1 ? '1 trains' : `${count} train`} to epoch ${full} (${epochs} of the ${n * full} epochs of the full grid)`);
+  return parts.join('; ');
+}
+
 /** A branch as the executor hands it to the group: its final plan and summary fields. */
 export interface HalvingMember {
   planned: PlannedStage;
