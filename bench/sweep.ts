@@ -7,7 +7,11 @@
  *   stage dropped (what a user runs to try one setting), once per cell of the grid;
  * - the sweep: the file as it is, all four branches in one run, twice: `--tf-jobs 1` (every
  *   TF.js stage in the run's one process, one after the other) and the default `--tf-jobs auto`
- *   (on wasm/cpu one per core: a branch in the run's process, another in a child process).
+ *   (on wasm/cpu one per core: a branch in the run's process, another in a child process);
+ * - the sweep halved: the same file with `select` set to `halving: true` (successive halving,
+ *   factor 3 from 1 epoch: every branch trains 1 epoch, the best one goes on to the end), default
+ *   `--tf-jobs`. It trains fewer epochs and may choose another branch than the full grid: the
+ *   chosen branch and its val_acc are printed beside the full grid's.
  *
  * Each run's CPU seconds (user + system, children included, from /usr/bin/time when present)
  * are printed beside its wall time: running branches at once saves wall time, not CPU.
@@ -42,6 +46,9 @@ interface RunFigures {
   branches: number;
   frozenForwards: number;
   stageSeconds: Record<string, number>;
+  /** The branch select chose, and its value; the branches pruned (halving). */
+  chosen?: { id: string; value: number };
+  pruned: number;
   /** Seconds of the stages that are not branches (run once), and of the branch stages (summed). */
   onceS: number;
   branchS: number;
@@ -119,6 +126,8 @@ async function measure(label: string, doc: Doc, work: string, sets: string[], ex
     stageSeconds[template] = round((stageSeconds[template] ?? 0) + stage.seconds, 2);
     if (typeof stage.metrics.accuracy === 'number') accuracy[stage.id] = stage.metrics.accuracy;
   }
+  const select = summary.stages.find((s) => typeof s.metrics.chosen === 'string');
+  const metric = select ? String(select.metrics.metric) : '';
   const swept = new Set(['unfreeze', 'fine-tune']);
   const branchS = summary.stages.filter((s) => s.branch || swept.has(s.id)).reduce((n, s) => n + s.seconds, 0);
   return {
@@ -132,6 +141,8 @@ async function measure(label: string, doc: Doc, work: string, sets: string[], ex
     frozenForwards: summary.stages.reduce((n, s) => n + ((s.metrics.frozen_forwards as number | undefined) ?? 0), 0),
     stageSeconds,
     accuracy,
+    ...(select ? { chosen: { id: String(select.metrics.chosen), value: select.metrics[metric] as number } } : {}),
+    pruned: summary.stages.filter((s) => s.status === 'pruned').length,
   };
 }
 
@@ -147,11 +158,15 @@ export async function benchSweep(args: string[] = []): Promise<void> {
     const singles: RunFigures[] = [];
     const serialSweeps: RunFigures[] = [];
     const sweeps: RunFigures[] = [];
+    const halved: RunFigures[] = [];
+    const halving = halvedSweep(sweep);
     for (let r = 0; r < repeat; r++) {
       for (const [i, cell] of cells.entries()) singles.push(await measure(`one-${i}`, singleBranch(sweep, cell), work, sets));
       serialSweeps.push(await measure('sweep-serial', sweep, work, sets, ['--tf-jobs', '1']));
       sweeps.push(await measure('sweep', sweep, work, sets));
+      if (halving) halved.push(await measure('sweep-halving', halving, work, sets));
     }
+    const halvedWall = halved.length ? median(halved.map((s) => s.wallS)) : undefined;
     const oneMean = mean(singles.map((s) => s.wallS));
     const sweepWall = median(sweeps.map((s) => s.wallS));
     const serialWall = median(serialSweeps.map((s) => s.wallS));
@@ -179,18 +194,34 @@ export async function benchSweep(args: string[] = []): Promise<void> {
       once_s: { one_branch: singles.map((s) => s.onceS), sweep: sweeps.map((s) => s.onceS), sweep_tf_jobs_1: serialSweeps.map((s) => s.onceS) },
       branch_s: { one_branch: singles.map((s) => s.branchS), sweep: sweeps.map((s) => s.branchS), sweep_tf_jobs_1: serialSweeps.map((s) => s.branchS) },
       accuracy: sweeps[0].accuracy,
-      target: { sweep_under_2x_one_branch: sweepWall < 2 * oneMean },
+      chosen: { sweep: sweeps[0].chosen, ...(halved.length ? { sweep_halving: halved[0].chosen } : {}) },
+      ...(halvedWall !== undefined ? { sweep_halving_wall_s: halved.map((s) => s.wallS), sweep_halving_over_one_branch: round(halvedWall / oneMean, 2), sweep_halving_pruned: halved[0].pruned, ...(halved.every((s) => s.cpuS !== undefined) && oneCpu ? { sweep_halving_cpu_over_one_branch: round(median(halved.map((s) => s.cpuS!)) / mean(oneCpu), 2) } : {}) } : {}),
+      target: { sweep_under_2x_one_branch: sweepWall < 2 * oneMean, ...(halvedWall !== undefined ? { sweep_halving_under_2x_one_branch: halvedWall < 2 * oneMean } : {}) },
     };
     console.log(JSON.stringify(result));
     console.log(`\nsweep (${path.relative(ROOT, file)}, ${cells.length} branches): one branch ${singles.map((s) => s.wallS.toFixed(1)).join(' / ')} s (mean ${oneMean.toFixed(1)} s); 2x2 sweep ${sweeps.map((s) => s.wallS.toFixed(1)).join(' / ')} s, with --tf-jobs 1 ${serialSweeps.map((s) => s.wallS.toFixed(1)).join(' / ')} s`);
     console.log(`  sweep / one branch = ${result.sweep_over_one_branch} (target < 2: ${result.target.sweep_under_2x_one_branch ? 'pass' : 'FAIL'}); with --tf-jobs 1: ${result.sweep_tf_jobs_1_over_one_branch}; four separate runs would take ${result.four_separate_runs_s.toFixed(1)} s`);
     if (result.cpu_s) console.log(`  CPU seconds: one branch ${result.cpu_s.one_branch.join(' / ')}, sweep ${result.cpu_s.sweep.join(' / ')} (${result.cpu_s.sweep_over_one_branch}x), with --tf-jobs 1 ${result.cpu_s.sweep_tf_jobs_1.join(' / ')} (${result.cpu_s.sweep_tf_jobs_1_over_one_branch}x)`);
+    if (halvedWall !== undefined) {
+      const [full, half] = [result.chosen.sweep, result.chosen.sweep_halving];
+      console.log(`  halved sweep (select halving: true) ${halved.map((s) => s.wallS.toFixed(1)).join(' / ')} s = ${result.sweep_halving_over_one_branch}x one branch (target < 2: ${result.target.sweep_halving_under_2x_one_branch ? 'pass' : 'FAIL'}), ${halved[0].pruned} of ${cells.length} branches pruned; chose ${half?.id} (${half?.value.toFixed(4)}), the full grid chose ${full?.id} (${full?.value.toFixed(4)})`);
+    }
     console.log(`  frozen forwards: one branch ${result.frozen_forwards.one_branch}, sweep ${result.frozen_forwards.sweep}, four separate runs ${result.frozen_forwards.four_separate_runs}`);
     console.log(`  stages run once: one branch ${result.once_s.one_branch.join(' / ')} s, sweep ${result.once_s.sweep.join(' / ')} s; branch stages (unfreeze + fine-tune): one branch ${result.branch_s.one_branch.join(' / ')} s, sweep ${result.branch_s.sweep.join(' / ')} s (all four)`);
     console.log(`  seconds per stage (sweep, branches summed): ${JSON.stringify(result.stage_seconds.sweep[0])}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/** The sweep with its select halving (successive halving, factor 3 from 1 epoch); undefined when it has no select. */
+function halvedSweep(doc: Doc): Doc | undefined {
+  const out = structuredClone(doc);
+  const select = Object.values(out.stages).find((stage) => stage.uses === 'select');
+  if (!select) return undefined;
+  select.with = { ...select.with, halving: true };
+  out.name = `${doc.name}-halving`;
+  return out;
 }
 
 function mean(values: number[]): number {

@@ -7,16 +7,16 @@
  */
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { AbortedError, describeError, GateError, StageError } from './errors.js';
+import { describeError, GateError, StageError } from './errors.js';
 import { ComputeFailure, computeStage } from './compute.js';
-import type { OffloadRequest, StageDispatcher, StageOffloader } from './executors.js';
+import { collectEngines, parallelBranches, Slot, type OffloadRequest, type StageDispatcher, type StageOffloader } from './executors.js';
 import { entryDigest, type ArtifactCache, type EntryMeta } from './cache.js';
 import type { ArtifactStore } from './store.js';
 import type { ResolvedPipeline } from './load.js';
 import { describeFailedBranches, joinUpstream, settleJoin } from './join.js';
-import { budgetOf, halvingGroups, type HalvingMember, type PrunedInfo } from './halving.js';
+import { budgetOf, computeRung, halvingGroups, type PrunedInfo } from './halving.js';
 import { describeMatrix } from './matrix.js';
-import { lookUp, rekeyStage, type Plan, type PlannedStage } from './plan.js';
+import { rekeyStage, type Plan, type PlannedStage } from './plan.js';
 import type { FailedBranch, Json, Metrics, ProgressEvent, PrunedBranch, StageInput } from './types.js';
 
 /** `pruned`: a branch a halving join stopped early (not a failure; see `halving.ts`). */
@@ -123,7 +123,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const prunedOf = new Map<string, PrunedInfo>();
   /** The halving group of each branch a halving join reads. */
   const groupOf = halvingGroups(plan, !!options.dispatcher, {
-    rung: (member, key, budget, resumeFrom) => rungOf(member, key, budget, resumeFrom),
+    rung: (member, key, budget, resumeFrom) =>
+      computeRung({ store, log, signal, runId: options.runId, onKey: options.onKey, queue: tfQueue, started: (planned) => options.observer?.stageStarted?.(planned), compute: (planned, stageLog, extra) => computeSomewhere(planned, { ...requestOf(planned, stageLog), ...extra }) }, member, key, budget, resumeFrom),
     finish: (member, resumeFrom) => finishOf(member.planned, member.base, resumeFrom),
     decided: (info, message) => log.info(info, message),
     warn(stage, message) {
@@ -203,44 +204,6 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     return (await queue.add(async (): Promise<StageSummary> =>
       signal.aborted ? { ...base, status: 'skipped', seconds: 0, metrics: {}, error: { code: 'aborted', message: 'interrupted before it started' } } : execute(planned, base, resumeFrom),
     )) as StageSummary;
-  };
-
-  /**
-   * One rung of a halving join's branch (`halving.ts`): its entry under `key` from the cache, or
-   * computed holding that key's lock, stopped at `budget` epochs. Throws the stage's error.
-   */
-  const rungOf = async (member: HalvingMember, key: string, budget: number, resumeFrom: string | undefined): Promise<{ entry: EntryMeta; dir: string; seconds: number }> => {
-    const { planned } = member;
-    const stageLog = log.child({ stage: planned.stage.id, kind: planned.stage.kind, rung: budget });
-    const cachedRung = async (): Promise<EntryMeta | undefined> => {
-      const found = await lookUp(cache, key);
-      return found.check.state === 'ok' ? found.check.meta : undefined;
-    };
-    await options.onKey?.(key);
-    const hit = await cachedRung();
-    if (hit) {
-      stageLog.info({ key, budget }, 'rung cached');
-      return { entry: hit, dir: await cache.materialize(key), seconds: 0 };
-    }
-    if (signal.aborted) throw new AbortedError();
-    return (await tfQueue.add(async () => {
-      const claim = await store.claimKey(key, { signal, purpose: `run ${options.runId} stage ${planned.stage.id} rung ${budget}` });
-      try {
-        const now = await cachedRung();
-        if (now) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
-        const t0 = performance.now();
-        options.observer?.stageStarted?.(planned);
-        stageLog.info({ key, budget, of: member.full, resumeFrom }, 'rung start');
-        const entry = await computeSomewhere(planned, { ...requestOf(planned, stageLog), entryKey: key, budget, ...(resumeFrom ? { resumeFrom } : {}) });
-        const seconds = round((performance.now() - t0) / 1000);
-        stageLog.info({ key, seconds, metrics: entry.metrics }, 'rung done');
-        return { entry, dir: await cache.materialize(key), seconds };
-      } catch (failure) {
-        throw failure instanceof ComputeFailure ? failure.error : failure;
-      } finally {
-        await claim.release();
-      }
-    }))!;
   };
 
   /** A cached result: its dir becomes the stage's output; a stage's checkout restores its side effects. */
@@ -445,43 +408,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   return summary;
 }
 
-/** The most `tf` stages to compute of one swept stage (its branches, which can run at once). */
-function parallelBranches(plan: Plan): number {
-  const count = new Map<string, number>();
-  for (const { stage, action } of plan.stages) {
-    if (action !== 'run' || !stage.template || stage.definition.resource !== 'tf' || stage.definition.light) continue;
-    count.set(stage.template, (count.get(stage.template) ?? 0) + 1);
-  }
-  return Math.max(0, ...count.values());
-}
-
-function collectEngines(stages: StageSummary[]): Record<string, Record<string, string>> {
-  const out: Record<string, Record<string, string>> = {};
-  for (const stage of stages) {
-    for (const [key, value] of Object.entries(stage.metrics ?? {})) {
-      if (!key.endsWith('_engine') || typeof value !== 'string') continue;
-      (out[stage.id] ??= {})[key.slice(0, -'_engine'.length)] = value;
-    }
-  }
-  return out;
-}
-
 function toInput(planned: PlannedStage, dir: string, metrics: Metrics): StageInput {
   return { id: planned.stage.id, kind: planned.stage.kind, key: planned.key, dir, provides: planned.stage.definition.provides, metrics };
-}
-
-/** A lock with no owner: `take` waits until it is free. */
-class Slot {
-  busy = false;
-  private readonly waiting: (() => void)[] = [];
-  async take(): Promise<void> {
-    while (this.busy) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    this.busy = true;
-  }
-  release(): void {
-    this.busy = false;
-    this.waiting.shift()?.();
-  }
 }
 
 function round(seconds: number): number {

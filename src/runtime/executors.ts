@@ -1,13 +1,15 @@
 /**
  * The seams where the executor has stages computed somewhere else than in its own process: a
  * `StageDispatcher` computes every stage (BullMQ workers, `--executor bullmq`), a
- * `StageOffloader` the `tf` stages beyond the one computing here (child processes, `--tf-jobs`).
+ * `StageOffloader` the `tf` stages beyond the one computing here (child processes, `--tf-jobs`);
+ * and the small pieces of scheduling `executePlan` uses around them.
  */
 import type { Logger } from 'pino';
 import type { EntryMeta } from './cache.js';
 import type { ComputeOptions } from './compute.js';
+import type { StageSummary } from './execute.js';
 import type { ResolvedPipeline } from './load.js';
-import type { PlannedStage } from './plan.js';
+import type { Plan, PlannedStage } from './plan.js';
 import type { FailedBranch, ProgressEvent } from './types.js';
 
 /**
@@ -57,3 +59,39 @@ export interface DispatchRequest {
   /** For a joining stage: the branches in its needs that failed (`StageContext.failedBranches`); absent when none did. */
   failedBranches?: FailedBranch[];
 }
+
+/** The most `tf` stages to compute of one swept stage (its branches, which can run at once). */
+export function parallelBranches(plan: Plan): number {
+  const count = new Map<string, number>();
+  for (const { stage, action } of plan.stages) {
+    if (action !== 'run' || !stage.template || stage.definition.resource !== 'tf' || stage.definition.light) continue;
+    count.set(stage.template, (count.get(stage.template) ?? 0) + 1);
+  }
+  return Math.max(0, ...count.values());
+}
+
+export function collectEngines(stages: StageSummary[]): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const stage of stages) {
+    for (const [key, value] of Object.entries(stage.metrics ?? {})) {
+      if (!key.endsWith('_engine') || typeof value !== 'string') continue;
+      (out[stage.id] ??= {})[key.slice(0, -'_engine'.length)] = value;
+    }
+  }
+  return out;
+}
+
+/** A lock with no owner: `take` waits until it is free. */
+export class Slot {
+  busy = false;
+  private readonly waiting: (() => void)[] = [];
+  async take(): Promise<void> {
+    while (this.busy) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.busy = true;
+  }
+  release(): void {
+    this.busy = false;
+    this.waiting.shift()?.();
+  }
+}
+

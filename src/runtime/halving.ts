@@ -14,12 +14,16 @@
  * training; a rung key covers the branch's final key and the rung's epochs, so anything that
  * changes a branch changes its rungs. This module decides; the executor computes (`HalvingPort`).
  */
-import { canonicalJson, sha256 } from './hash.js';
+import type PQueue from 'p-queue';
+import type { Logger } from 'pino';
 import { entryDigest, type EntryMeta } from './cache.js';
+import { ComputeFailure, type ComputeOptions } from './compute.js';
+import { AbortedError, StageError, describeError } from './errors.js';
 import type { StageSummary } from './execute.js';
-import type { Plan, PlannedStage } from './plan.js';
+import { canonicalJson, sha256 } from './hash.js';
+import { lookUp, type Plan, type PlannedStage } from './plan.js';
+import type { ArtifactStore } from './store.js';
 import type { HalvingSpec, Json, Metrics } from './types.js';
-import { StageError, describeError } from './errors.js';
 
 /** The key of one rung of a branch: its final key and the epochs it stops at. */
 export function rungKey(stageKey: string, budget: number): string {
@@ -245,4 +249,60 @@ function failedSummary(member: HalvingMember, error: { code: string; message: st
 
 function formatValue(value: Json): string {
   return typeof value === 'number' ? String(Math.round(value * 10000) / 10000) : JSON.stringify(value);
+}
+
+/** What computing a rung needs of the executor. */
+export interface RungDeps {
+  store: ArtifactStore;
+  log: Logger;
+  signal: AbortSignal;
+  runId: string;
+  onKey?(key: string): Promise<void>;
+  /** The queue of `tf` stages: a rung takes a place in it as a stage does. */
+  queue: PQueue;
+  /** The stage's first rung started (the CLI's `▶` line). */
+  started(planned: PlannedStage): void;
+  /** Computes the stage's entry, here or in another process, with these extra compute options. */
+  compute(planned: PlannedStage, log: Logger, extra: Pick<ComputeOptions, 'entryKey' | 'budget' | 'resumeFrom'>): Promise<EntryMeta>;
+}
+
+/**
+ * One rung of a branch: its entry under `key` from the cache (not when the branch is forced), or
+ * computed holding that key's lock, stopped at `budget` epochs. Throws the stage's error.
+ */
+export async function computeRung(deps: RungDeps, member: HalvingMember, key: string, budget: number, resumeFrom: string | undefined): Promise<{ entry: EntryMeta; dir: string; seconds: number }> {
+  const { store, signal } = deps;
+  const cache = store.cache;
+  const { planned } = member;
+  const log = deps.log.child({ stage: planned.stage.id, kind: planned.stage.kind, rung: budget });
+  const cached = async (): Promise<EntryMeta | undefined> => {
+    if (planned.forced) return undefined;
+    const found = await lookUp(cache, key);
+    return found.check.state === 'ok' ? found.check.meta : undefined;
+  };
+  await deps.onKey?.(key);
+  const hit = await cached();
+  if (hit) {
+    log.info({ key, budget }, 'rung cached');
+    return { entry: hit, dir: await cache.materialize(key), seconds: 0 };
+  }
+  if (signal.aborted) throw new AbortedError();
+  return (await deps.queue.add(async () => {
+    const claim = await store.claimKey(key, { signal, purpose: `run ${deps.runId} stage ${planned.stage.id} rung ${budget}` });
+    try {
+      const now = await cached();
+      if (now) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
+      const t0 = performance.now();
+      deps.started(planned);
+      log.info({ key, budget, of: member.full, resumeFrom }, 'rung start');
+      const entry = await deps.compute(planned, log, { entryKey: key, budget, ...(resumeFrom ? { resumeFrom } : {}) });
+      const seconds = Math.round(performance.now() - t0) / 1000;
+      log.info({ key, seconds, metrics: entry.metrics }, 'rung done');
+      return { entry, dir: await cache.materialize(key), seconds };
+    } catch (failure) {
+      throw failure instanceof ComputeFailure ? failure.error : failure;
+    } finally {
+      await claim.release();
+    }
+  }))!;
 }
