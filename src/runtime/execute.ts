@@ -218,7 +218,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     };
     await options.onKey?.(key);
     const hit = await cachedRung();
-    if (hit) {
+    // A forced branch (--force, --from) computes its rungs again too, as a forced stage its entry.
+    if (hit && !planned.forced) {
       stageLog.info({ key, budget }, 'rung cached');
       return { entry: hit, dir: await cache.materialize(key), seconds: 0 };
     }
@@ -227,7 +228,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
       const claim = await store.claimKey(key, { signal, purpose: `run ${options.runId} stage ${planned.stage.id} rung ${budget}` });
       try {
         const now = await cachedRung();
-        if (now) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
+        // Committed since we looked (by a run we waited for): reuse it, even when forced.
+        if (now && (!planned.forced || now.created !== hit?.created)) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
         const t0 = performance.now();
         options.observer?.stageStarted?.(planned);
         stageLog.info({ key, budget, of: member.full, resumeFrom }, 'rung start');

@@ -171,6 +171,29 @@ describe('a halved sweep of fake-epochs branches', () => {
     for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(byId(again).get(id)!.metrics).toEqual(byId(first).get(id)!.metrics);
   });
 
+  it('--force computes a forced branch\'s rungs again, not only what is left after its cached rung', async () => {
+    await run();
+    const force = async (selection: { force?: string[]; from?: string }) => {
+      epochRuns.length = 0;
+      epochLog.length = 0;
+      return runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), selection });
+    };
+    // every branch: 4 rungs of 1 epoch and the survivor's 2 more, as in the first run
+    const all = await force({ force: ['tune'] });
+    expect(all.status).toBe('succeeded');
+    expect(epochRuns).toEqual([...TUNE.map((id) => `${id} budget=1 from=0`), 'tune-lr-2e-2 budget=end from=1']);
+    expect(epochLog).toHaveLength(6);
+    expect(statuses(all)).toEqual({ 'tune-lr-0p1': 'pruned', 'tune-lr-2e-2': 'ran', 'tune-lr-5e-2': 'pruned', 'tune-lr-1e-2': 'pruned' });
+    // a pruned branch: its rung runs again (the same bytes: select stays cached)
+    const one = await force({ force: ['tune-lr-0p1'] });
+    expect(epochRuns).toEqual(['tune-lr-0p1 budget=1 from=0']);
+    expect(byId(one).get('tune-lr-0p1')!.status).toBe('pruned');
+    expect(byId(one).get('pick')!.status).toBe('cached');
+    // --from the swept stage: the same as forcing it
+    await force({ from: 'tune' });
+    expect(epochLog).toHaveLength(6);
+  });
+
   it('a pruned branch whose lr changes: only its first rung is computed; select runs again (its key covers the rung) and chooses alike', async () => {
     const first = await run();
     dir.write('p.yaml', halvingSweep({ lrs: '[0.2, 0.02, 0.05, 0.01]' }));
