@@ -12,8 +12,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../../src/cli.js';
 import { rungBudgets, rungKey, survivorsOf } from '../../../src/runtime/halving.js';
 import { loadPipelineText } from '../../../src/runtime/load.js';
-import { runPipeline } from '../../../src/runtime/run.js';
-import type { StageSummary } from '../../../src/runtime/execute.js';
+import { computeStage } from '../../../src/runtime/compute.js';
+import { openStore, runPipeline } from '../../../src/runtime/run.js';
+import type { StageDispatcher, StageSummary } from '../../../src/runtime/execute.js';
+import type { StageInput } from '../../../src/runtime/types.js';
 import { epochLog, epochRuns, halvingRegistry, halvingSweep, STATE_FILE, valAccOf } from '../../fixtures/fake-halving.js';
 import { failing } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
@@ -270,6 +272,28 @@ describe('a halved sweep of fake-epochs branches', () => {
     // of the 3 left after the first rung, 1 (of every 2) goes on, from its rung to the 4th epoch
     expect(epochRuns.filter((r) => !r.startsWith('tune-lr-2e-2 '))).toEqual(['tune-lr-0p1 budget=1 from=0', 'tune-lr-5e-2 budget=1 from=0', 'tune-lr-1e-2 budget=1 from=0']);
     expect(epochRuns.filter((r) => r.startsWith('tune-lr-2e-2 '))).toEqual(['tune-lr-2e-2 budget=1 from=0', 'tune-lr-2e-2 budget=end from=1']);
+  });
+
+  it('through the executor seam (BullMQ workers compute final keys only): no halving, every branch trains to the end, and the summary warns', async () => {
+    const store = openStore({ artifacts: dir.path('artifacts') });
+    const dispatcher: StageDispatcher = {
+      async compute(planned, request) {
+        const byId = new Map(request.pipeline.stages.map((s) => [s.id, s]));
+        const inputs: StageInput[] = await Promise.all(
+          Object.entries(request.upstream).map(async ([id, key]) => {
+            const check = await store.cache.check(key);
+            return { id, kind: byId.get(id)!.kind, key, dir: await store.cache.materialize(key), provides: byId.get(id)!.definition.provides, metrics: check.state === 'ok' ? check.meta.metrics : {} };
+          }),
+        );
+        return computeStage(planned.stage, { store, key: planned.key, inputs, downstream: planned.downstream, failedBranches: request.failedBranches, pipeline: request.pipeline, runId: request.runId, log: request.log, signal: request.signal, progress: request.progress });
+      },
+    };
+    const summary = await runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), dispatcher });
+    expect(summary.status).toBe('succeeded');
+    expect(statuses(summary)).toEqual(Object.fromEntries(TUNE.map((id) => [id, 'ran'])));
+    expect(epochRuns).toEqual(TUNE.map((id) => `${id} budget=end from=0`));
+    expect(byId(summary).get('pick')!.metrics).toMatchObject({ chosen: 'tune-lr-2e-2', branches: 4, passed: 4 });
+    expect(summary.warnings).toEqual([{ stage: 'pick', message: "'pick' halving is not done with --executor bullmq: every branch trains all its epochs" }]);
   });
 
   it('a branch that does not report the metric halving ranks by: every branch fails with halving_metric_missing, select is skipped', async () => {
