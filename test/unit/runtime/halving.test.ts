@@ -16,7 +16,7 @@ import { computeStage } from '../../../src/runtime/compute.js';
 import { openStore, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDispatcher, StageSummary } from '../../../src/runtime/execute.js';
 import type { StageInput } from '../../../src/runtime/types.js';
-import { epochLog, epochRuns, halvingRegistry, halvingSweep, STATE_FILE, valAccOf } from '../../fixtures/fake-halving.js';
+import { epochLog, epochRuns, failingAtEnd, halvingRegistry, halvingSweep, STATE_FILE, valAccOf } from '../../fixtures/fake-halving.js';
 import { failing } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
@@ -30,6 +30,7 @@ beforeEach(() => {
   epochLog.length = 0;
   epochRuns.length = 0;
   failing.clear();
+  failingAtEnd.clear();
   dir = testdir({ 'p.yaml': halvingSweep() });
 });
 afterEach(() => {
@@ -253,6 +254,23 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(fixed.status).toBe('succeeded');
     expect(epochLog).toEqual(['tune-lr-2e-2@1', 'tune-lr-2e-2@2', 'tune-lr-2e-2@3']);
     expect(statuses(fixed)).toEqual({ 'tune-lr-0p1': 'pruned', 'tune-lr-2e-2': 'ran', 'tune-lr-5e-2': 'pruned', 'tune-lr-1e-2': 'pruned' });
+    expect(byId(fixed).get('pick')!.metrics.chosen).toBe('tune-lr-2e-2');
+  });
+
+  it('the survivor failing after its rung leaves select nothing to choose: it is skipped, the pruned ones stay pruned', async () => {
+    failingAtEnd.add('tune-lr-2e-2');
+    const summary = await run();
+    expect(summary.status).toBe('failed');
+    expect(statuses(summary)).toEqual({ 'tune-lr-0p1': 'pruned', 'tune-lr-2e-2': 'failed', 'tune-lr-5e-2': 'pruned', 'tune-lr-1e-2': 'pruned' });
+    expect(epochRuns.filter((r) => r.startsWith('tune-lr-2e-2 '))).toEqual(['tune-lr-2e-2 budget=1 from=0', 'tune-lr-2e-2 budget=end from=1']);
+    expect(byId(summary).get('pick')!).toMatchObject({ status: 'skipped', error: { code: 'dependency_failed', message: expect.stringContaining("'tune-lr-2e-2' failed") } });
+    expect(byId(summary).get('ship')!.status).toBe('skipped');
+    // fixed: the rungs come from the cache, the survivor goes on from its rung again
+    failingAtEnd.clear();
+    epochRuns.length = 0;
+    const fixed = await run();
+    expect(fixed.status).toBe('succeeded');
+    expect(epochRuns).toEqual(['tune-lr-2e-2 budget=end from=1']);
     expect(byId(fixed).get('pick')!.metrics.chosen).toBe('tune-lr-2e-2');
   });
 
