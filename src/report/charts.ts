@@ -19,7 +19,7 @@ export interface RenderedChart extends ChartSpec {
   svg: string;
 }
 
-const STATUS_COLORS = { domain: ['ran', 'cached', 'failed', 'skipped'], range: ['#2f7ed8', '#8bbf5a', '#d9534f', '#aaaaaa'] };
+const STATUS_COLORS = { domain: ['ran', 'cached', 'failed', 'skipped', 'pruned'], range: ['#2f7ed8', '#8bbf5a', '#d9534f', '#aaaaaa', '#e0a040'] };
 const CONFIG = { font: 'sans-serif', view: { stroke: '#ddd' }, axis: { labelFontSize: 11, titleFontSize: 12 }, legend: { labelFontSize: 11 } };
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
 /**

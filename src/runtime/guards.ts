@@ -63,7 +63,7 @@ function checkStageSummary(value: unknown): value is StageSummary {
     typeof value.id === 'string' &&
     typeof value.uses === 'string' &&
     typeof value.status === 'string' &&
-    ['ran', 'cached', 'failed', 'skipped'].includes(value.status) &&
+    ['ran', 'cached', 'failed', 'skipped', 'pruned'].includes(value.status) &&
     typeof value.key === 'string' &&
     isFiniteNumber(value.seconds) &&
     isObject(value.metrics)

@@ -280,6 +280,15 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(await main(['run', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
     expect(out.stderr).toMatch(/^✂ tune-lr-1e-2 pruned /m);
     expect(out.stderr).toMatch(/^✓ tune-lr-2e-2 ran /m);
+    // the run's summary is readable: status lists the pruned branches with their metrics where they stopped
+    out.stdout = '';
+    out.stderr = '';
+    expect(await main(['status', '--artifacts', dir.path('artifacts')], io)).toBe(0);
+    expect(out.stderr).toBe('');
+    expect(out.stdout).toMatch(/^ {4}pruned {2}tune-lr-1e-2 +val_acc=0\.6700 epochs_run=1 budget=1$/m);
+    expect(out.stdout).toMatch(/^ {4}ran {5}tune-lr-2e-2 +val_acc=0\.8233 epochs_run=3$/m);
+    expect(await main(['runs', '--artifacts', dir.path('artifacts')], io)).toBe(0);
+    expect(out.stdout).not.toMatch(/no usable summary/);
     // the halving is a --set away from a full sweep, and each branch is then a failure of its own
     failing.add('tune-lr-0p1');
     out.stderr = '';
