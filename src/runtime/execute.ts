@@ -39,6 +39,8 @@ export interface StageSummary {
    * `{ accuracy: { before: 0.91, after: 0.93 } }`, with that run's id in `RunSummary.previous`.
    */
   changes?: Record<string, { before: number; after: number }>;
+  /** A branch of a halving join: the keys of the rungs it ran or reused (gc keeps them with the run). */
+  rungs?: string[];
 }
 
 export interface RunSummary {

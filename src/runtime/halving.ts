@@ -151,6 +151,9 @@ export class HalvingGroup {
     const outcomes = new Map<string, HalvingOutcome>();
     const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
     const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
+    // The rung entries each member used: its summary lists them, so gc keeps them with the run.
+    const rungs = new Map<string, string[]>(members.map((m) => [m.base.id, []]));
+    const set = (id: string, outcome: HalvingOutcome) => outcomes.set(id, rungs.get(id)!.length ? { ...outcome, summary: { ...outcome.summary, rungs: rungs.get(id)! } } : outcome);
     let active = members;
     const longest = Math.max(...members.map((m) => m.full));
     for (const budget of rungBudgets(spec, longest)) {
@@ -165,7 +168,9 @@ export class HalvingGroup {
             return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
           }
           try {
-            const rung = await port.rung(member, rungKey(member.planned.key, budget), budget, last.get(id)?.dir);
+            const key = rungKey(member.planned.key, budget);
+            const rung = await port.rung(member, key, budget, last.get(id)?.dir);
+            rungs.get(id)!.push(key);
             seconds.set(id, seconds.get(id)! + rung.seconds);
             last.set(id, { dir: rung.dir, entry: rung.entry, budget });
             return { member, metrics: rung.entry.metrics };
@@ -177,7 +182,7 @@ export class HalvingGroup {
       const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
       for (const { member, metrics, done } of ran) {
         if (!metrics) {
-          outcomes.set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
+          set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
           continue;
         }
         const value = metrics[spec.metric];
@@ -195,11 +200,11 @@ export class HalvingGroup {
         const id = member.base.id;
         if (rank < keep && !done) continue;
         if (done) {
-          outcomes.set(id, { summary: { ...done, seconds: seconds.get(id)! } });
+          set(id, { summary: { ...done, seconds: seconds.get(id)! } });
           continue;
         }
         const rung = last.get(id)!;
-        outcomes.set(id, {
+        set(id, {
           summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
           pruned: { budget, of: member.full, digest: this.digestOf(rung.entry), metrics: rung.entry.metrics },
         });
@@ -210,7 +215,7 @@ export class HalvingGroup {
       active.map(async (member) => {
         const id = member.base.id;
         const done = await port.finish(member, last.get(id)?.dir);
-        outcomes.set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
+        set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
       }),
     );
     return outcomes;

@@ -174,6 +174,22 @@ describe('a halved sweep of fake-epochs branches', () => {
     for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(byId(again).get(id)!.metrics).toEqual(byId(first).get(id)!.metrics);
   });
 
+  it('gc keeps the rungs of the runs it keeps: a rerun after gc computes nothing', async () => {
+    const first = await run();
+    await run();
+    const out = { stdout: '', stderr: '' };
+    const io = { registry, stdout: (t: string) => (out.stdout += t), stderr: (t: string) => (out.stderr += t), env: { CI: 'true' }, isTTY: false };
+    expect(await main(['gc', '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
+    for (const id of TUNE) expect(existsSync(path.join(dir.path('artifacts'), 'cache', rungKey(byId(first).get(id)!.key, 1))), id).toBe(true);
+    epochRuns.length = 0;
+    const after = await run();
+    expect(epochRuns).toEqual([]);
+    expect(statuses(after)).toEqual({ 'tune-lr-0p1': 'pruned', 'tune-lr-2e-2': 'cached', 'tune-lr-5e-2': 'pruned', 'tune-lr-1e-2': 'pruned' });
+    expect(byId(after).get('pick')!.status).toBe('cached');
+    // the summary names each branch's rungs
+    expect(byId(first).get('tune-lr-2e-2')!.rungs).toEqual([rungKey(byId(first).get('tune-lr-2e-2')!.key, 1)]);
+  });
+
   it('--force computes a forced branch\'s rungs again, not only what is left after its cached rung', async () => {
     await run();
     const force = async (selection: { force?: string[]; from?: string }) => {
