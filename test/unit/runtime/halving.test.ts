@@ -16,7 +16,7 @@ import { computeStage } from '../../../src/runtime/compute.js';
 import { openStore, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDispatcher, StageSummary } from '../../../src/runtime/execute.js';
 import type { StageInput } from '../../../src/runtime/types.js';
-import { epochLog, epochRuns, failingAtEnd, halvingRegistry, halvingSweep, STATE_FILE, valAccOf } from '../../fixtures/fake-halving.js';
+import { epochHook, epochLog, epochRuns, failingAtEnd, halvingRegistry, halvingSweep, STATE_FILE, valAccOf } from '../../fixtures/fake-halving.js';
 import { failing } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
@@ -31,6 +31,7 @@ beforeEach(() => {
   epochRuns.length = 0;
   failing.clear();
   failingAtEnd.clear();
+  delete epochHook.before;
   dir = testdir({ 'p.yaml': halvingSweep() });
 });
 afterEach(() => {
@@ -290,6 +291,33 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(byId(fixed).get('pick')!.metrics.chosen).toBe('tune-lr-2e-2');
   });
 
+  it('interrupted while the survivor goes on: the run is interrupted; the next goes on from the cached rungs', async () => {
+    const controller = new AbortController();
+    epochHook.before = (id, epoch) => {
+      if (id === 'tune-lr-2e-2' && epoch === 2) controller.abort();
+    };
+    const stopped = await runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), signal: controller.signal });
+    expect(stopped.status).toBe('interrupted');
+    expect(byId(stopped).get('tune-lr-2e-2')!.error!.code).toBe('aborted');
+    expect(byId(stopped).get('pick')!.status).toBe('skipped');
+    delete epochHook.before;
+    epochRuns.length = 0;
+    const resumed = await run();
+    expect(resumed.status).toBe('succeeded');
+    expect(epochRuns).toEqual(['tune-lr-2e-2 budget=end from=1']);
+    expect(byId(resumed).get('pick')!.metrics.chosen).toBe('tune-lr-2e-2');
+  });
+
+  it('a first rung at or past every branch\'s end: no halving, every branch runs to the end', async () => {
+    dir.write('p.yaml', halvingSweep({ halving: '{ min: 3 }' }));
+    const summary = await run();
+    expect(summary.status).toBe('succeeded');
+    expect(statuses(summary)).toEqual(Object.fromEntries(TUNE.map((id) => [id, 'ran'])));
+    expect([...epochRuns].sort()).toEqual(TUNE.map((id) => `${id} budget=end from=0`).sort());
+    expect(byId(summary).get('pick')!.metrics).toMatchObject({ chosen: 'tune-lr-2e-2', passed: 4 });
+    expect(byId(summary).get('pick')!.metrics.pruned).toBeUndefined();
+  });
+
   it('the CLI: a halved sweep exits 0 and shows the pruned branches; one with a failed branch exits 1', async () => {
     const out = { stdout: '', stderr: '' };
     const io = { registry, stdout: (t: string) => (out.stdout += t), stderr: (t: string) => (out.stderr += t), env: { CI: 'true' }, isTTY: false };
@@ -334,7 +362,7 @@ describe('a halved sweep of fake-epochs branches', () => {
     const summary = await runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), dispatcher });
     expect(summary.status).toBe('succeeded');
     expect(statuses(summary)).toEqual(Object.fromEntries(TUNE.map((id) => [id, 'ran'])));
-    expect(epochRuns).toEqual(TUNE.map((id) => `${id} budget=end from=0`));
+    expect([...epochRuns].sort()).toEqual(TUNE.map((id) => `${id} budget=end from=0`).sort());
     expect(byId(summary).get('pick')!.metrics).toMatchObject({ chosen: 'tune-lr-2e-2', branches: 4, passed: 4 });
     expect(summary.warnings).toEqual([{ stage: 'pick', message: "'pick' halving is not done with --executor bullmq: every branch trains all its epochs" }]);
   });
