@@ -109,6 +109,12 @@ describe('select halving: true on the demo sweep', () => {
       // with a second TF.js job, rungs are computed in a child process too
       if (jobs === '2') expect(log.some((l) => l.msg === 'stage computing in a child process' && l.rung === 1)).toBe(true);
 
+      // the run's summary is readable: `pipeline status` lists the pruned branches
+      const status = spawnSync(process.execPath, [path.join(root, 'bin', 'pipeline.js'), 'status', '--artifacts', dir.path(store)], { encoding: 'utf8', env: { ...process.env, PIPELINE_QUIET: '1' } });
+      expect(status.status, status.stderr).toBe(0);
+      expect(status.stderr).not.toMatch(/without a usable summary/);
+      for (const stage of pruned) expect(status.stdout).toMatch(new RegExp(`^ {4}pruned {2}${stage.id} `, 'm'));
+
       // the same branch in the full sweep: the same key and every file the same bytes
       const same = fineTunes(full).find((s) => s.id === survivor.id)!;
       expect(same.status).toBe('ran');
