@@ -95,7 +95,7 @@ describe('a halved sweep of fake-epochs branches', () => {
 
     // a pruned branch: its rung's metrics, why it stopped, no final entry; its rung is in the cache
     const pruned = stages.get('tune-lr-1e-2')!;
-    expect(pruned.metrics).toEqual({ val_acc: valAccOf(0.01, 1), epochs_run: 1, budget: 1 });
+    expect(pruned.metrics).toEqual({ val_acc: valAccOf(0.01, 1), val_loss: 0.33, epochs_run: 1, budget: 1 });
     expect(pruned.reasons!.at(-1)).toBe("pruned by 'pick' after 1 of 3 epochs (val_acc 0.67, rank 2 of 4; 1 went on)");
     expect(pruned.error).toBeUndefined();
     expect(existsSync(path.join(dir.path('artifacts'), 'cache', pruned.key))).toBe(false);
@@ -107,7 +107,7 @@ describe('a halved sweep of fake-epochs branches', () => {
 
     // the survivor ran all 3 epochs under its own key
     const survivor = stages.get('tune-lr-2e-2')!;
-    expect(survivor.metrics).toEqual({ val_acc: valAccOf(0.02, 3), epochs_run: 3 });
+    expect(survivor.metrics).toEqual({ val_acc: valAccOf(0.02, 3), val_loss: 0.1767, epochs_run: 3 });
     expect(entryMeta('artifacts', survivor.key).kind).toBe('fake-epochs');
 
     // select: only the survivor in its table, the pruned ones beside it, with where they stopped
@@ -156,6 +156,14 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(pick.metrics.chosen).toBe('tune-lr-2e-2');
     expect((pick.metrics.pruned as { id: string; budget: number; of: number }[]).map((r) => [r.id, r.budget, r.of])).toEqual(Object.entries(pruned).map(([id, budget]) => [id, budget, epochs]));
     for (const [id, budget] of Object.entries(pruned)) expect(byId(summary).get(id)!.metrics.epochs_run, id).toBe(budget);
+  });
+
+  it('by a loss (mode min): the branch with the lowest val_loss at the rung goes on', async () => {
+    dir.write('p.yaml', halvingSweep({ halving: '{ factor: 2 }', epochs: 4 }).replace('metric: val_acc', 'metric: val_loss'));
+    const summary = await run();
+    expect(statuses(summary)).toEqual({ 'tune-lr-0p1': 'pruned', 'tune-lr-2e-2': 'ran', 'tune-lr-5e-2': 'pruned', 'tune-lr-1e-2': 'pruned' });
+    expect(byId(summary).get('tune-lr-1e-2')!.metrics.epochs_run).toBe(2);
+    expect(byId(summary).get('pick')!.metrics).toMatchObject({ chosen: 'tune-lr-2e-2', mode: 'min', val_loss: 0.16 });
   });
 
   it('a rerun computes nothing: the same branches pruned from their cached rungs, the survivor and select cached, the same choice', async () => {
@@ -329,8 +337,8 @@ describe('a halved sweep of fake-epochs branches', () => {
     out.stderr = '';
     expect(await main(['status', '--artifacts', dir.path('artifacts')], io)).toBe(0);
     expect(out.stderr).toBe('');
-    expect(out.stdout).toMatch(/^ {4}pruned {2}tune-lr-1e-2 +val_acc=0\.6700 epochs_run=1 budget=1$/m);
-    expect(out.stdout).toMatch(/^ {4}ran {5}tune-lr-2e-2 +val_acc=0\.8233 epochs_run=3$/m);
+    expect(out.stdout).toMatch(/^ {4}pruned {2}tune-lr-1e-2 +val_acc=0\.6700 val_loss=0\.3300 epochs_run=1 budget=1$/m);
+    expect(out.stdout).toMatch(/^ {4}ran {5}tune-lr-2e-2 +val_acc=0\.8233 val_loss=0\.1767 epochs_run=3$/m);
     expect(await main(['runs', '--artifacts', dir.path('artifacts')], io)).toBe(0);
     expect(out.stdout).not.toMatch(/no usable summary/);
     // the halving is a --set away from a full sweep, and each branch is then a failure of its own
@@ -375,7 +383,7 @@ describe('a halved sweep of fake-epochs branches', () => {
       const stage = byId(summary).get(id)!;
       expect(stage.status, id).toBe('failed');
       expect(stage.error!.code).toBe('halving_metric_missing');
-      expect(stage.error!.message).toMatch(/^'pick' halves its sweep by 'accuracy', which 'tune-lr-0p1' \(fake-epochs\) does not report after 1 epoch\(s\); it reports: val_acc, epochs_run, budget\. Rank by one of those, or set halving: false$/);
+      expect(stage.error!.message).toMatch(/^'pick' halves its sweep by 'accuracy', which 'tune-lr-0p1' \(fake-epochs\) does not report after 1 epoch\(s\); it reports: val_acc, val_loss, epochs_run, budget\. Rank by one of those, or set halving: false$/);
     }
     expect(byId(summary).get('pick')!).toMatchObject({ status: 'skipped', error: { code: 'dependency_failed' } });
   });
