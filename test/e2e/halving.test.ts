@@ -36,9 +36,9 @@ beforeAll(() => {
 });
 afterAll(() => dir.cleanup());
 
-/** The demo sweep, small: 2 head epochs, EPOCHS fine-tune epochs, no gates, its export in the temp dir. */
-function cli(store: string, extra: string[]): Summary {
-  const sets = ['stages.train-head.with.epochs=2', `stages.fine-tune.with.epochs=${EPOCHS}`, 'stages.select.with.gate={}', 'stages.evaluate.with.gate={}', `stages.export.with.dir=${dir.path(`export-${store}`)}`].flatMap((s) => ['--set', s]);
+/** The demo sweep, small: 2 head epochs, `epochs` fine-tune epochs, no gates, its export in the temp dir. */
+function cli(store: string, extra: string[], epochs = EPOCHS): Summary {
+  const sets = ['stages.train-head.with.epochs=2', `stages.fine-tune.with.epochs=${epochs}`, 'stages.select.with.gate={}', 'stages.evaluate.with.gate={}', `stages.export.with.dir=${dir.path(`export-${store}`)}`].flatMap((s) => ['--set', s]);
   const result = spawnSync(process.execPath, [path.join(root, 'bin', 'pipeline.js'), 'run', FILE, '--json', '--artifacts', dir.path(store), ...sets, ...extra], { encoding: 'utf8', env: { ...process.env, PIPELINE_QUIET: '1' }, timeout: 180_000 });
   expect(result.status, result.stderr.slice(-4000)).toBe(0);
   return JSON.parse(result.stdout) as Summary;
@@ -126,4 +126,22 @@ describe('select halving: true on the demo sweep', () => {
       expect(scores(survivor.metrics)).toEqual(scores(same.metrics));
     }, 200_000);
   }
+
+  it('factor 2 with early stopping: the survivor goes on through rungs of 1 and 2 epochs, its stopper kept, to the bytes of a full sweep\'s', () => {
+    const sets = ['--set', 'stages.fine-tune.with.early_stopping={ patience: 1, min_delta: 0.01 }'];
+    const fullStopping = cli('full-es', sets, 6);
+    const half = cli('half-es', [...sets, '--set', 'stages.select.with.halving={ factor: 2 }'], 6);
+    expect(half.status).toBe('succeeded');
+    const branches = fineTunes(half);
+    expect(branches.filter((s) => s.status === 'pruned')).toHaveLength(3);
+    const survivor = branches.find((s) => s.status === 'ran')!;
+    // 4 went to 1 epoch, 2 of them on to 2, the best of those on to the end (early stopping decides where)
+    expect(branches.filter((s) => s.status === 'pruned').map((s) => s.metrics.budget).sort()).toEqual([1, 1, 2]);
+    const log = runLog('half-es');
+    expect(log.filter((l) => l.msg === 'rung start' && l.stage === survivor.id).map((l) => l.budget)).toEqual([1, 2]);
+    const same = fineTunes(fullStopping).find((s) => s.id === survivor.id)!;
+    expect(survivor.key).toBe(same.key);
+    expect(entryFiles('half-es', survivor.key)).toEqual(entryFiles('full-es', same.key));
+    expect([survivor.metrics.epochs_run, survivor.metrics.best_epoch]).toEqual([same.metrics.epochs_run, same.metrics.best_epoch]);
+  }, 200_000);
 });
