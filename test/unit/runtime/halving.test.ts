@@ -4,7 +4,8 @@
  * (`rungBudgets`) and survivors (`survivorsOf`); which branches end pruned and which run to the
  * end, continuing from their rung rather than starting over, with the bytes of a full sweep;
  * select's pruned rows; a rerun that computes nothing; a changed branch that re-runs only what
- * it must; a branch failing in its rung; the file:line errors of a halving that cannot be.
+ * it must; a branch failing in its rung or after it; --force, an interrupt, gc, the executor
+ * seam (no halving there); the file:line errors of a halving that cannot be.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -21,9 +22,8 @@ import { failing } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
 const registry = halvingRegistry;
-/** The branches of `halvingSweep()` in pipeline order, and their lr. */
-const LRS: [string, number][] = [['tune-lr-0p1', 0.1], ['tune-lr-2e-2', 0.02], ['tune-lr-5e-2', 0.05], ['tune-lr-1e-2', 0.01]];
-const TUNE = LRS.map(([id]) => id);
+/** The branches of `halvingSweep()` in pipeline order (lr 0.1, 0.02, 0.05, 0.01; 0.02 is best). */
+const TUNE = ['tune-lr-0p1', 'tune-lr-2e-2', 'tune-lr-5e-2', 'tune-lr-1e-2'];
 
 let dir: TestDir;
 beforeEach(() => {
