@@ -39,6 +39,8 @@ export interface StageSummary {
    * `{ accuracy: { before: 0.91, after: 0.93 } }`, with that run's id in `RunSummary.previous`.
    */
   changes?: Record<string, { before: number; after: number }>;
+  /** A branch of a halving join: the keys of the rungs it ran or reused (gc keeps them with the run). */
+  rungs?: string[];
 }
 
 export interface RunSummary {
@@ -121,6 +123,8 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const failedOf = new Map<string, FailedBranch[]>();
   /** The branches a halving join stopped early, by id (the join reads and is keyed by them). */
   const prunedOf = new Map<string, PrunedInfo>();
+  /** Warnings of the run itself (a failed push, a halving not done), for its summary; before `groupOf`, which may warn. */
+  const pushWarnings: { stage: string; message: string }[] = [];
   /** The halving group of each branch a halving join reads. */
   const groupOf = halvingGroups(plan, !!options.dispatcher, {
     rung: (member, key, budget, resumeFrom) =>
@@ -137,7 +141,6 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
    * Sends a committed entry to the cache's remote, if it has one. A failed push never fails the
    * stage (its result is here and sound): it is logged and listed in the summary's warnings.
    */
-  const pushWarnings: { stage: string; message: string }[] = [];
   const pushQuietly = async (key: string, stageId: string, stageLog: Logger): Promise<void> => {
     if (!cache.push) return;
     try {

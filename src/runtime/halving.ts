@@ -177,6 +177,9 @@ export class HalvingGroup {
     const outcomes = new Map<string, HalvingOutcome>();
     const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
     const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
+    // The rung entries each member used: its summary lists them, so gc keeps them with the run.
+    const rungs = new Map<string, string[]>(members.map((m) => [m.base.id, []]));
+    const set = (id: string, outcome: HalvingOutcome) => outcomes.set(id, rungs.get(id)!.length ? { ...outcome, summary: { ...outcome.summary, rungs: rungs.get(id)! } } : outcome);
     let active = members;
     const longest = Math.max(...members.map((m) => m.full));
     for (const budget of rungBudgets(spec, longest)) {
@@ -191,7 +194,9 @@ export class HalvingGroup {
             return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
           }
           try {
-            const rung = await port.rung(member, rungKey(member.planned.key, budget), budget, last.get(id)?.dir);
+            const key = rungKey(member.planned.key, budget);
+            const rung = await port.rung(member, key, budget, last.get(id)?.dir);
+            rungs.get(id)!.push(key);
             seconds.set(id, seconds.get(id)! + rung.seconds);
             last.set(id, { dir: rung.dir, entry: rung.entry, budget });
             return { member, metrics: rung.entry.metrics };
@@ -203,7 +208,7 @@ export class HalvingGroup {
       const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
       for (const { member, metrics, done } of ran) {
         if (!metrics) {
-          outcomes.set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
+          set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
           continue;
         }
         const value = metrics[spec.metric];
@@ -221,11 +226,11 @@ export class HalvingGroup {
         const id = member.base.id;
         if (rank < keep && !done) continue;
         if (done) {
-          outcomes.set(id, { summary: { ...done, seconds: seconds.get(id)! } });
+          set(id, { summary: { ...done, seconds: seconds.get(id)! } });
           continue;
         }
         const rung = last.get(id)!;
-        outcomes.set(id, {
+        set(id, {
           summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
           pruned: { budget, of: member.full, digest: this.digestOf(rung.entry), metrics: rung.entry.metrics },
         });
@@ -236,7 +241,7 @@ export class HalvingGroup {
       active.map(async (member) => {
         const id = member.base.id;
         const done = await port.finish(member, last.get(id)?.dir);
-        outcomes.set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
+        set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
       }),
     );
     return outcomes;
@@ -276,13 +281,13 @@ export async function computeRung(deps: RungDeps, member: HalvingMember, key: st
   const { planned } = member;
   const log = deps.log.child({ stage: planned.stage.id, kind: planned.stage.kind, rung: budget });
   const cached = async (): Promise<EntryMeta | undefined> => {
-    if (planned.forced) return undefined;
     const found = await lookUp(cache, key);
     return found.check.state === 'ok' ? found.check.meta : undefined;
   };
   await deps.onKey?.(key);
   const hit = await cached();
-  if (hit) {
+  // A forced branch (--force, --from) computes its rungs again too, as a forced stage its entry.
+  if (hit && !planned.forced) {
     log.info({ key, budget }, 'rung cached');
     return { entry: hit, dir: await cache.materialize(key), seconds: 0 };
   }
@@ -291,7 +296,8 @@ export async function computeRung(deps: RungDeps, member: HalvingMember, key: st
     const claim = await store.claimKey(key, { signal, purpose: `run ${deps.runId} stage ${planned.stage.id} rung ${budget}` });
     try {
       const now = await cached();
-      if (now) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
+      // Committed since we looked (by a run we waited for): reuse it, even when forced.
+      if (now && (!planned.forced || now.created !== hit?.created)) return { entry: now, dir: await cache.materialize(key), seconds: 0 };
       const t0 = performance.now();
       deps.started(planned);
       log.info({ key, budget, of: member.full, resumeFrom }, 'rung start');

@@ -86,7 +86,7 @@ export class RunHistory {
         const count = keptPerPipeline.get(name) ?? 0;
         if (count >= keep) continue;
         keptPerPipeline.set(name, count + 1);
-        for (const stage of summary.value.stages) wanted.add(stage.key);
+        for (const stage of summary.value.stages) for (const key of [stage.key, ...(Array.isArray(stage.rungs) ? stage.rungs : [])]) wanted.add(key);
         continue;
       }
       const plan = await this.readRunPlan(run);
