@@ -56,7 +56,7 @@ export function renderPlan(plan: Plan): string {
     for (const [template, ids] of Object.entries(matrix.branches)) lines.push(`  ${template} -> ${ids.join(', ')}`);
   }
   for (const planned of plan.stages) {
-    const mark = planned.action === 'run' ? 'run   ' : 'cached';
+    const mark = planned.action === 'run' ? 'run   ' : planned.pruned ? 'pruned' : 'cached';
     const coords = planned.stage.coords ? `[${formatCoords(planned.stage.coords)}]  ` : '';
     lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${coords}${planned.reasons.join('; ')}`);
   }
@@ -67,7 +67,8 @@ export function renderPlan(plan: Plan): string {
     if (spec && full?.stage.definition.budget) lines.push(`${planned.stage.id} halves them (successive halving, factor ${spec.factor}): ${describeHalving(spec, planned.stage.needs.length, budgetOf(full))}`);
   }
   const toRun = plan.stages.filter((p) => p.action === 'run').length;
-  lines.push(`${toRun} to run, ${plan.stages.length - toRun} cached`);
+  const pruned = plan.stages.filter((p) => p.pruned).length;
+  lines.push(`${toRun} to run, ${plan.stages.length - toRun - pruned} cached${pruned ? `, ${pruned} pruned by cached rungs` : ''}`);
   return lines.join('\n') + '\n';
 }
 

@@ -64,6 +64,49 @@ export function describeHalving(spec: Pick<HalvingSpec, 'factor' | 'min' | 'metr
   return parts.join('; ');
 }
 
+/** A rung's ranking: best first (the first of equals, in pipeline order, ahead, as select chooses), and how many go on. */
+export function rankRung<T extends { value: number }>(rows: T[], spec: Pick<HalvingSpec, 'mode' | 'factor'>): { order: T[]; keep: number } {
+  const order = rows.map((row, i) => ({ row, i })).sort((a, b) => (spec.mode === 'max' ? b.row.value - a.row.value : a.row.value - b.row.value) || a.i - b.i).map((r) => r.row);
+  return { order, keep: survivorsOf(order.length, spec.factor) };
+}
+
+/** A branch of a halving join as `plan` sees it. */
+export interface PlannedMember {
+  id: string;
+  /** Its final key, and the epochs it runs to the end. */
+  key: string;
+  full: number;
+  /** Its final entry's metrics, when that is cached and not forced. */
+  finalMetrics?: Metrics;
+  forced?: boolean;
+}
+
+/**
+ * What the cached rungs of a halving join's branches already decide, for `plan`: the branches
+ * they prune, with the rung digest the join is keyed by, so a rerun of a halved sweep plans as
+ * cached. It stops at the first rung where a branch's result is not in the cache (or a branch is
+ * forced): from there the run decides.
+ */
+export async function prunedFromCache(spec: HalvingSpec, members: PlannedMember[], rungEntry: (key: string) => Promise<EntryMeta | undefined>): Promise<Map<string, { digest: string; budget: number }>> {
+  const pruned = new Map<string, { digest: string; budget: number }>();
+  if (members.some((m) => m.forced)) return pruned;
+  let active = members;
+  for (const budget of rungBudgets(spec, Math.max(...members.map((m) => m.full)))) {
+    if (active.length <= 1) break;
+    const rows: { member: PlannedMember; value: number; entry?: EntryMeta }[] = [];
+    for (const member of active) {
+      const entry = member.full <= budget ? undefined : await rungEntry(rungKey(member.key, budget));
+      const value = (member.full <= budget ? member.finalMetrics : entry?.metrics)?.[spec.metric];
+      if (typeof value !== 'number' || !Number.isFinite(value)) return pruned;
+      rows.push({ member, value, entry });
+    }
+    const { order, keep } = rankRung(rows, spec);
+    for (const { member, entry } of order.slice(keep)) if (entry) pruned.set(member.id, { digest: entryDigest(entry), budget });
+    active = order.slice(0, keep).filter((r) => r.entry).map((r) => r.member);
+  }
+  return pruned;
+}
+
 /** A branch as the executor hands it to the group: its final plan and summary fields. */
 export interface HalvingMember {
   planned: PlannedStage;
@@ -218,9 +261,7 @@ export class HalvingGroup {
         }
         ranked.push({ member, value, done });
       }
-      // Stable: the first of equals (pipeline order) stays ahead, as select chooses.
-      const order = ranked.map((r, i) => ({ ...r, i })).sort((a, b) => (spec.mode === 'max' ? b.value - a.value : a.value - b.value) || a.i - b.i);
-      const keep = survivorsOf(order.length, spec.factor);
+      const { order, keep } = rankRung(ranked, spec);
       port.decided({ join: this.join, budget, ranked: order.map((r) => ({ id: r.member.base.id, [spec.metric]: r.value })), kept: order.slice(0, keep).map((r) => r.member.base.id) }, 'halving rung ranked');
       for (const [rank, { member, done }] of order.entries()) {
         const id = member.base.id;

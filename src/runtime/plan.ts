@@ -13,7 +13,8 @@ import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
 import type { RunHistory, StageRecord } from './history.js';
-import { FAILED_BRANCH } from './join.js';
+import { FAILED_BRANCH, PRUNED_BRANCH } from './join.js';
+import { budgetOf, prunedFromCache, rungKey } from './halving.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -32,6 +33,11 @@ export interface PlannedStage {
   downstream: DownstreamHint[];
   /** `--force`/`--from` chose it: it runs even when its entry is present. */
   forced?: boolean;
+  /**
+   * A branch of a halving join that its cached rungs already stop (`halving.ts`): it has no
+   * entry of its own and computes nothing; `action` is `cached`.
+   */
+  pruned?: boolean;
 }
 
 /** What an upstream that has not run yet contributes to a key until its output is known. */
@@ -152,7 +158,10 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
   const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
     const upstream: Record<string, string> = {};
-    for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
+    const pruned = await prunedBefore(stage, planned, cache);
+    // A pruned branch computes nothing: it is no uncached upstream of --only.
+    for (const id of pruned.keys()) for (let i = issues.length - 1; i >= 0; i--) if (issues[i].path === `stages.${id}`) issues.splice(i, 1);
+    for (const dep of stage.needs) upstream[dep] = pruned.has(dep) ? `${PRUNED_BRANCH}${pruned.get(dep)!.digest}` : (digests.get(dep) ?? `${PENDING}${keys.get(dep)}`);
     const record = stageRecordOf(pipeline, stage, upstream, externals.get(stage.id) ?? {});
     const { key } = record;
     keys.set(stage.id, key);
@@ -184,6 +193,35 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
+}
+
+/**
+ * For a halving join: the branches its cached rungs already prune (`prunedFromCache`), marked so
+ * in `planned` (cached, nothing to compute). Empty for any other stage.
+ */
+async function prunedBefore(stage: ResolvedStage, planned: PlannedStage[], cache: ArtifactCache): Promise<Map<string, { digest: string; budget: number }>> {
+  const spec = stage.definition.join ? stage.definition.halving?.(stage.params as never) : undefined;
+  const members = spec ? stage.needs.map((id) => planned.find((p) => p.stage.id === id)) : [];
+  if (!spec || members.length < 2 || members.some((m) => !m?.stage.definition.budget)) return new Map();
+  const pruned = await prunedFromCache(
+    spec,
+    members.map((m) => ({ id: m!.stage.id, key: m!.key, full: budgetOf(m!), ...(m!.action === 'cached' && m!.entry ? { finalMetrics: m!.entry.metrics } : {}), ...(m!.forced ? { forced: true } : {}) })),
+    async (key) => {
+      const check = await cache.check(key);
+      return check.state === 'ok' ? check.meta : undefined;
+    },
+  );
+  for (const [id, { budget }] of pruned) {
+    const at = planned.findIndex((p) => p.stage.id === id);
+    planned[at] = { ...planned[at], action: 'cached', pruned: true, reasons: [`pruned by '${stage.id}' after ${budget} epoch(s): its cached rungs decide it again`] };
+  }
+  // One left to run whose first rung is cached did run before: the halving decides how far it goes.
+  for (const member of members) {
+    if (member!.action !== 'run' || pruned.has(member!.stage.id) || member!.forced || (await cache.check(rungKey(member!.key, spec.min))).state !== 'ok') continue;
+    const at = planned.indexOf(member!);
+    planned[at] = { ...member!, reasons: [`its rung at epoch ${spec.min} is cached; '${stage.id}' decides whether it trains on`] };
+  }
+  return pruned;
 }
 
 /** The hints of every stage that depends on `id`, in pipeline order. */

@@ -7,7 +7,7 @@
  * it must; a branch failing in its rung or after it; --force, an interrupt, gc, the executor
  * seam (no halving there); the file:line errors of a halving that cannot be.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../../src/cli.js';
@@ -181,6 +181,26 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(pick.metrics.pruned).toEqual(byId(first).get('pick')!.metrics.pruned);
     expect(byId(again).get('ship')!.status).toBe('cached');
     for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(byId(again).get(id)!.metrics).toEqual(byId(first).get(id)!.metrics);
+  });
+
+  it('plan after a halved run: the pruned branches are pruned by their cached rungs, nothing is to run, and --only the join works', async () => {
+    await run();
+    const out = { stdout: '', stderr: '' };
+    const io = { registry, stdout: (t: string) => (out.stdout += t), stderr: (t: string) => (out.stderr += t), env: { CI: 'true' }, isTTY: false };
+    expect(await main(['plan', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
+    for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(out.stdout).toMatch(new RegExp(`^  pruned  ${id} .*pruned by 'pick' after 1 epoch\\(s\\): its cached rungs decide it again$`, 'm'));
+    expect(out.stdout).toMatch(/^ {2}cached {2}pick /m);
+    expect(out.stdout).toMatch(/^0 to run, \d+ cached, 3 pruned by cached rungs$/m);
+    epochRuns.length = 0;
+    expect(await main(['run', dir.path('p.yaml'), '--artifacts', dir.path('artifacts'), '--only', 'ship', '--force', 'ship'], io), out.stderr).toBe(0);
+    expect(epochRuns).toEqual([]);
+    // a changed branch: its rung is not cached, so plan stops deciding there and the run decides
+    out.stdout = '';
+    writeFileSync(dir.path('p.yaml'), halvingSweep().replace('0.05', '0.06'));
+    expect(await main(['plan', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
+    expect(out.stdout).not.toMatch(/^  pruned /m);
+    expect(out.stdout).toMatch(/^ {2}run +tune-lr-6e-2 .*no cached result/m);
+    expect(out.stdout).toMatch(/^ {2}run +tune-lr-0p1 .*its rung at epoch 1 is cached; 'pick' decides whether it trains on$/m);
   });
 
   it('gc keeps the rungs of the runs it keeps: a rerun after gc computes nothing', async () => {
