@@ -159,8 +159,9 @@ function slugsOf(values: Json[]): string[] {
 
 /**
  * A halving join (`StageDefinition.halving`) runs its needs in rungs of their `budget` param and
- * stops some early: each need must be a stage with a budget (train-head, fine-tune), and only
- * joins may depend on it (a stage after a stopped branch would have nothing to read).
+ * stops some early: each need must be a stage with a budget (train-head, fine-tune), and no
+ * other stage may need it (after a stopped branch it would have nothing to read; another join
+ * would read what this one stops).
  */
 function halvingProblems(t: TemplateStage, templates: TemplateStage[]): (MatrixProblem & { stage: string })[] {
   if (!t.definition.halving?.(t.variants[0] as never)) return [];
@@ -172,7 +173,8 @@ function halvingProblems(t: TemplateStage, templates: TemplateStage[]): (MatrixP
       const budgeted = templates.filter((s) => s.definition.budget).map((s) => `'${s.id}'`);
       return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, which trains its needs in rungs of epochs, but '${dep}' (${need.kind}) has no epochs to stop and go on; make select need the training stage itself${budgeted.length ? ` (${budgeted.join(', ')})` : ''}, or set halving: false` }];
     }
-    const others = templates.filter((s) => s !== t && s.needs.includes(dep) && !s.definition.join).map((s) => `'${s.id}'`);
+    // A second join would read branches this one stops (or halve them its own way).
+    const others = templates.filter((s) => s !== t && s.needs.includes(dep)).map((s) => `'${s.id}'`);
     if (others.length) return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, so it stops some branches of '${dep}' early, but ${others.join(', ')} also need${others.length === 1 ? 's' : ''} '${dep}' and would have nothing to read; make them need '${t.id}' instead, or set halving: false` }];
     return [];
   });

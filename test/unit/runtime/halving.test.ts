@@ -431,6 +431,13 @@ describe('halving errors (exit 2, at file:line)', () => {
     ]);
   });
 
+  it('a second select over the halved branches (it would read branches the first one stops)', () => {
+    const text = halvingSweep({ extra: '  pick-loss: { uses: select, needs: [tune], with: { metric: val_loss } }\n' });
+    expect(issuesOf(text)).toEqual([
+      "12:halving_needs_budget:stages.pick.with.halving: stage 'pick' halves its sweep, so it stops some branches of 'tune' early, but 'pick-loss' also needs 'tune' and would have nothing to read; make them need 'pick' instead, or set halving: false",
+    ]);
+  });
+
   it('the CLI: validate exits 2 with the file:line, and a --set halving on a bad sweep too', async () => {
     dir.write('p.yaml', halvingSweep({ halving: 'false', extra: '  peek: { uses: fake-score, needs: [tune] }\n' }));
     const out = { stdout: '', stderr: '' };
