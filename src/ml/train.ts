@@ -36,6 +36,10 @@ export interface BatchSource {
   count: number;
   /** Records per batch (the last batch may be smaller), when fixed; progress counts batches with it. */
   batchSize?: number;
+  /**
+   * The batches of one pass. The same epoch and options give the same records every call
+   * (`evaluateSource` reuses its result for the same source object and weights).
+   */
   batches(epoch: number, options: { shuffle: boolean }): AsyncIterable<TrainBatch>;
 }
 
