@@ -14,7 +14,10 @@ import { deriveSeed, mulberry32 } from '../data/random.js';
 import { AbortedError, StageError } from '../runtime/errors.js';
 import type { ProgressTracker } from '../runtime/types.js';
 import type { Tf } from './backend.js';
+import { batchInputs, crossEntropy, evaluateSource, evaluateStepper, throwIfAborted } from './evaluation.js';
 import { supplyNormalizationConstants } from './surgery.js';
+
+export { batchInputs, crossEntropy, evaluateSource, type EvaluateOptions } from './evaluation.js';
 
 /** One batch of inputs (any rank) and integer labels. */
 export interface TrainBatch {
@@ -27,18 +30,16 @@ export interface TrainBatch {
   more?: { x: Float32Array; shape: number[] }[];
 }
 
-/** The model input(s) of a batch as tensors (call inside `tf.tidy`). */
-export function batchInputs(tf: Tf, batch: TrainBatch): TfCore.Tensor | TfCore.Tensor[] {
-  const first = tf.tensor(batch.x, batch.shape);
-  return batch.more?.length ? [first, ...batch.more.map((m) => tf.tensor(m.x, m.shape))] : first;
-}
-
 /** Where batches come from; `epoch` changes the seeded order (and augmentation). */
 export interface BatchSource {
   /** Records in the split. */
   count: number;
   /** Records per batch (the last batch may be smaller), when fixed; progress counts batches with it. */
   batchSize?: number;
+  /**
+   * The batches of one pass. The same epoch and options give the same records every call
+   * (`evaluateSource` reuses its result for the same source object and weights).
+   */
   batches(epoch: number, options: { shuffle: boolean }): AsyncIterable<TrainBatch>;
 }
 
@@ -184,59 +185,6 @@ export function learningRateAt(epoch: number, epochs: number, lr: number, schedu
 }
 
 /**
- * Mean (optionally class-weighted) cross-entropy of softmax probabilities against integer labels.
- */
-export function crossEntropy(tf: Tf, probs: TfCore.Tensor, labels: TfCore.Tensor1D, numClasses: number, classWeights?: TfCore.Tensor1D): TfCore.Scalar {
-  return tf.tidy(() => {
-    const oneHot = tf.cast(tf.oneHot(labels, numClasses), 'float32');
-    // An epsilon rather than clipping: clipping can turn NaN probabilities into finite numbers
-    // on some backends, which would hide a diverged model from the NaN guard.
-    const perExample = tf.neg(tf.sum(tf.mul(oneHot, tf.log(tf.add(probs, 1e-7))), -1));
-    if (!classWeights) return tf.mean(perExample) as TfCore.Scalar;
-    // Keras semantics: weighted per-example losses averaged over the batch (not over the
-    // weights, which would cancel them out in a single-class batch).
-    return tf.mean(tf.mul(perExample, tf.gather(classWeights, labels))) as TfCore.Scalar;
-  });
-}
-
-/** Options of `evaluateSource`. */
-export interface EvaluateOptions {
-  /** Checked before every batch; an abort throws `AbortedError`. */
-  signal?: AbortSignal;
-}
-
-/** Loss and accuracy of the model on a source, in inference mode. Throws `AbortedError` on an abort. */
-export async function evaluateSource(tf: Tf, model: LayersModel, source: BatchSource, numClasses: number, options: EvaluateOptions = {}): Promise<{ loss: number; acc: number }> {
-  let lossSum = 0;
-  let correct = 0;
-  let count = 0;
-  for await (const batch of source.batches(0, { shuffle: false })) {
-    throwIfAborted(options.signal);
-    const [loss, hits] = tf.tidy(() => {
-      const x = batchInputs(tf, batch);
-      const y = tf.tensor1d(batch.y, 'int32');
-      const probs = model.predict(x) as TfCore.Tensor;
-      const l = tf.mul(crossEntropy(tf, probs, y, numClasses), batch.count);
-      const h = tf.sum(tf.cast(tf.equal(tf.cast(tf.argMax(probs, -1), 'int32'), y), 'int32'));
-      return [l, h];
-    });
-    try {
-      lossSum += (await loss.data())[0];
-      correct += (await hits.data())[0];
-    } finally {
-      loss.dispose();
-      hits.dispose();
-    }
-    count += batch.count;
-  }
-  return { loss: count ? lossSum / count : NaN, acc: count ? correct / count : NaN };
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new AbortedError();
-}
-
-/**
  * Trains `model` on `train`, evaluating on `val` each epoch; returns the full history.
  *
  * It always ends the same way: every hook's `onTrainEnd` runs (with `state.outcome` saying
@@ -359,21 +307,6 @@ async function runEpochs(tf: Tf, state: TrainState, train: BatchSource, val: Bat
     state.history.push(logs);
     for (const hook of hooks) await hook.onEpochEnd?.(state, logs);
   }
-}
-
-/** Loss and accuracy over a source through a stepper's inference graph. */
-async function evaluateStepper(stepper: TrainStepper, source: BatchSource, signal?: AbortSignal): Promise<{ loss: number; acc: number }> {
-  let lossSum = 0;
-  let correct = 0;
-  let count = 0;
-  for await (const batch of source.batches(0, { shuffle: false })) {
-    throwIfAborted(signal);
-    const result = await stepper.evaluate(batch);
-    lossSum += result.loss * batch.count;
-    correct += result.correct;
-    count += batch.count;
-  }
-  return { loss: count ? lossSum / count : NaN, acc: count ? correct / count : NaN };
 }
 
 /**

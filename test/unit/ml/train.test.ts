@@ -147,6 +147,86 @@ describe('fitModel', () => {
   });
 });
 
+/** `arraySource(data, 8, 11)` that counts the batches it yields. */
+function countingSource() {
+  const inner = arraySource(data, 8, 11);
+  const counter = { batches: 0 };
+  const source: BatchSource = {
+    count: inner.count,
+    batchSize: inner.batchSize,
+    async *batches(epoch, options) {
+      for await (const batch of inner.batches(epoch, options)) {
+        counter.batches++;
+        yield batch;
+      }
+    },
+  };
+  return { source, counter };
+}
+
+describe('evaluateSource after fitModel', () => {
+  it('returns the last epoch\'s validation of the same weights without another pass, the same numbers a pass gives', async () => {
+    const model = tinyModel();
+    const { source: val, counter } = countingSource();
+    const history = await fit(model, [], 2, undefined, val);
+    const passes = counter.batches;
+    expect(passes).toBe(2 * 6);
+    const final = await evaluateSource(tf, model, val, 3);
+    expect(counter.batches).toBe(passes); // no pass: the result of the last epoch's
+    expect(final).toEqual({ loss: history.at(-1)!.valLoss, acc: history.at(-1)!.valAcc });
+    // A real pass over an equal source gives the very same numbers.
+    expect(await evaluateSource(tf, model, arraySource(data, 8, 11), 3)).toEqual(final);
+    model.dispose();
+  });
+
+  it('passes over the source again once a weight changed, and over another source', async () => {
+    const model = tinyModel();
+    const { source: val, counter } = countingSource();
+    await fit(model, [], 1, undefined, val);
+    const first = await evaluateSource(tf, model, val, 3);
+    expect(counter.batches).toBe(6);
+    const weights = model.layers[2].getWeights().map((w) => tf.clone(w)); // getWeights() hands out the variables themselves
+    const changed = weights.map((w) => tf.mul(w, 0.5));
+    model.layers[2].setWeights(changed);
+    tf.dispose(changed);
+    const second = await evaluateSource(tf, model, val, 3);
+    expect(counter.batches).toBe(12);
+    expect(second).not.toEqual(first);
+    model.layers[2].setWeights(weights);
+    tf.dispose(weights);
+    expect(await evaluateSource(tf, model, val, 3)).toEqual(first); // computed again: the same numbers
+    expect(counter.batches).toBe(18);
+    const other = countingSource();
+    expect(await evaluateSource(tf, model, other.source, 3)).toEqual(first); // another source is passed over
+    expect(other.counter.batches).toBe(6);
+    model.dispose();
+  });
+
+  it('passes over the source again when fitModel validated with normalization stand-ins (BatchNormalization without scale)', async () => {
+    const model = tfl.sequential({
+      layers: [
+        tfl.layers.dense({ units: 8, inputShape: [4], kernelInitializer: tfl.initializers.glorotUniform({ seed: 1 }) }),
+        tfl.layers.batchNormalization({ scale: false }),
+        tfl.layers.dense({ units: 3, activation: 'softmax', kernelInitializer: tfl.initializers.glorotUniform({ seed: 3 }) }),
+      ],
+    });
+    const { source: val, counter } = countingSource();
+    const history = await fit(model, [], 1, undefined, val);
+    const final = await evaluateSource(tf, model, val, 3);
+    expect(counter.batches).toBe(12);
+    expect(final.acc).toBe(history.at(-1)!.valAcc);
+    model.dispose();
+  });
+
+  it('checks the signal before reusing a result', async () => {
+    const model = tinyModel();
+    const val = arraySource(data, 8, 11);
+    await fit(model, [], 1, undefined, val);
+    await expect(evaluateSource(tf, model, val, 3, { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortedError);
+    model.dispose();
+  });
+});
+
 describe('fitModel ends cleanly', () => {
   /** Records how onTrainEnd saw the run, and which epochs ended. */
   function recorder() {
