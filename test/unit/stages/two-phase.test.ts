@@ -3,6 +3,7 @@
  * caches, frozen BatchNorm stays frozen, a stage
  * interrupted mid-training resumes from its last finished epoch, and no tensors leak.
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelArtifact } from '../../../src/ml/artifact.js';
@@ -63,6 +64,14 @@ describe('two-phase recipe on tiny images', () => {
     expect(stage(changed, 'head').status).toBe('ran');
     expect(stage(changed, 'head').metrics.features).toBe('cached');
     expect(stage(changed, 'shards').status).toBe('cached');
+  });
+
+  it("on the onnxruntime route the final val metrics are the last epoch's, as history.json has them (no second pass)", async () => {
+    const tune = stage(first, 'tune');
+    expect(tune.metrics.train_engine).toBe('onnxruntime');
+    const last = JSON.parse(readFileSync(path.join(entry(first, 'tune'), 'history.json'), 'utf8')).at(-1);
+    expect(tune.metrics.val_loss).toBe(last.valLoss);
+    expect(tune.metrics.val_acc).toBe(last.valAcc);
   });
 
   it('keeps frozen BatchNorm frozen: moving statistics and affine weights unchanged by train-head', async () => {
