@@ -8,7 +8,7 @@
  * on to `min·factor` epochs, continuing from their rung (`ctx.resumeFrom`), and so on; the last
  * ones run to the end as the stage itself, under its own key, with the same bytes as a run that
  * never stopped. The others end `pruned`: not a failure, not an input of the join, which is told
- * of them (`ctx.prunedBranches`) and keyed by their rungs.
+ * of them (`ctx.prunedBranches`) and keyed by what it reads of them (`prunedDigest`).
  *
  * Every rung is a cache entry, so a rerun makes the same decisions from the cache without
  * training; a rung key covers the branch's final key and the rung's epochs, so anything that
@@ -16,7 +16,7 @@
  */
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { entryDigest, type EntryMeta } from './cache.js';
+import type { EntryMeta } from './cache.js';
 import { ComputeFailure, type ComputeOptions } from './compute.js';
 import { AbortedError, StageError, describeError } from './errors.js';
 import type { StageSummary } from './execute.js';
@@ -109,7 +109,7 @@ export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort
       port.warn(stage.id, `'${stage.id}' halving is not done with --executor bullmq: every branch trains all its epochs`);
       continue;
     }
-    const group = new HalvingGroup(stage.id, spec, members, port, entryDigest);
+    const group = new HalvingGroup(stage.id, spec, members, port, prunedDigest);
     for (const id of members) groups.set(id, group);
   }
   return groups;
@@ -119,9 +119,18 @@ export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort
 export interface PrunedInfo {
   budget: number;
   of: number;
-  /** The rung entry's digest (the join is keyed by it). */
+  /** The digest of what the join is given of it (`prunedDigest`); the join is keyed by it. */
   digest: string;
   metrics: Metrics;
+}
+
+/**
+ * What a join is keyed by for a branch it stopped: what it reads of it (epochs, of how many,
+ * metrics), not its rung entry's bytes, which hold a checkpoint (epoch seconds, TF.js weight
+ * names numbered per process) that differs from one computation to the next.
+ */
+export function prunedDigest(info: Omit<PrunedInfo, 'digest'>): string {
+  return sha256(canonicalJson({ budget: info.budget, of: info.of, metrics: info.metrics }));
 }
 
 /** Where a member ended: its summary, and for a pruned one what the join reads of it. */
@@ -145,7 +154,7 @@ export class HalvingGroup {
     private readonly spec: HalvingSpec,
     private readonly members: readonly string[],
     private readonly port: HalvingPort,
-    private readonly digestOf: (entry: EntryMeta) => string,
+    private readonly digestOf: (info: Omit<PrunedInfo, 'digest'>) => string,
   ) {}
 
 
@@ -227,7 +236,7 @@ export class HalvingGroup {
         const rung = last.get(id)!;
         outcomes.set(id, {
           summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
-          pruned: { budget, of: member.full, digest: this.digestOf(rung.entry), metrics: rung.entry.metrics },
+          pruned: { budget, of: member.full, digest: this.digestOf({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
         });
       }
       active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);

@@ -1,0 +1,90 @@
+/**
+ * Review of successive halving through the real runtime with a fake budgeted stage (no TF.js):
+ * `fake-epochs` trains `epochs` fake epochs, stops at `ctx.budget` leaving a state to go on
+ * from (`ctx.resumeFrom`) and, like the real checkpoint (its epoch seconds, TF.js's
+ * per-process weight names), a checkpoint file whose bytes differ from one run to the next.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { runPipeline } from '../../../src/runtime/run.js';
+import type { StageDefinition } from '../../../src/runtime/types.js';
+import { select } from '../../../src/stages/select.js';
+import { fakeRegistry } from '../../fixtures/fake-stages.js';
+import { testdir, type TestDir } from '../../fixtures/testdir.js';
+
+const trained: string[] = [];
+
+/** val_acc after `epoch` epochs at `lr`: 0.03 leads up to epoch 2, 0.01 after (halving by 2 from 1 epoch keeps 0.03). */
+const accAt = (lr: number, epoch: number) => Math.round((0.5 + (lr === 0.03 ? 0.1 : 0) + epoch * (0.1 - 2 * Math.abs(lr - 0.01))) * 1e4) / 1e4;
+
+const fakeEpochs: StageDefinition<{ lr: number; epochs: number }> = {
+  kind: 'fake-epochs',
+  version: 1,
+  budget: 'epochs',
+  description: 'test: a budgeted training stage',
+  paramsSchema: { type: 'object', additionalProperties: false, properties: { lr: { type: 'number', default: 0.01 }, epochs: { type: 'integer', default: 4 } } },
+  consumes: ['data'],
+  provides: ['model'],
+  async run(ctx, params) {
+    const from = ctx.resumeFrom ? (JSON.parse(await readFile(path.join(ctx.resumeFrom, 'state.json'), 'utf8')) as { epochs: number }).epochs : 0;
+    const until = Math.min(params.epochs, ctx.budget ?? params.epochs);
+    for (let e = from; e < until; e++) trained.push(`${ctx.id}:${e + 1}`);
+    const val_acc = accAt(params.lr, until);
+    if (ctx.budget !== undefined) {
+      await writeFile(path.join(ctx.outDir, 'state.json'), JSON.stringify({ epochs: until }));
+      await writeFile(path.join(ctx.outDir, 'checkpoint.json'), JSON.stringify({ epochs: until, seconds: performance.now(), pid: process.pid }));
+      return { metrics: { epochs_run: until, budget: ctx.budget, val_acc } };
+    }
+    await writeFile(path.join(ctx.outDir, 'model.json'), JSON.stringify({ lr: params.lr, epochs: until }));
+    return { metrics: { epochs_run: until, val_acc } };
+  },
+};
+
+const registry = { ...fakeRegistry, 'fake-epochs': fakeEpochs, select };
+
+const PIPELINE = `name: halve
+stages:
+  src: { uses: source, with: { value: 3 } }
+  tune:
+    uses: fake-epochs
+    needs: [src]
+    with: { epochs: 4 }
+    matrix: { lr: [0.1, 0.03, 0.01, 0.003] }
+  pick:
+    uses: select
+    needs: [tune]
+    with: { metric: val_acc, halving: { factor: 2, min: 1 } }
+`;
+
+let dir: TestDir;
+beforeEach(() => {
+  trained.length = 0;
+  dir = testdir({ 'p.yaml': PIPELINE });
+});
+afterEach(() => dir.cleanup());
+
+const run = (artifacts = 'artifacts', force?: string[]) => runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path(artifacts), ...(force ? { selection: { force } } : {}) });
+const byId = (summary: Awaited<ReturnType<typeof run>>) => new Map(summary.stages.map((s) => [s.id, s]));
+
+describe('halving, reviewed', () => {
+  it('prunes by the rungs and keeps the best', async () => {
+    const summary = await run();
+    const stages = byId(summary);
+    expect(summary.status).toBe('succeeded');
+    expect(stages.get('pick')!.metrics.chosen).toBe('tune-lr-3e-2');
+    expect(stages.get('tune-lr-0p1')!.status).toBe('pruned');
+    expect(stages.get('tune-lr-1e-2')!.status).toBe('pruned');
+    expect(trained.filter((t) => t.startsWith('tune-lr-3e-2:'))).toEqual(['tune-lr-3e-2:1', 'tune-lr-3e-2:2', 'tune-lr-3e-2:3', 'tune-lr-3e-2:4']);
+    expect(trained).toHaveLength(4 + 2 + 2);
+  });
+
+  it("the join's key does not depend on the bytes of a pruned branch's checkpoint: two stores, one key; --force of the branches keeps it cached", async () => {
+    const first = byId(await run('a'));
+    const second = byId(await run('b'));
+    expect(second.get('pick')!.key).toBe(first.get('pick')!.key);
+    const forced = byId(await run('a', ['tune']));
+    expect(forced.get('tune-lr-0p1')!.status).toBe('pruned');
+    expect(forced.get('pick')!.status).toBe('cached');
+  });
+});
