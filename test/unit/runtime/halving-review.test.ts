@@ -7,7 +7,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { runPipeline } from '../../../src/runtime/run.js';
+import { openStore, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDefinition } from '../../../src/runtime/types.js';
 import { select } from '../../../src/stages/select.js';
 import { fakeRegistry } from '../../fixtures/fake-stages.js';
@@ -86,5 +86,17 @@ describe('halving, reviewed', () => {
     const forced = byId(await run('a', ['tune']));
     expect(forced.get('tune-lr-0p1')!.status).toBe('pruned');
     expect(forced.get('pick')!.status).toBe('cached');
+  });
+
+  it('gc keeps the rungs of a kept run: a rerun after gc trains nothing', async () => {
+    await run();
+    trained.length = 0;
+    const store = openStore({ artifacts: dir.path('artifacts') });
+    const gc = await store.gc(10);
+    expect(gc.removed).toEqual([]);
+    const again = byId(await run());
+    expect(trained).toEqual([]);
+    expect(again.get('tune-lr-0p1')!.status).toBe('pruned');
+    expect(again.get('pick')!.status).toBe('cached');
   });
 });
