@@ -16,7 +16,7 @@
  */
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import type { EntryMeta } from './cache.js';
+import type { ArtifactCache, EntryMeta } from './cache.js';
 import { ComputeFailure, type ComputeOptions } from './compute.js';
 import { AbortedError, StageError, describeError } from './errors.js';
 import type { StageSummary } from './execute.js';
@@ -222,9 +222,7 @@ export class HalvingGroup {
         }
         ranked.push({ member, value, done });
       }
-      // Stable: the first of equals (pipeline order) stays ahead, as select chooses.
-      const order = ranked.map((r, i) => ({ ...r, i })).sort((a, b) => (spec.mode === 'max' ? b.value - a.value : a.value - b.value) || a.i - b.i);
-      const keep = survivorsOf(order.length, spec.factor);
+      const { order, keep } = rankRung(ranked, spec);
       port.decided({ join: this.join, budget, ranked: order.map((r) => ({ id: r.member.base.id, [spec.metric]: r.value })), kept: order.slice(0, keep).map((r) => r.member.base.id) }, 'halving rung ranked');
       for (const [rank, { member, done }] of order.entries()) {
         const id = member.base.id;
@@ -235,7 +233,8 @@ export class HalvingGroup {
         }
         const rung = last.get(id)!;
         outcomes.set(id, {
-          summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
+          // A branch `plan` found pruned (`PlannedStage.pruned`) has that reason only: not twice.
+          summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.planned.pruned ? [] : (member.base.reasons ?? [])), prunedReason(this.join, spec, budget, member.full, order[rank].value, rank, order.length, keep)] },
           pruned: { budget, of: member.full, digest: this.digestOf({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
         });
       }
@@ -250,6 +249,48 @@ export class HalvingGroup {
     );
     return outcomes;
   }
+}
+
+/** A rung's members best first by the metric, and how many go on. Stable: the first of equals (pipeline order) stays ahead, as select chooses. */
+function rankRung<T extends { value: number }>(ranked: T[], spec: HalvingSpec): { order: T[]; keep: number } {
+  const order = ranked.map((r, i) => ({ r, i })).sort((a, b) => (spec.mode === 'max' ? b.r.value - a.r.value : a.r.value - b.r.value) || a.i - b.i).map(({ r }) => r);
+  return { order, keep: survivorsOf(order.length, spec.factor) };
+}
+
+function prunedReason(join: string, spec: HalvingSpec, budget: number, full: number, value: number, rank: number, of: number, keep: number): string {
+  return `pruned by '${join}' after ${budget} of ${full} epochs (${spec.metric} ${formatValue(value)}, rank ${rank + 1} of ${of}; ${keep} went on)`;
+}
+
+/**
+ * For `plan`: the branches of a halving join (`members`, planned) that a run would stop, decided
+ * as the run does from their cached rungs, with each one's reason; undefined when the cache does
+ * not decide it (a rung not cached, a branch forced or re-keyed by an upstream that runs first, a
+ * metric missing): then the run decides, and the plan shows the branches as running.
+ */
+export async function replayHalving(join: string, spec: HalvingSpec, members: PlannedStage[], cache: ArtifactCache): Promise<Map<string, PrunedInfo & { reason: string }> | undefined> {
+  if (members.length < 2 || members.some((m) => m.forced)) return undefined;
+  const pruned = new Map<string, PrunedInfo & { reason: string }>();
+  let active = members.map((planned) => ({ planned, full: budgetOf(planned) }));
+  for (const budget of rungBudgets(spec, Math.max(...active.map((m) => m.full)))) {
+    if (active.length <= 1) break;
+    const ranked: { member: (typeof active)[number]; value: number; metrics: Metrics; done: boolean }[] = [];
+    for (const member of active) {
+      const done = member.full <= budget;
+      const found = done ? undefined : await lookUp(cache, rungKey(member.planned.key, budget));
+      const entry = done ? (member.planned.action === 'cached' ? member.planned.entry : undefined) : found?.check.state === 'ok' ? found.check.meta : undefined;
+      const value = entry?.metrics[spec.metric];
+      if (!entry || typeof value !== 'number' || !Number.isFinite(value)) return undefined;
+      ranked.push({ member, value, metrics: entry.metrics, done });
+    }
+    const { order, keep } = rankRung(ranked, spec);
+    for (const [rank, { member, value, metrics, done }] of order.entries()) {
+      if (rank < keep || done) continue;
+      const info = { budget, of: member.full, metrics };
+      pruned.set(member.planned.stage.id, { ...info, digest: prunedDigest(info), reason: prunedReason(join, spec, budget, member.full, value, rank, order.length, keep) });
+    }
+    active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);
+  }
+  return pruned;
 }
 
 function failedSummary(member: HalvingMember, error: { code: string; message: string }, seconds: number): StageSummary {

@@ -13,7 +13,8 @@ import { canonicalJson, hashPath, sha256, StatCache } from './hash.js';
 import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
 import type { RunHistory, StageRecord } from './history.js';
-import { FAILED_BRANCH } from './join.js';
+import { FAILED_BRANCH, PRUNED_BRANCH } from './join.js';
+import { replayHalving } from './halving.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -32,6 +33,11 @@ export interface PlannedStage {
   downstream: DownstreamHint[];
   /** `--force`/`--from` chose it: it runs even when its entry is present. */
   forced?: boolean;
+  /**
+   * A branch its halving join stops early, as its cached rungs decide (`replayHalving`): it has
+   * no entry of its own and trains nothing (`action` is `cached`; `reasons` say where it stops).
+   */
+  pruned?: boolean;
 }
 
 /** What an upstream that has not run yet contributes to a key until its output is known. */
@@ -151,6 +157,14 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
   // Output digests of stages whose entry will be used as is; a stage that runs is `pending`.
   const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
+    // A halving join's branches that its cached rungs stop: no run, and the join is keyed by where they stopped.
+    const spec = stage.definition.join ? stage.definition.halving?.(stage.params as never) : undefined;
+    const members = spec ? planned.filter((p) => stage.needs.includes(p.stage.id) && p.stage.definition.budget) : [];
+    for (const [id, info] of (spec && (await replayHalving(stage.id, spec, members, cache))) || []) {
+      const at = planned.findIndex((p) => p.stage.id === id);
+      planned[at] = { ...planned[at], action: 'cached', reasons: [info.reason], pruned: true };
+      digests.set(id, `${PRUNED_BRANCH}${info.digest}`);
+    }
     const upstream: Record<string, string> = {};
     for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
     const record = stageRecordOf(pipeline, stage, upstream, externals.get(stage.id) ?? {});
@@ -176,11 +190,14 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
         reasons.push(...found.notes);
       }
     }
+    if (action === 'cached' && check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
+    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
+  }
+  // After the loop: a branch that a halving join stops is known once the loop reaches the join.
+  for (const { stage, action, reasons } of planned) {
     if (action === 'run' && selection.only && !only.has(stage.id)) {
       issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
     }
-    if (action === 'cached' && check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
-    planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
   }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };

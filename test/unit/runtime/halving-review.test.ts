@@ -7,7 +7,8 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openStore, runPipeline } from '../../../src/runtime/run.js';
+import { renderPlan } from '../../../src/render.js';
+import { openStore, planPipeline, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDefinition } from '../../../src/runtime/types.js';
 import { select } from '../../../src/stages/select.js';
 import { fakeRegistry } from '../../fixtures/fake-stages.js';
@@ -64,7 +65,8 @@ beforeEach(() => {
 });
 afterEach(() => dir.cleanup());
 
-const run = (artifacts = 'artifacts', force?: string[]) => runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path(artifacts), ...(force ? { selection: { force } } : {}) });
+const run = (artifacts = 'artifacts', force?: string[], only?: string) => runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path(artifacts), selection: { ...(force ? { force } : {}), ...(only ? { only } : {}) } });
+const plan = (only?: string) => planPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), ...(only ? { selection: { only } } : {}) });
 const byId = (summary: Awaited<ReturnType<typeof run>>) => new Map(summary.stages.map((s) => [s.id, s]));
 
 describe('halving, reviewed', () => {
@@ -98,5 +100,25 @@ describe('halving, reviewed', () => {
     expect(trained).toEqual([]);
     expect(again.get('tune-lr-0p1')!.status).toBe('pruned');
     expect(again.get('pick')!.status).toBe('cached');
+  });
+
+  it('plan replays the decisions from the cached rungs: nothing to run after a run, and --only the join works', async () => {
+    const before = renderPlan(await plan());
+    expect(before).toMatch(/6 to run, 0 cached\n/);
+    await run();
+    trained.length = 0;
+    const planned = await plan();
+    const actions = Object.fromEntries(planned.stages.map((p) => [p.stage.id, p.action]));
+    expect(actions).toEqual({ src: 'cached', 'tune-lr-0p1': 'cached', 'tune-lr-3e-2': 'cached', 'tune-lr-1e-2': 'cached', 'tune-lr-3e-3': 'cached', pick: 'cached' });
+    const text = renderPlan(planned);
+    expect(text).toMatch(/pruned\s+tune-lr-0p1 .*pruned by 'pick' after 1 of 4 epochs .*rank 4 of 4/);
+    expect(text).toMatch(/pruned\s+tune-lr-1e-2 .*pruned by 'pick' after 2 of 4 epochs/);
+    expect(text).toMatch(/0 to run, 3 cached, 3 pruned/);
+    const only = byId(await run('artifacts', undefined, 'pick'));
+    expect(only.get('pick')!.status).toBe('cached');
+    expect(only.get('pick')!.metrics.chosen).toBe('tune-lr-3e-2');
+    expect(only.get('tune-lr-1e-2')!.status).toBe('pruned');
+    expect(only.get('tune-lr-1e-2')!.reasons).toEqual([expect.stringMatching(/^pruned by 'pick' after 2 of 4 epochs/)]);
+    expect(trained).toEqual([]);
   });
 });
