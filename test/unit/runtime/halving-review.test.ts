@@ -8,7 +8,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { renderPlan } from '../../../src/render.js';
-import { openStore, planPipeline, runPipeline } from '../../../src/runtime/run.js';
+import { ValidationError } from '../../../src/runtime/errors.js';
+import { openStore, planPipeline, resolvePipeline, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDefinition } from '../../../src/runtime/types.js';
 import { select } from '../../../src/stages/select.js';
 import { fakeRegistry } from '../../fixtures/fake-stages.js';
@@ -120,5 +121,23 @@ describe('halving, reviewed', () => {
     expect(only.get('tune-lr-1e-2')!.status).toBe('pruned');
     expect(only.get('tune-lr-1e-2')!.reasons).toEqual([expect.stringMatching(/^pruned by 'pick' after 2 of 4 epochs/)]);
     expect(trained).toEqual([]);
+  });
+
+  it('a bad halving map names the key at fault, not "must be true or false, or a map with factor, min, got a map"', () => {
+    const issuesOf = (halving: string) => {
+      dir.write('bad.yaml', PIPELINE.replace('halving: { factor: 2, min: 1 }', `halving: ${halving}`));
+      try {
+        resolvePipeline({ file: dir.path('bad.yaml'), registry });
+      } catch (error) {
+        if (error instanceof ValidationError) return error.issues.map((i) => ({ code: i.code, line: i.line, message: i.message }));
+        throw error;
+      }
+      throw new Error('no error');
+    };
+    expect(issuesOf('{ factor: 1 }')).toEqual([{ code: 'out_of_range', line: 12, message: expect.stringMatching(/^halving\.factor must be >= 2, got number 1/) }]);
+    expect(issuesOf('{ factor: 2, min: 0 }')).toEqual([{ code: 'out_of_range', line: 12, message: expect.stringMatching(/^halving\.min must be >= 1, got number 0/) }]);
+    expect(issuesOf('{ fact: 2 }')).toEqual([{ code: 'unknown_key', line: 12, message: expect.stringMatching(/unknown key 'fact'.*did you mean 'factor'/) }]);
+    // A value that fits no alternative still lists them.
+    expect(issuesOf('"yes"')).toEqual([{ code: 'wrong_type', line: 12, message: 'halving must be true or false, or a map with factor, min, got the string "yes"' }]);
   });
 });
