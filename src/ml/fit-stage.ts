@@ -144,10 +144,11 @@ async function pausedMetrics(ctx: StageContext<any>, history: EpochLogs[], lr: n
   return {
     epochs_run: history.length,
     budget: ctx.budget!,
-    ...(best ? { best_epoch: best.epoch + 1 } : {}),
     loss: last?.loss ?? null,
     acc: last?.acc ?? null,
     ...(last?.valAcc !== undefined ? { val_loss: last.valLoss ?? null, val_acc: last.valAcc } : {}),
+    // After the val metrics: a pruned branch's line (the first 6 metrics) shows what it was ranked by.
+    ...(best ? { best_epoch: best.epoch + 1 } : {}),
     lr,
   };
 }
