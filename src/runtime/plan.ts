@@ -14,7 +14,7 @@ import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
 import type { RunHistory, StageRecord } from './history.js';
 import { FAILED_BRANCH, PRUNED_BRANCH } from './join.js';
-import { replayHalving } from './halving.js';
+import { budgetOf, replayHalving, rungKey } from './halving.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -160,10 +160,15 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
     // A halving join's branches that its cached rungs stop: no run, and the join is keyed by where they stopped.
     const spec = stage.definition.join ? stage.definition.halving?.(stage.params as never) : undefined;
     const members = spec ? planned.filter((p) => stage.needs.includes(p.stage.id) && p.stage.definition.budget) : [];
-    for (const [id, info] of (spec && (await replayHalving(stage.id, spec, members, cache))) || []) {
+    const replayed = spec && (await replayHalving(stage.id, spec, members, cache));
+    for (const [id, info] of replayed || []) {
       const at = planned.findIndex((p) => p.stage.id === id);
       planned[at] = { ...planned[at], action: 'cached', reasons: [info.reason], pruned: true };
       digests.set(id, `${PRUNED_BRANCH}${info.digest}`);
+    }
+    // Cached to the end (a full sweep ran) but not ranked yet: its first rung trains.
+    for (const member of spec && !replayed ? members.filter((m) => m.action === 'cached' && !m.forced && budgetOf(m) > spec!.min) : []) {
+      if ((await cache.check(rungKey(member.key, spec!.min))).state !== 'ok') member.reasons.push(`its halving rung (epoch ${spec!.min}) is not cached: '${stage.id}' trains it to rank this branch, then reuses this entry if it goes on`);
     }
     const upstream: Record<string, string> = {};
     for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;

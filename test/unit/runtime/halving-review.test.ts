@@ -140,4 +140,17 @@ describe('halving, reviewed', () => {
     // A value that fits no alternative still lists them.
     expect(issuesOf('"yes"')).toEqual([{ code: 'wrong_type', line: 12, message: 'halving must be true or false, or a map with factor, min, got the string "yes"' }]);
   });
+
+  it("plan says when a branch's final entry is cached (a full sweep ran) but its first rung is not: it trains that rung to be ranked", async () => {
+    dir.write('full.yaml', PIPELINE.replace('halving: { factor: 2, min: 1 }', 'halving: false'));
+    await runPipeline({ file: dir.path('full.yaml'), registry, artifacts: dir.path('artifacts') });
+    const planned = await plan();
+    const tune = planned.stages.find((p) => p.stage.id === 'tune-lr-1e-2')!;
+    expect(tune.action).toBe('cached');
+    expect(tune.reasons).toEqual(['inputs unchanged', "its halving rung (epoch 1) is not cached: 'pick' trains it to rank this branch, then reuses this entry if it goes on"]);
+    trained.length = 0;
+    const halved = byId(await run());
+    expect(halved.get('tune-lr-3e-2')!.status).toBe('cached');
+    expect(trained).toEqual(['tune-lr-0p1:1', 'tune-lr-3e-2:1', 'tune-lr-1e-2:1', 'tune-lr-3e-3:1', 'tune-lr-3e-2:2', 'tune-lr-1e-2:2']);
+  });
 });
