@@ -158,7 +158,7 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
   const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
     // A halving join's branches that its cached rungs stop: no run, and the join is keyed by where they stopped.
-    const spec = stage.definition.join ? stage.definition.halving?.(stage.params as never) : undefined;
+    const spec = stage.definition.join && included.has(stage.id) ? stage.definition.halving?.(stage.params as never) : undefined;
     const members = spec ? planned.filter((p) => stage.needs.includes(p.stage.id) && p.stage.definition.budget) : [];
     const replayed = spec && (await replayHalving(stage.id, spec, members, cache));
     for (const [id, info] of replayed || []) {

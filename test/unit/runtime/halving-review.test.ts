@@ -121,6 +121,9 @@ describe('halving, reviewed', () => {
     expect(only.get('tune-lr-1e-2')!.status).toBe('pruned');
     expect(only.get('tune-lr-1e-2')!.reasons).toEqual([expect.stringMatching(/^pruned by 'pick' after 2 of 4 epochs/)]);
     expect(trained).toEqual([]);
+    // Without the join in the run, a branch is no longer halved: --only it trains it to the end.
+    const alone = (await plan('tune-lr-0p1')).stages.find((p) => p.stage.id === 'tune-lr-0p1')!;
+    expect([alone.action, alone.pruned]).toEqual(['run', undefined]);
   });
 
   it('a bad halving map names the key at fault, not "must be true or false, or a map with factor, min, got a map"', () => {
