@@ -156,4 +156,11 @@ describe('halving, reviewed', () => {
     expect(halved.get('tune-lr-3e-2')!.status).toBe('cached');
     expect(trained).toEqual(['tune-lr-0p1:1', 'tune-lr-3e-2:1', 'tune-lr-1e-2:1', 'tune-lr-3e-3:1', 'tune-lr-3e-2:2', 'tune-lr-1e-2:2']);
   });
+
+  it('a gate no finished branch reaches says how many were pruned', async () => {
+    dir.write('p.yaml', PIPELINE.replace('halving: { factor: 2, min: 1 }', 'halving: { factor: 2, min: 1 }, gate: { val_acc: 0.99 }'));
+    const pick = byId(await run()).get('pick')!;
+    expect(pick.status).toBe('failed');
+    expect(pick.error!.message).toMatch(/^no branch of 1 \(3 more pruned by halving\) reached the gate \(val_acc >= 0\.99\)/);
+  });
 });
