@@ -7,6 +7,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { readStageView, renderStageView } from '../../../src/commands/show.js';
 import { renderPlan } from '../../../src/render.js';
 import { ValidationError } from '../../../src/runtime/errors.js';
 import { openStore, planPipeline, resolvePipeline, runPipeline } from '../../../src/runtime/run.js';
@@ -162,5 +163,16 @@ describe('halving, reviewed', () => {
     const pick = byId(await run()).get('pick')!;
     expect(pick.status).toBe('failed');
     expect(pick.error!.message).toMatch(/^no branch of 1 \(3 more pruned by halving\) reached the gate \(val_acc >= 0\.99\)/);
+  });
+
+  it('show of a pruned branch shows its rung (where it stopped), not a missing artifact', async () => {
+    await run();
+    const view = await readStageView(dir.path('artifacts'), 'tune-lr-1e-2', undefined, registry);
+    expect(view.status).toBe('pruned');
+    expect(view.artifact.present).toBe(true);
+    expect(view.artifact.files.map((f) => f.name)).toContain('state.json');
+    const text = renderStageView(view);
+    expect(text).not.toContain('removed by gc');
+    expect(text).toMatch(/artifact: .*\(its halving rung: where it stopped, after 2 epochs\)/);
   });
 });
