@@ -94,7 +94,7 @@ function formatValue(value: Json): string {
 export function renderStageView(view: StageView): string {
   const lines: string[] = [];
   lines.push(`stage ${view.stage} (${view.uses}) of pipeline ${view.pipeline}: ${view.status} in run ${view.run} (${view.seconds.toFixed(2)}s)`);
-  const rung = view.status === 'pruned' && view.artifact.present ? `  (its halving rung: where it stopped, after ${view.metrics.budget} epochs)` : '';
+  const rung = view.status === 'pruned' && view.artifact.present ? `  (its halving rung: where it stopped, after ${view.metrics.budget} epoch${view.metrics.budget === 1 ? '' : 's'})` : '';
   lines.push(`artifact: ${view.artifact.dir}${view.artifact.present ? rung : '  (no longer in the store: removed by gc?)'}`);
   lines.push(`key:      ${view.key}`);
   if (view.artifact.files.length) {
