@@ -184,6 +184,11 @@ export class HalvingGroup {
   private async halve(members: HalvingMember[]): Promise<Map<string, HalvingOutcome>> {
     const { spec, port } = this;
     const outcomes = new Map<string, HalvingOutcome>();
+    // A member is settled as soon as it is decided (its `✂` line then, not after the survivors trained).
+    const decide = (id: string, outcome: HalvingOutcome) => {
+      outcomes.set(id, outcome);
+      this.waiting.get(id)?.resolve(outcome);
+    };
     const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
     const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
     let active = members;
@@ -212,7 +217,7 @@ export class HalvingGroup {
       const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
       for (const { member, metrics, done } of ran) {
         if (!metrics) {
-          outcomes.set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
+          decide(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
           continue;
         }
         const value = metrics[spec.metric];
@@ -228,11 +233,11 @@ export class HalvingGroup {
         const id = member.base.id;
         if (rank < keep && !done) continue;
         if (done) {
-          outcomes.set(id, { summary: { ...done, seconds: seconds.get(id)! } });
+          decide(id, { summary: { ...done, seconds: seconds.get(id)! } });
           continue;
         }
         const rung = last.get(id)!;
-        outcomes.set(id, {
+        decide(id, {
           // A branch `plan` found pruned (`PlannedStage.pruned`) has that reason only: not twice.
           summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.planned.pruned ? [] : (member.base.reasons ?? [])), prunedReason(this.join, spec, budget, member.full, order[rank].value, rank, order.length, keep)] },
           pruned: { budget, of: member.full, digest: this.digestOf({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
@@ -244,7 +249,7 @@ export class HalvingGroup {
       active.map(async (member) => {
         const id = member.base.id;
         const done = await port.finish(member, last.get(id)?.dir);
-        outcomes.set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
+        decide(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
       }),
     );
     return outcomes;

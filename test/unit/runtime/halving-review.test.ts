@@ -175,4 +175,11 @@ describe('halving, reviewed', () => {
     expect(text).not.toContain('removed by gc');
     expect(text).toMatch(/artifact: .*\(its halving rung: where it stopped, after 2 epochs\)/);
   });
+
+  it('a pruned branch ends (its ✂ line) when it is decided, before the survivor trains on', async () => {
+    await runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), observer: { stageFinished: (summary) => trained.push(`end:${summary.id}:${summary.status}`) } });
+    expect(trained.indexOf('end:tune-lr-0p1:pruned')).toBeGreaterThan(-1);
+    expect(trained.indexOf('end:tune-lr-0p1:pruned')).toBeLessThan(trained.indexOf('tune-lr-3e-2:2'));
+    expect(trained.indexOf('end:tune-lr-1e-2:pruned')).toBeLessThan(trained.indexOf('tune-lr-3e-2:3'));
+  });
 });
