@@ -214,6 +214,14 @@ export class HalvingGroup {
           }
         }),
       );
+      // Interrupted (Ctrl-C) during the rung: the rungs that finished decide nothing, every branch stops here.
+      if (ran.some((r) => r.done?.error?.code === 'aborted')) {
+        for (const { member, metrics, done } of ran) {
+          const id = member.base.id;
+          decide(id, { summary: done ? { ...done, seconds: seconds.get(id)! } : { ...member.base, status: 'skipped', seconds: seconds.get(id)!, metrics: metrics ?? {}, error: { code: 'aborted', message: `interrupted before '${this.join}' ranked its rung (epoch ${budget})` } } });
+        }
+        return outcomes;
+      }
       const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
       for (const { member, metrics, done } of ran) {
         if (!metrics) {

@@ -17,6 +17,8 @@ import { fakeRegistry } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
 
 const trained: string[] = [];
+/** The branch whose first rung interrupts the run (as Ctrl-C would while it trains), if any. */
+let interruptAt: { id: string; controller: AbortController } | undefined;
 
 /** val_acc after `epoch` epochs at `lr`: 0.03 leads up to epoch 2, 0.01 after (halving by 2 from 1 epoch keeps 0.03). */
 const accAt = (lr: number, epoch: number) => Math.round((0.5 + (lr === 0.03 ? 0.1 : 0) + epoch * (0.1 - 2 * Math.abs(lr - 0.01))) * 1e4) / 1e4;
@@ -30,6 +32,7 @@ const fakeEpochs: StageDefinition<{ lr: number; epochs: number }> = {
   consumes: ['data'],
   provides: ['model'],
   async run(ctx, params) {
+    if (interruptAt?.id === ctx.id) interruptAt.controller.abort();
     const from = ctx.resumeFrom ? (JSON.parse(await readFile(path.join(ctx.resumeFrom, 'state.json'), 'utf8')) as { epochs: number }).epochs : 0;
     const until = Math.min(params.epochs, ctx.budget ?? params.epochs);
     for (let e = from; e < until; e++) trained.push(`${ctx.id}:${e + 1}`);
@@ -63,6 +66,7 @@ stages:
 let dir: TestDir;
 beforeEach(() => {
   trained.length = 0;
+  interruptAt = undefined;
   dir = testdir({ 'p.yaml': PIPELINE });
 });
 afterEach(() => dir.cleanup());
@@ -181,5 +185,20 @@ describe('halving, reviewed', () => {
     expect(trained.indexOf('end:tune-lr-0p1:pruned')).toBeGreaterThan(-1);
     expect(trained.indexOf('end:tune-lr-0p1:pruned')).toBeLessThan(trained.indexOf('tune-lr-3e-2:2'));
     expect(trained.indexOf('end:tune-lr-1e-2:pruned')).toBeLessThan(trained.indexOf('tune-lr-3e-2:3'));
+  });
+
+  it('an interrupt during a rung decides nothing: no branch of the interrupted run is pruned by the rungs that finished', async () => {
+    interruptAt = { id: 'tune-lr-1e-2', controller: new AbortController() };
+    const summary = await runPipeline({ file: dir.path('p.yaml'), registry, artifacts: dir.path('artifacts'), signal: interruptAt.controller.signal });
+    expect(summary.status).toBe('interrupted');
+    const statuses = Object.fromEntries(summary.stages.map((s) => [s.id, [s.status, s.error?.code]]));
+    expect(statuses['tune-lr-0p1']).toEqual(['skipped', 'aborted']);
+    expect(statuses['tune-lr-3e-2']).toEqual(['skipped', 'aborted']);
+    expect(summary.stages.find((s) => s.id === 'tune-lr-3e-2')!.error!.message).toBe("interrupted before 'pick' ranked its rung (epoch 1)");
+    interruptAt = undefined;
+    trained.length = 0;
+    const again = byId(await run());
+    expect(again.get('pick')!.metrics.chosen).toBe('tune-lr-3e-2');
+    expect(trained.filter((t) => t.endsWith(':1'))).toEqual(['tune-lr-1e-2:1', 'tune-lr-3e-3:1']);
   });
 });
