@@ -132,6 +132,9 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   };
 }
 
+/** What `pausedMetrics` can report (`StageDefinition.budgetMetrics` of train-head and fine-tune). */
+export const RUNG_METRICS = ['epochs_run', 'budget', 'loss', 'acc', 'val_loss', 'val_acc', 'best_epoch', 'lr'] as const;
+
 /**
  * A run stopped at `ctx.budget` (a rung of a halved sweep): its entry holds the checkpoint to go
  * on from and the history; no model (nothing downstream reads a rung). Its metrics are those of

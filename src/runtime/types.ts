@@ -324,6 +324,11 @@ export interface StageDefinition<P = any> {
    * so a halving join can run it in rungs. Its metrics at any budget are those it reports.
    */
   budget?: string;
+  /**
+   * The metrics a `budget` stage can report after a rung (a halving join's `metric` must be one
+   * of them: checked when the pipeline loads). Absent: not checked until a rung reports.
+   */
+  budgetMetrics?: readonly string[];
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

@@ -12,6 +12,8 @@ import { renderPlan } from '../../../src/render.js';
 import { ValidationError } from '../../../src/runtime/errors.js';
 import { openStore, planPipeline, resolvePipeline, runPipeline } from '../../../src/runtime/run.js';
 import type { StageDefinition } from '../../../src/runtime/types.js';
+import { fineTune } from '../../../src/stages/fine-tune.js';
+import { trainHead } from '../../../src/stages/train-head.js';
 import { select } from '../../../src/stages/select.js';
 import { fakeRegistry } from '../../fixtures/fake-stages.js';
 import { testdir, type TestDir } from '../../fixtures/testdir.js';
@@ -27,6 +29,7 @@ const fakeEpochs: StageDefinition<{ lr: number; epochs: number }> = {
   kind: 'fake-epochs',
   version: 1,
   budget: 'epochs',
+  budgetMetrics: ['epochs_run', 'budget', 'val_acc'],
   description: 'test: a budgeted training stage',
   paramsSchema: { type: 'object', additionalProperties: false, properties: { lr: { type: 'number', default: 0.01 }, epochs: { type: 'integer', default: 4 } } },
   consumes: ['data'],
@@ -200,5 +203,19 @@ describe('halving, reviewed', () => {
     const again = byId(await run());
     expect(again.get('pick')!.metrics.chosen).toBe('tune-lr-3e-2');
     expect(trained.filter((t) => t.endsWith(':1'))).toEqual(['tune-lr-1e-2:1', 'tune-lr-3e-3:1']);
+  });
+
+  it("a metric a training stage never reports after a rung is a validation error at select's metric, before any epoch", () => {
+    dir.write('bad.yaml', PIPELINE.replace('metric: val_acc', 'metric: accuracy'));
+    try {
+      resolvePipeline({ file: dir.path('bad.yaml'), registry });
+      throw new Error('no error');
+    } catch (error) {
+      if (!(error instanceof ValidationError)) throw error;
+      expect(error.issues.map((i) => [i.code, i.line])).toEqual([['halving_metric_unknown', 12]]);
+      expect(error.issues[0].message).toBe("stage 'pick' halves its sweep by 'accuracy', which 'tune' (fake-epochs) does not report after a rung; it reports epochs_run, budget, val_acc: rank by one of those, or set halving: false");
+    }
+    // The real training stages say what a rung reports.
+    for (const stage of [fineTune, trainHead]) expect(stage.budgetMetrics).toEqual(expect.arrayContaining(['loss', 'acc', 'val_loss', 'val_acc']));
   });
 });
