@@ -28,7 +28,8 @@ export function renderIssues(issues: ValidationIssue[]): string {
 
 /**
  * `plan --json`: per stage its id, kind, action, key and reasons (and, for a branch of a sweep,
- * `branch: { template, coords }`; `pruned: true` for one a halving join stops, by its cached rungs); `matrix` with the axes and each swept stage's branches.
+ * `branch: { template, coords }`; `pruned: true` for one its cached rungs stop); `matrix` with
+ * the axes and each swept stage's branches.
  */
 export function planJson(plan: Plan): Record<string, unknown> {
   const matrix = plan.pipeline.matrix;
