@@ -204,14 +204,19 @@ export class HalvingGroup {
             seconds.set(id, seconds.get(id)! + done.seconds);
             return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
           }
+          let rung;
           try {
-            const rung = await port.rung(member, rungKey(member.planned.key, budget), budget, last.get(id)?.dir);
-            seconds.set(id, seconds.get(id)! + rung.seconds);
-            last.set(id, { dir: rung.dir, entry: rung.entry, budget });
-            return { member, metrics: rung.entry.metrics };
+            rung = await port.rung(member, rungKey(member.planned.key, budget), budget, last.get(id)?.dir);
           } catch (error) {
             return { member, done: failedSummary(member, describeError(error), seconds.get(id)!) };
           }
+          seconds.set(id, seconds.get(id)! + rung.seconds);
+          last.set(id, { dir: rung.dir, entry: rung.entry, budget });
+          if (rung.entry.metrics.stopped !== true) return { member, metrics: rung.entry.metrics };
+          // It stopped by itself in this rung (early stopping): it is done, its end trains no more; ranked by that.
+          const done = await port.finish(member, rung.dir);
+          seconds.set(id, seconds.get(id)! + done.seconds);
+          return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
         }),
       );
       // Interrupted (Ctrl-C) during the rung: the rungs that finished decide nothing, every branch stops here.
@@ -288,9 +293,11 @@ export async function replayHalving(join: string, spec: HalvingSpec, members: Pl
     if (active.length <= 1) break;
     const ranked: { member: (typeof active)[number]; value: number; metrics: Metrics; done: boolean }[] = [];
     for (const member of active) {
-      const done = member.full <= budget;
-      const found = done ? undefined : await lookUp(cache, rungKey(member.planned.key, budget));
-      const entry = done ? (member.planned.action === 'cached' ? member.planned.entry : undefined) : found?.check.state === 'ok' ? found.check.meta : undefined;
+      const found = member.full <= budget ? undefined : await lookUp(cache, rungKey(member.planned.key, budget));
+      const rung = found?.check.state === 'ok' ? found.check.meta : undefined;
+      // At its end, or stopped by itself in this rung: ranked by its own entry.
+      const done = member.full <= budget || rung?.metrics.stopped === true;
+      const entry = done ? (member.planned.action === 'cached' ? member.planned.entry : undefined) : rung;
       const value = entry?.metrics[spec.metric];
       if (!entry || typeof value !== 'number' || !Number.isFinite(value)) return undefined;
       ranked.push({ member, value, metrics: entry.metrics, done });

@@ -25,25 +25,26 @@ let interruptAt: { id: string; controller: AbortController } | undefined;
 /** val_acc after `epoch` epochs at `lr`: 0.03 leads up to epoch 2, 0.01 after (halving by 2 from 1 epoch keeps 0.03). */
 const accAt = (lr: number, epoch: number) => Math.round((0.5 + (lr === 0.03 ? 0.1 : 0) + epoch * (0.1 - 2 * Math.abs(lr - 0.01))) * 1e4) / 1e4;
 
-const fakeEpochs: StageDefinition<{ lr: number; epochs: number }> = {
+const fakeEpochs: StageDefinition<{ lr: number; epochs: number; stop?: { lr: number; at: number } }> = {
   kind: 'fake-epochs',
   version: 1,
   budget: 'epochs',
   budgetMetrics: ['epochs_run', 'budget', 'val_acc'],
   description: 'test: a budgeted training stage',
-  paramsSchema: { type: 'object', additionalProperties: false, properties: { lr: { type: 'number', default: 0.01 }, epochs: { type: 'integer', default: 4 } } },
+  paramsSchema: { type: 'object', additionalProperties: false, properties: { lr: { type: 'number', default: 0.01 }, epochs: { type: 'integer', default: 4 }, stop: { type: 'object', properties: { lr: { type: 'number' }, at: { type: 'integer' } }, required: ['lr', 'at'], additionalProperties: false } } },
   consumes: ['data'],
   provides: ['model'],
   async run(ctx, params) {
     if (interruptAt?.id === ctx.id) interruptAt.controller.abort();
     const from = ctx.resumeFrom ? (JSON.parse(await readFile(path.join(ctx.resumeFrom, 'state.json'), 'utf8')) as { epochs: number }).epochs : 0;
-    const until = Math.min(params.epochs, ctx.budget ?? params.epochs);
+    // stop: the branch of that lr stops by itself there (as early stopping does), and a rung says so.
+    const until = Math.min(params.epochs, ctx.budget ?? params.epochs, params.stop?.lr === params.lr ? params.stop.at : Infinity);
     for (let e = from; e < until; e++) trained.push(`${ctx.id}:${e + 1}`);
     const val_acc = accAt(params.lr, until);
     if (ctx.budget !== undefined) {
       await writeFile(path.join(ctx.outDir, 'state.json'), JSON.stringify({ epochs: until }));
       await writeFile(path.join(ctx.outDir, 'checkpoint.json'), JSON.stringify({ epochs: until, seconds: performance.now(), pid: process.pid }));
-      return { metrics: { epochs_run: until, budget: ctx.budget, val_acc } };
+      return { metrics: { epochs_run: until, budget: ctx.budget, val_acc, ...(until < Math.min(ctx.budget, params.epochs) ? { stopped: true } : {}) } };
     }
     await writeFile(path.join(ctx.outDir, 'model.json'), JSON.stringify({ lr: params.lr, epochs: until }));
     return { metrics: { epochs_run: until, val_acc } };
@@ -217,5 +218,18 @@ describe('halving, reviewed', () => {
     }
     // The real training stages say what a rung reports.
     for (const stage of [fineTune, trainHead]) expect(stage.budgetMetrics).toEqual(expect.arrayContaining(['loss', 'acc', 'val_loss', 'val_acc']));
+  });
+
+  it('a branch that stops by itself within a rung (early stopping) is done, not pruned: it ends and is ranked by its final metrics', async () => {
+    // lr 0.003 stops after 1 epoch, inside the first rung (2 epochs): it is as done as in a full sweep.
+    dir.write('p.yaml', PIPELINE.replace('halving: { factor: 2, min: 1 }', 'halving: { factor: 2, min: 2 }').replace('with: { epochs: 4 }', 'with: { epochs: 8, stop: { lr: 0.003, at: 1 } }'));
+    const stages = byId(await run());
+    const stopped = stages.get('tune-lr-3e-3')!;
+    expect([stopped.status, stopped.metrics.epochs_run]).toEqual(['ran', 1]);
+    const pick = stages.get('pick')!;
+    expect((pick.metrics.table as { id: string }[]).map((row) => row.id)).toContain('tune-lr-3e-3');
+    expect((pick.metrics.pruned as { id: string }[]).map((row) => row.id)).not.toContain('tune-lr-3e-3');
+    // plan replays it as done (its final entry), nothing to run
+    expect(renderPlan(await plan())).toMatch(/0 to run, \d+ cached, 2 pruned/);
   });
 });
