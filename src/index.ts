@@ -80,6 +80,8 @@ export interface PlannedStageInfo {
   key: string;
   /** Why it runs ("param epochs changed (5 -> 10)") or `cached`. */
   reasons: string[];
+  /** A branch a halving `select` stops early, as its cached rungs decide (`action` `cached`: it trains nothing). */
+  pruned?: true;
 }
 
 /** What `planPipeline` returns: the same data as `pipeline plan --json`. */
@@ -127,7 +129,7 @@ export async function planPipeline(file: string, options: PipelineOptions = {}):
   return {
     pipeline: plan.pipeline.name,
     file: path.resolve(plan.pipeline.file),
-    stages: plan.stages.map((p) => ({ id: p.stage.id, uses: p.stage.kind, action: p.action, key: p.key, reasons: p.reasons })),
+    stages: plan.stages.map((p) => ({ id: p.stage.id, uses: p.stage.kind, action: p.action, key: p.key, reasons: p.reasons, ...(p.pruned ? { pruned: true as const } : {}) })),
   };
 }
 

@@ -28,7 +28,8 @@ export function renderIssues(issues: ValidationIssue[]): string {
 
 /**
  * `plan --json`: per stage its id, kind, action, key and reasons (and, for a branch of a sweep,
- * `branch: { template, coords }`); `matrix` with the axes and each swept stage's branches.
+ * `branch: { template, coords }`; `pruned: true` for one its cached rungs stop); `matrix` with
+ * the axes and each swept stage's branches.
  */
 export function planJson(plan: Plan): Record<string, unknown> {
   const matrix = plan.pipeline.matrix;
@@ -41,6 +42,7 @@ export function planJson(plan: Plan): Record<string, unknown> {
       action: p.action,
       key: p.key,
       reasons: p.reasons,
+      ...(p.pruned ? { pruned: true } : {}),
       ...(p.stage.template ? { branch: { template: p.stage.template, coords: p.stage.coords ?? {} } } : {}),
     })),
   };
@@ -56,7 +58,7 @@ export function renderPlan(plan: Plan): string {
     for (const [template, ids] of Object.entries(matrix.branches)) lines.push(`  ${template} -> ${ids.join(', ')}`);
   }
   for (const planned of plan.stages) {
-    const mark = planned.action === 'run' ? 'run   ' : planned.pruned ? 'pruned' : 'cached';
+    const mark = planned.pruned ? 'pruned' : planned.action === 'run' ? 'run   ' : 'cached';
     const coords = planned.stage.coords ? `[${formatCoords(planned.stage.coords)}]  ` : '';
     lines.push(`  ${mark}  ${planned.stage.id.padEnd(width)}  ${planned.stage.kind.padEnd(12)}  ${planned.key.slice(0, 12)}  ${coords}${planned.reasons.join('; ')}`);
   }

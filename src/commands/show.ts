@@ -7,6 +7,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../runtime/errors.js';
 import type { RunSummary, StageSummary } from '../runtime/execute.js';
+import { rungKey } from '../runtime/halving.js';
 import { resolvePipeline } from '../runtime/run.js';
 import { ArtifactStore } from '../runtime/store.js';
 import { didYouMean } from '../runtime/suggest.js';
@@ -54,7 +55,9 @@ export async function readStageView(artifacts: string, stageId: string, file: st
     throw new UsageError(`no run of ${scope} in ${store.root} has a stage '${stageId}'${didYouMean(stageId, ids)}; stages seen: ${[...ids].sort().join(', ') || 'none'}`, 'stage_not_found');
   }
   const latest = runs[0].stages.find((t) => t.id === stageId)!;
-  const artifact = await readStageArtifact(store, latest);
+  // A branch a halving join stopped has no entry of its own: its rung (where it stopped) has the files.
+  const rung = latest.status === 'pruned' && typeof latest.metrics.budget === 'number' ? rungKey(latest.key, latest.metrics.budget) : undefined;
+  const artifact = await readStageArtifact(store, rung ? { ...latest, key: rung } : latest);
   const files = await Promise.all(
     artifact.files.map(async (name) => ({ name, path: path.join(artifact.dir, name), bytes: (await stat(path.join(artifact.dir, name)).catch(() => ({ size: 0 }))).size })),
   );
@@ -91,7 +94,8 @@ function formatValue(value: Json): string {
 export function renderStageView(view: StageView): string {
   const lines: string[] = [];
   lines.push(`stage ${view.stage} (${view.uses}) of pipeline ${view.pipeline}: ${view.status} in run ${view.run} (${view.seconds.toFixed(2)}s)`);
-  lines.push(`artifact: ${view.artifact.dir}${view.artifact.present ? '' : '  (no longer in the store: removed by gc?)'}`);
+  const rung = view.status === 'pruned' && view.artifact.present ? `  (its halving rung: where it stopped, after ${view.metrics.budget} epoch${view.metrics.budget === 1 ? '' : 's'})` : '';
+  lines.push(`artifact: ${view.artifact.dir}${view.artifact.present ? rung : '  (no longer in the store: removed by gc?)'}`);
   lines.push(`key:      ${view.key}`);
   if (view.artifact.files.length) {
     lines.push('files:');

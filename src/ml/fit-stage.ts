@@ -109,7 +109,7 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
     optimizer.dispose();
     await stepper?.dispose();
   }
-  if (ctx.budget !== undefined) return pausedMetrics(ctx, history, lr, stopper?.best());
+  if (ctx.budget !== undefined) return pausedMetrics(ctx, history, lr, stopper?.best(), params.epochs);
   const last = history.at(-1);
   // On the onnxruntime route the last epoch scored these very weights on val already (unless
   // early stopping restored an earlier epoch's): its numbers are the final ones, as history.json
@@ -137,23 +137,29 @@ export async function trainAndSave(request: TrainRequest): Promise<Metrics> {
   };
 }
 
+/** What `pausedMetrics` can report (`StageDefinition.budgetMetrics` of train-head and fine-tune). */
+export const RUNG_METRICS = ['epochs_run', 'budget', 'loss', 'acc', 'val_loss', 'val_acc', 'best_epoch', 'lr', 'stopped'] as const;
+
 /**
  * A run stopped at `ctx.budget` (a rung of a halved sweep): its entry holds the checkpoint to go
  * on from and the history; no model (nothing downstream reads a rung). Its metrics are those of
  * its last epoch, val included.
  */
-async function pausedMetrics(ctx: StageContext<any>, history: EpochLogs[], lr: number, best: { epoch: number } | undefined): Promise<Metrics> {
+async function pausedMetrics(ctx: StageContext<any>, history: EpochLogs[], lr: number, best: { epoch: number } | undefined, epochs: number): Promise<Metrics> {
   await copyCheckpoint(ctx.workDir, ctx.outDir);
   await writeFile(path.join(ctx.outDir, 'history.json'), historyFile(history));
   const last = history.at(-1);
   return {
     epochs_run: history.length,
     budget: ctx.budget!,
-    ...(best ? { best_epoch: best.epoch + 1 } : {}),
     loss: last?.loss ?? null,
     acc: last?.acc ?? null,
     ...(last?.valAcc !== undefined ? { val_loss: last.valLoss ?? null, val_acc: last.valAcc } : {}),
+    // After the val metrics: a pruned branch's line (the first 6 metrics) shows what it was ranked by.
+    ...(best ? { best_epoch: best.epoch + 1 } : {}),
     lr,
+    // Early stopping ended it before the rung's end: it is done (StageDefinition.budgetMetrics).
+    ...(history.length < Math.min(ctx.budget!, epochs) ? { stopped: true } : {}),
   };
 }
 

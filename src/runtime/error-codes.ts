@@ -45,6 +45,7 @@ export const ERROR_CODES = {
   matrix_collision: 'a swept param is also set in with:, a matrix lists a value twice, or two stages would get one id',
   join_without_branches: 'a stage that picks among branches (select) needs fewer than two',
   halving_needs_budget: 'a halving select needs stages it cannot run in rungs of epochs',
+  halving_metric_unknown: 'a halving select ranks by a metric its training stages never report after a rung',
   'schema_<keyword>': 'any other JSON Schema rule broken (the code names the keyword)',
   // The artifact store and its locks (exit 3 unless noted).
   store_locked: 'another live process holds the artifact store',

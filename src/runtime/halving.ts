@@ -8,7 +8,7 @@
  * on to `min·factor` epochs, continuing from their rung (`ctx.resumeFrom`), and so on; the last
  * ones run to the end as the stage itself, under its own key, with the same bytes as a run that
  * never stopped. The others end `pruned`: not a failure, not an input of the join, which is told
- * of them (`ctx.prunedBranches`) and keyed by their rungs.
+ * of them (`ctx.prunedBranches`) and keyed by what it reads of them (`prunedDigest`).
  *
  * Every rung is a cache entry, so a rerun makes the same decisions from the cache without
  * training; a rung key covers the branch's final key and the rung's epochs, so anything that
@@ -16,7 +16,7 @@
  */
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { entryDigest, type EntryMeta } from './cache.js';
+import type { ArtifactCache, EntryMeta } from './cache.js';
 import { ComputeFailure, type ComputeOptions } from './compute.js';
 import { AbortedError, StageError, describeError } from './errors.js';
 import type { StageSummary } from './execute.js';
@@ -64,49 +64,6 @@ export function describeHalving(spec: Pick<HalvingSpec, 'factor' | 'min' | 'metr
   return parts.join('; ');
 }
 
-/** A rung's ranking: best first (the first of equals, in pipeline order, ahead, as select chooses), and how many go on. */
-export function rankRung<T extends { value: number }>(rows: T[], spec: Pick<HalvingSpec, 'mode' | 'factor'>): { order: T[]; keep: number } {
-  const order = rows.map((row, i) => ({ row, i })).sort((a, b) => (spec.mode === 'max' ? b.row.value - a.row.value : a.row.value - b.row.value) || a.i - b.i).map((r) => r.row);
-  return { order, keep: survivorsOf(order.length, spec.factor) };
-}
-
-/** A branch of a halving join as `plan` sees it. */
-export interface PlannedMember {
-  id: string;
-  /** Its final key, and the epochs it runs to the end. */
-  key: string;
-  full: number;
-  /** Its final entry's metrics, when that is cached and not forced. */
-  finalMetrics?: Metrics;
-  forced?: boolean;
-}
-
-/**
- * What the cached rungs of a halving join's branches already decide, for `plan`: the branches
- * they prune, with the rung digest the join is keyed by, so a rerun of a halved sweep plans as
- * cached. It stops at the first rung where a branch's result is not in the cache (or a branch is
- * forced): from there the run decides.
- */
-export async function prunedFromCache(spec: HalvingSpec, members: PlannedMember[], rungEntry: (key: string) => Promise<EntryMeta | undefined>): Promise<Map<string, { digest: string; budget: number }>> {
-  const pruned = new Map<string, { digest: string; budget: number }>();
-  if (members.some((m) => m.forced)) return pruned;
-  let active = members;
-  for (const budget of rungBudgets(spec, Math.max(...members.map((m) => m.full)))) {
-    if (active.length <= 1) break;
-    const rows: { member: PlannedMember; value: number; entry?: EntryMeta }[] = [];
-    for (const member of active) {
-      const entry = member.full <= budget ? undefined : await rungEntry(rungKey(member.key, budget));
-      const value = (member.full <= budget ? member.finalMetrics : entry?.metrics)?.[spec.metric];
-      if (typeof value !== 'number' || !Number.isFinite(value)) return pruned;
-      rows.push({ member, value, entry });
-    }
-    const { order, keep } = rankRung(rows, spec);
-    for (const { member, entry } of order.slice(keep)) if (entry) pruned.set(member.id, { digest: entryDigest(entry), budget });
-    active = order.slice(0, keep).filter((r) => r.entry).map((r) => r.member);
-  }
-  return pruned;
-}
-
 /** A branch as the executor hands it to the group: its final plan and summary fields. */
 export interface HalvingMember {
   planned: PlannedStage;
@@ -152,7 +109,7 @@ export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort
       port.warn(stage.id, `'${stage.id}' halving is not done with --executor bullmq: every branch trains all its epochs`);
       continue;
     }
-    const group = new HalvingGroup(stage.id, spec, members, port, entryDigest);
+    const group = new HalvingGroup(stage.id, spec, members, port, prunedDigest);
     for (const id of members) groups.set(id, group);
   }
   return groups;
@@ -162,9 +119,18 @@ export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort
 export interface PrunedInfo {
   budget: number;
   of: number;
-  /** The rung entry's digest (the join is keyed by it). */
+  /** The digest of what the join is given of it (`prunedDigest`); the join is keyed by it. */
   digest: string;
   metrics: Metrics;
+}
+
+/**
+ * What a join is keyed by for a branch it stopped: what it reads of it (epochs, of how many,
+ * metrics), not its rung entry's bytes, which hold a checkpoint (epoch seconds, TF.js weight
+ * names numbered per process) that differs from one computation to the next.
+ */
+export function prunedDigest(info: Omit<PrunedInfo, 'digest'>): string {
+  return sha256(canonicalJson({ budget: info.budget, of: info.of, metrics: info.metrics }));
 }
 
 /** Where a member ended: its summary, and for a pruned one what the join reads of it. */
@@ -188,7 +154,7 @@ export class HalvingGroup {
     private readonly spec: HalvingSpec,
     private readonly members: readonly string[],
     private readonly port: HalvingPort,
-    private readonly digestOf: (entry: EntryMeta) => string,
+    private readonly digestOf: (info: Omit<PrunedInfo, 'digest'>) => string,
   ) {}
 
 
@@ -218,11 +184,16 @@ export class HalvingGroup {
   private async halve(members: HalvingMember[]): Promise<Map<string, HalvingOutcome>> {
     const { spec, port } = this;
     const outcomes = new Map<string, HalvingOutcome>();
-    const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
-    const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
+    // A member is settled as soon as it is decided (its `✂` line then, not after the survivors trained).
     // The rung entries each member used: its summary lists them, so gc keeps them with the run.
     const rungs = new Map<string, string[]>(members.map((m) => [m.base.id, []]));
-    const set = (id: string, outcome: HalvingOutcome) => outcomes.set(id, rungs.get(id)!.length ? { ...outcome, summary: { ...outcome.summary, rungs: rungs.get(id)! } } : outcome);
+    const decide = (id: string, decided: HalvingOutcome) => {
+      const outcome = rungs.get(id)!.length ? { ...decided, summary: { ...decided.summary, rungs: rungs.get(id)! } } : decided;
+      outcomes.set(id, outcome);
+      this.waiting.get(id)?.resolve(outcome);
+    };
+    const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
+    const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
     let active = members;
     const longest = Math.max(...members.map((m) => m.full));
     for (const budget of rungBudgets(spec, longest)) {
@@ -236,22 +207,35 @@ export class HalvingGroup {
             seconds.set(id, seconds.get(id)! + done.seconds);
             return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
           }
+          let rung;
           try {
             const key = rungKey(member.planned.key, budget);
-            const rung = await port.rung(member, key, budget, last.get(id)?.dir);
+            rung = await port.rung(member, key, budget, last.get(id)?.dir);
             rungs.get(id)!.push(key);
-            seconds.set(id, seconds.get(id)! + rung.seconds);
-            last.set(id, { dir: rung.dir, entry: rung.entry, budget });
-            return { member, metrics: rung.entry.metrics };
           } catch (error) {
             return { member, done: failedSummary(member, describeError(error), seconds.get(id)!) };
           }
+          seconds.set(id, seconds.get(id)! + rung.seconds);
+          last.set(id, { dir: rung.dir, entry: rung.entry, budget });
+          if (rung.entry.metrics.stopped !== true) return { member, metrics: rung.entry.metrics };
+          // It stopped by itself in this rung (early stopping): it is done, its end trains no more; ranked by that.
+          const done = await port.finish(member, rung.dir);
+          seconds.set(id, seconds.get(id)! + done.seconds);
+          return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
         }),
       );
+      // Interrupted (Ctrl-C) during the rung: the rungs that finished decide nothing, every branch stops here.
+      if (ran.some((r) => r.done?.error?.code === 'aborted')) {
+        for (const { member, metrics, done } of ran) {
+          const id = member.base.id;
+          decide(id, { summary: done ? { ...done, seconds: seconds.get(id)! } : { ...member.base, status: 'skipped', seconds: seconds.get(id)!, metrics: metrics ?? {}, error: { code: 'aborted', message: `interrupted before '${this.join}' ranked its rung (epoch ${budget})` } } });
+        }
+        return outcomes;
+      }
       const ranked: { member: HalvingMember; value: number; done?: StageSummary }[] = [];
       for (const { member, metrics, done } of ran) {
         if (!metrics) {
-          set(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
+          decide(member.base.id, { summary: { ...done!, seconds: seconds.get(member.base.id)! } });
           continue;
         }
         const value = metrics[spec.metric];
@@ -267,13 +251,14 @@ export class HalvingGroup {
         const id = member.base.id;
         if (rank < keep && !done) continue;
         if (done) {
-          set(id, { summary: { ...done, seconds: seconds.get(id)! } });
+          decide(id, { summary: { ...done, seconds: seconds.get(id)! } });
           continue;
         }
         const rung = last.get(id)!;
-        set(id, {
-          summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.base.reasons ?? []), `pruned by '${this.join}' after ${budget} of ${member.full} epochs (${spec.metric} ${formatValue(order[rank].value)}, rank ${rank + 1} of ${order.length}; ${keep} went on)`] },
-          pruned: { budget, of: member.full, digest: this.digestOf(rung.entry), metrics: rung.entry.metrics },
+        decide(id, {
+          // A branch `plan` found pruned (`PlannedStage.pruned`) has that reason only: not twice.
+          summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.planned.pruned ? [] : (member.base.reasons ?? [])), prunedReason(this.join, spec, budget, member.full, order[rank].value, rank, order.length, keep)] },
+          pruned: { budget, of: member.full, digest: this.digestOf({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
         });
       }
       active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);
@@ -282,11 +267,55 @@ export class HalvingGroup {
       active.map(async (member) => {
         const id = member.base.id;
         const done = await port.finish(member, last.get(id)?.dir);
-        set(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
+        decide(id, { summary: { ...done, seconds: Math.round((seconds.get(id)! + done.seconds) * 1000) / 1000 } });
       }),
     );
     return outcomes;
   }
+}
+
+/** A rung's members best first by the metric, and how many go on. Stable: the first of equals (pipeline order) stays ahead, as select chooses. */
+function rankRung<T extends { value: number }>(ranked: T[], spec: HalvingSpec): { order: T[]; keep: number } {
+  const order = ranked.map((r, i) => ({ r, i })).sort((a, b) => (spec.mode === 'max' ? b.r.value - a.r.value : a.r.value - b.r.value) || a.i - b.i).map(({ r }) => r);
+  return { order, keep: survivorsOf(order.length, spec.factor) };
+}
+
+function prunedReason(join: string, spec: HalvingSpec, budget: number, full: number, value: number, rank: number, of: number, keep: number): string {
+  return `pruned by '${join}' after ${budget} of ${full} epochs (${spec.metric} ${formatValue(value)}, rank ${rank + 1} of ${of}; ${keep} went on)`;
+}
+
+/**
+ * For `plan`: the branches of a halving join (`members`, planned) that a run would stop, decided
+ * as the run does from their cached rungs, with each one's reason; undefined when the cache does
+ * not decide it (a rung not cached, a branch forced or re-keyed by an upstream that runs first, a
+ * metric missing): then the run decides, and the plan shows the branches as running.
+ */
+export async function replayHalving(join: string, spec: HalvingSpec, members: PlannedStage[], cache: ArtifactCache): Promise<Map<string, PrunedInfo & { reason: string }> | undefined> {
+  if (members.length < 2 || members.some((m) => m.forced)) return undefined;
+  const pruned = new Map<string, PrunedInfo & { reason: string }>();
+  let active = members.map((planned) => ({ planned, full: budgetOf(planned) }));
+  for (const budget of rungBudgets(spec, Math.max(...active.map((m) => m.full)))) {
+    if (active.length <= 1) break;
+    const ranked: { member: (typeof active)[number]; value: number; metrics: Metrics; done: boolean }[] = [];
+    for (const member of active) {
+      const found = member.full <= budget ? undefined : await lookUp(cache, rungKey(member.planned.key, budget));
+      const rung = found?.check.state === 'ok' ? found.check.meta : undefined;
+      // At its end, or stopped by itself in this rung: ranked by its own entry.
+      const done = member.full <= budget || rung?.metrics.stopped === true;
+      const entry = done ? (member.planned.action === 'cached' ? member.planned.entry : undefined) : rung;
+      const value = entry?.metrics[spec.metric];
+      if (!entry || typeof value !== 'number' || !Number.isFinite(value)) return undefined;
+      ranked.push({ member, value, metrics: entry.metrics, done });
+    }
+    const { order, keep } = rankRung(ranked, spec);
+    for (const [rank, { member, value, metrics, done }] of order.entries()) {
+      if (rank < keep || done) continue;
+      const info = { budget, of: member.full, metrics };
+      pruned.set(member.planned.stage.id, { ...info, digest: prunedDigest(info), reason: prunedReason(join, spec, budget, member.full, value, rank, order.length, keep) });
+    }
+    active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);
+  }
+  return pruned;
 }
 
 function failedSummary(member: HalvingMember, error: { code: string; message: string }, seconds: number): StageSummary {

@@ -68,8 +68,9 @@ export class RunHistory {
   }
 
   /**
-   * The keys gc keeps: per pipeline, the newest `keep` runs with a readable summary, plus every
-   * run without a summary (killed, or still running) newer than its pipeline's newest summary.
+   * The keys gc keeps: per pipeline, the newest `keep` runs with a readable summary (its stages'
+   * keys and those its plan.json lists), plus every run without a summary (killed, or still
+   * running) newer than its pipeline's newest summary.
    * A run with neither a readable summary nor a plan keeps nothing and is reported.
    */
   async keptKeys(keep: number): Promise<{ wanted: Set<string>; skippedRuns: { run: string; reason: string }[] }> {
@@ -87,6 +88,9 @@ export class RunHistory {
         if (count >= keep) continue;
         keptPerPipeline.set(name, count + 1);
         for (const stage of summary.value.stages) for (const key of [stage.key, ...(Array.isArray(stage.rungs) ? stage.rungs : [])]) wanted.add(key);
+        // Keys it came to use beyond its stages' (a halved sweep's rungs: the next run decides by them).
+        const plan = await this.readRunPlan(run);
+        if (plan.ok) for (const key of plan.value.keys) wanted.add(key);
         continue;
       }
       const plan = await this.readRunPlan(run);

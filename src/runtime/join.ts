@@ -58,13 +58,13 @@ function causeOf(need: SettledStage, branch: ResolvedStage, settledOf: (id: stri
   return { stage: (origin ?? need).id, code: error?.code ?? 'dependency_failed', message: error?.message ?? `'${need.id}' ${need.status}` };
 }
 
-/** The prefix of a pruned branch's entry in a halving join's `record.upstream` (`pruned:<rung digest>`). */
+/** The prefix of a pruned branch's entry in a halving join's `record.upstream` (`pruned:<digest>`, `prunedDigest` in halving.ts). */
 export const PRUNED_BRANCH = 'pruned:';
 
 /**
  * The join's `record.upstream` (what its key is built from): each branch that succeeded by its
  * output digest, each that failed by `failed:<id>:<code>`, each that a halving join stopped by
- * `pruned:<digest of the rung it stopped at>`.
+ * `pruned:<digest of where it stopped and its metrics there>`.
  */
 export function joinUpstream(needs: string[], digestOf: (id: string) => string, failed: FailedBranch[], pruned: ReadonlyMap<string, string> = new Map()): Record<string, string> {
   const failedById = new Map(failed.map((f) => [f.id, f]));

@@ -164,15 +164,18 @@ function slugsOf(values: Json[]): string[] {
  * would read what this one stops).
  */
 function halvingProblems(t: TemplateStage, templates: TemplateStage[]): (MatrixProblem & { stage: string })[] {
-  if (!t.definition.halving?.(t.variants[0] as never)) return [];
+  const spec = t.definition.halving?.(t.variants[0] as never);
+  if (!spec) return [];
   const byId = new Map(templates.map((s) => [s.id, s]));
-  return t.needs.flatMap((dep) => {
+  return t.needs.flatMap((dep): (MatrixProblem & { stage: string })[] => {
     const need = byId.get(dep);
     if (!need) return [];
     if (!need.definition.budget) {
       const budgeted = templates.filter((s) => s.definition.budget).map((s) => `'${s.id}'`);
       return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, which trains its needs in rungs of epochs, but '${dep}' (${need.kind}) has no epochs to stop and go on; make select need the training stage itself${budgeted.length ? ` (${budgeted.join(', ')})` : ''}, or set halving: false` }];
     }
+    const reported = need.definition.budgetMetrics;
+    if (reported && !reported.includes(spec.metric)) return [{ stage: t.id, code: 'halving_metric_unknown', segments: ['with', 'metric'], message: `stage '${t.id}' halves its sweep by '${spec.metric}', which '${dep}' (${need.kind}) does not report after a rung; it reports ${reported.join(', ')}: rank by one of those, or set halving: false` }];
     // A second join would read branches this one stops (or halve them its own way).
     const others = templates.filter((s) => s !== t && s.needs.includes(dep)).map((s) => `'${s.id}'`);
     if (others.length) return [{ stage: t.id, code: 'halving_needs_budget', segments: ['with', 'halving'], message: `stage '${t.id}' halves its sweep, so it stops some branches of '${dep}' early, but ${others.join(', ')} also need${others.length === 1 ? 's' : ''} '${dep}' and would have nothing to read; make them need '${t.id}' instead, or set halving: false` }];

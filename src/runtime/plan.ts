@@ -14,7 +14,7 @@ import type { ResolvedPipeline, ResolvedStage } from './load.js';
 import { entryDigest, type ArtifactCache, type EntryCheck, type EntryMeta } from './cache.js';
 import type { RunHistory, StageRecord } from './history.js';
 import { FAILED_BRANCH, PRUNED_BRANCH } from './join.js';
-import { budgetOf, prunedFromCache, rungKey } from './halving.js';
+import { budgetOf, replayHalving, rungKey } from './halving.js';
 import type { DownstreamHint, Json } from './types.js';
 import { seedFor } from './seed.js';
 import { didYouMean } from './suggest.js';
@@ -34,8 +34,8 @@ export interface PlannedStage {
   /** `--force`/`--from` chose it: it runs even when its entry is present. */
   forced?: boolean;
   /**
-   * A branch of a halving join that its cached rungs already stop (`halving.ts`): it has no
-   * entry of its own and computes nothing; `action` is `cached`.
+   * A branch its halving join stops early, as its cached rungs decide (`replayHalving`): it has
+   * no entry of its own and trains nothing (`action` is `cached`; `reasons` say where it stops).
    */
   pruned?: boolean;
 }
@@ -157,11 +157,25 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
   // Output digests of stages whose entry will be used as is; a stage that runs is `pending`.
   const digests = new Map<string, string>();
   for (const stage of pipeline.stages) {
+    // A halving join's branches that its cached rungs stop: no run, and the join is keyed by where they stopped.
+    const spec = stage.definition.join && included.has(stage.id) ? stage.definition.halving?.(stage.params as never) : undefined;
+    const members = spec ? planned.filter((p) => stage.needs.includes(p.stage.id) && p.stage.definition.budget) : [];
+    const replayed = spec && (await replayHalving(stage.id, spec, members, cache));
+    for (const [id, info] of replayed || []) {
+      const at = planned.findIndex((p) => p.stage.id === id);
+      planned[at] = { ...planned[at], action: 'cached', reasons: [info.reason], pruned: true };
+      digests.set(id, `${PRUNED_BRANCH}${info.digest}`);
+    }
+    // Cached to the end (a full sweep ran) but not ranked yet: its first rung trains.
+    for (const member of spec && !replayed ? members.filter((m) => m.action === 'cached' && !m.forced && budgetOf(m) > spec!.min) : []) {
+      if ((await cache.check(rungKey(member.key, spec!.min))).state !== 'ok') member.reasons.push(`its halving rung (epoch ${spec!.min}) is not cached: '${stage.id}' trains it to rank this branch, then reuses this entry if it goes on`);
+    }
+    // To run, but it ran before: its first rung is cached, and the halving decides how far it goes.
+    for (const member of spec && !replayed ? members.filter((m) => m.action === 'run' && !m.forced) : []) {
+      if ((await cache.check(rungKey(member.key, spec!.min))).state === 'ok') member.reasons.splice(0, member.reasons.length, `its rung at epoch ${spec!.min} is cached; '${stage.id}' decides whether it trains on`);
+    }
     const upstream: Record<string, string> = {};
-    const pruned = await prunedBefore(stage, planned, cache);
-    // A pruned branch computes nothing: it is no uncached upstream of --only.
-    for (const id of pruned.keys()) for (let i = issues.length - 1; i >= 0; i--) if (issues[i].path === `stages.${id}`) issues.splice(i, 1);
-    for (const dep of stage.needs) upstream[dep] = pruned.has(dep) ? `${PRUNED_BRANCH}${pruned.get(dep)!.digest}` : (digests.get(dep) ?? `${PENDING}${keys.get(dep)}`);
+    for (const dep of stage.needs) upstream[dep] = digests.get(dep) ?? `${PENDING}${keys.get(dep)}`;
     const record = stageRecordOf(pipeline, stage, upstream, externals.get(stage.id) ?? {});
     const { key } = record;
     keys.set(stage.id, key);
@@ -185,43 +199,17 @@ export async function planRun(pipeline: ResolvedPipeline, cache: ArtifactCache, 
         reasons.push(...found.notes);
       }
     }
-    if (action === 'run' && selection.only && !only.has(stage.id)) {
-      issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
-    }
     if (action === 'cached' && check.state === 'ok') digests.set(stage.id, entryDigest(check.meta));
     planned.push({ stage, key, action, reasons, record, entry: check.state === 'ok' ? check.meta : undefined, downstream, ...(forced.has(stage.id) ? { forced: true } : {}) });
   }
+  // After the loop: a branch that a halving join stops is known once the loop reaches the join.
+  for (const { stage, action, reasons } of planned) {
+    if (action === 'run' && selection.only && !only.has(stage.id)) {
+      issues.push({ code: 'upstream_not_cached', path: `stages.${stage.id}`, file: pipeline.file, line: stage.line, message: `--only ${selection.only}: upstream stage '${stage.id}' is not cached (${reasons.join('; ')}); run the pipeline without --only first` });
+    }
+  }
   if (issues.length) throw new ValidationError(issues);
   return { pipeline, stages: planned };
-}
-
-/**
- * For a halving join: the branches its cached rungs already prune (`prunedFromCache`), marked so
- * in `planned` (cached, nothing to compute). Empty for any other stage.
- */
-async function prunedBefore(stage: ResolvedStage, planned: PlannedStage[], cache: ArtifactCache): Promise<Map<string, { digest: string; budget: number }>> {
-  const spec = stage.definition.join ? stage.definition.halving?.(stage.params as never) : undefined;
-  const members = spec ? stage.needs.map((id) => planned.find((p) => p.stage.id === id)) : [];
-  if (!spec || members.length < 2 || members.some((m) => !m?.stage.definition.budget)) return new Map();
-  const pruned = await prunedFromCache(
-    spec,
-    members.map((m) => ({ id: m!.stage.id, key: m!.key, full: budgetOf(m!), ...(m!.action === 'cached' && m!.entry ? { finalMetrics: m!.entry.metrics } : {}), ...(m!.forced ? { forced: true } : {}) })),
-    async (key) => {
-      const check = await cache.check(key);
-      return check.state === 'ok' ? check.meta : undefined;
-    },
-  );
-  for (const [id, { budget }] of pruned) {
-    const at = planned.findIndex((p) => p.stage.id === id);
-    planned[at] = { ...planned[at], action: 'cached', pruned: true, reasons: [`pruned by '${stage.id}' after ${budget} epoch(s): its cached rungs decide it again`] };
-  }
-  // One left to run whose first rung is cached did run before: the halving decides how far it goes.
-  for (const member of members) {
-    if (member!.action !== 'run' || pruned.has(member!.stage.id) || member!.forced || (await cache.check(rungKey(member!.key, spec.min))).state !== 'ok') continue;
-    const at = planned.indexOf(member!);
-    planned[at] = { ...member!, reasons: [`its rung at epoch ${spec.min} is cached; '${stage.id}' decides whether it trains on`] };
-  }
-  return pruned;
 }
 
 /** The hints of every stage that depends on `id`, in pipeline order. */

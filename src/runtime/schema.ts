@@ -41,10 +41,20 @@ type Described = ReturnType<typeof describeAjvError>;
  * (their inner error names the key).
  */
 export function describeAjvErrors(errors: ErrorObject[], data: unknown): Described[] {
-  const oneOfPaths = new Set(errors.filter((e) => e.keyword === 'oneOf').map((e) => e.instancePath));
+  // A value of the type of one alternative only gets that alternative's errors (`halving: {
+  // factor: 1 }`: halving.factor must be >= 2), not the list of the alternatives.
+  const fitting = new Map<ErrorObject, string>();
+  for (const error of errors.filter((e) => e.keyword === 'oneOf')) {
+    const count = ((error.parentSchema?.oneOf as unknown[]) ?? []).length;
+    const misfit = (i: number) => errors.some((e) => e.instancePath === error.instancePath && e.schemaPath.startsWith(`${error.schemaPath}/${i}/`) && ['type', 'const', 'enum'].includes(e.keyword));
+    const fits = [...Array(count).keys()].filter((i) => !misfit(i));
+    if (fits.length === 1) fitting.set(error, `${error.schemaPath}/${fits[0]}/`);
+  }
+  const oneOfPaths = new Set(errors.filter((e) => e.keyword === 'oneOf' && !fitting.has(e)).map((e) => e.instancePath));
   const out: Described[] = [];
   for (const error of errors) {
-    if (error.keyword === 'propertyNames') continue;
+    if (error.keyword === 'propertyNames' || fitting.has(error)) continue;
+    if ([...fitting].some(([oneOf, branch]) => error.schemaPath.startsWith(`${oneOf.schemaPath}/`) && !error.schemaPath.startsWith(branch))) continue;
     if (oneOfPaths.has(error.instancePath) && error.keyword !== 'oneOf') continue;
     if (error.schemaPath.includes('/oneOf/') && [...oneOfPaths].some((p) => error.instancePath.startsWith(p + '/'))) continue;
     out.push(describeAjvError(error, data));

@@ -321,9 +321,16 @@ export interface StageDefinition<P = any> {
   /**
    * The integer param that is how long the stage trains (`epochs`): the stage honours
    * `ctx.budget` (stop early, leave what is needed to go on) and `ctx.resumeFrom` (go on),
-   * so a halving join can run it in rungs. Its metrics at any budget are those it reports.
+   * so a halving join can run it in rungs. Its metrics at any budget are those it reports; a
+   * rung that reports `stopped: true` stopped by itself (early stopping): it is run to its end
+   * (no more units) and ranked by its final metrics, never pruned.
    */
   budget?: string;
+  /**
+   * The metrics a `budget` stage can report after a rung (a halving join's `metric` must be one
+   * of them: checked when the pipeline loads). Absent: not checked until a rung reports.
+   */
+  budgetMetrics?: readonly string[];
   /** Does the work: reads `ctx.inputs`, writes `ctx.outDir`, returns metrics. */
   run(ctx: StageContext<P>, params: P): Promise<StageResult>;
 }

@@ -11,7 +11,7 @@ import type { StageContext, StageDefinition } from '../runtime/types.js';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { disposeModels, readModelArtifact, type ModelInfo } from '../ml/artifact.js';
 import { useTf, type Tf } from '../ml/backend.js';
-import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+import { RUNG_METRICS, trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
 import { requireHead, requireInputShape, requireSameClasses } from './guards.js';
 
 /** `with:` of a `fine-tune` stage (see schemas/stages/fine-tune.schema.json). */
@@ -33,6 +33,7 @@ export const fineTune: StageDefinition<FineTuneParams> = {
   resource: 'tf',
   // A halving select runs it in rungs of epochs (ctx.budget, ctx.resumeFrom: see fit-stage.ts).
   budget: 'epochs',
+  budgetMetrics: RUNG_METRICS,
   async run(ctx, params) {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');

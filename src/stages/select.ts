@@ -97,7 +97,8 @@ export const select: StageDefinition<SelectParams> = {
     const total = rows.length + failed.length + pruned.length;
     if (!passed.length) {
       const gate = Object.entries(params.gate).map(([name, min]) => `${name} >= ${min}`).join(', ');
-      const others = failed.length ? ` (${failed.length} more failed)` : '';
+      const more = [...(failed.length ? [`${failed.length} more failed`] : []), ...(pruned.length ? [`${pruned.length} more pruned by halving`] : [])];
+      const others = more.length ? ` (${more.join(', ')})` : '';
       throw new GateError('select_none_passed', `no branch of ${rows.length}${others} reached the gate (${gate}); best ${params.metric}: ${best(rows, mode).id} ${best(rows, mode).value}`, {
         metrics: { branches: total, passed: 0, metric: params.metric, table, ...failures },
       });

@@ -12,7 +12,7 @@ import { StageError } from '../runtime/errors.js';
 import type { StageDefinition } from '../runtime/types.js';
 import { disposeModels, readModelArtifact } from '../ml/artifact.js';
 import { useLayers, useTf } from '../ml/backend.js';
-import { trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
+import { RUNG_METRICS, trainAndSave, type TrainingParams } from '../ml/fit-stage.js';
 import { checkPreprocessing } from '../ml/preprocess-check.js';
 import { requireInputShape } from './guards.js';
 
@@ -41,6 +41,7 @@ export const trainHead: StageDefinition<TrainHeadParams> = {
   resource: 'tf',
   // A halving select runs it in rungs of epochs (ctx.budget, ctx.resumeFrom: see fit-stage.ts).
   budget: 'epochs',
+  budgetMetrics: RUNG_METRICS,
   async run(ctx, params) {
     const tf = await useTf(ctx.log);
     const modelInput = ctx.input('model');

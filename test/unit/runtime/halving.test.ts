@@ -188,7 +188,7 @@ describe('a halved sweep of fake-epochs branches', () => {
     const out = { stdout: '', stderr: '' };
     const io = { registry, stdout: (t: string) => (out.stdout += t), stderr: (t: string) => (out.stderr += t), env: { CI: 'true' }, isTTY: false };
     expect(await main(['plan', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
-    for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(out.stdout).toMatch(new RegExp(`^  pruned  ${id} .*pruned by 'pick' after 1 epoch\\(s\\): its cached rungs decide it again$`, 'm'));
+    for (const id of ['tune-lr-0p1', 'tune-lr-5e-2', 'tune-lr-1e-2']) expect(out.stdout).toMatch(new RegExp(`^  pruned  ${id} .*pruned by 'pick' after 1 of 3 epochs \\(val_acc [0-9.]+, rank [234] of 4; 1 went on\\)$`, 'm'));
     expect(out.stdout).toMatch(/^ {2}cached {2}pick /m);
     expect(out.stdout).toMatch(/^0 to run, \d+ cached, 3 pruned by cached rungs$/m);
     epochRuns.length = 0;
