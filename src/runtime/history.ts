@@ -87,10 +87,8 @@ export class RunHistory {
         const count = keptPerPipeline.get(name) ?? 0;
         if (count >= keep) continue;
         keptPerPipeline.set(name, count + 1);
+        // With the rungs a halved sweep's branches used: the next run decides by them.
         for (const stage of summary.value.stages) for (const key of [stage.key, ...(Array.isArray(stage.rungs) ? stage.rungs : [])]) wanted.add(key);
-        // Keys it came to use beyond its stages' (a halved sweep's rungs: the next run decides by them).
-        const plan = await this.readRunPlan(run);
-        if (plan.ok) for (const key of plan.value.keys) wanted.add(key);
         continue;
       }
       const plan = await this.readRunPlan(run);
