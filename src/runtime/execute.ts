@@ -125,10 +125,17 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
   const prunedOf = new Map<string, PrunedInfo>();
   /** Warnings of the run itself (a failed push, a halving not done), for its summary; before `groupOf`, which may warn. */
   const pushWarnings: { stage: string; message: string }[] = [];
+  /** Stages the observer was told started: a halved branch starts once, at its first rung, not again when it goes on. */
+  const startedStages = new Set<string>();
+  const startStage = (planned: PlannedStage) => {
+    if (startedStages.has(planned.stage.id)) return;
+    startedStages.add(planned.stage.id);
+    options.observer?.stageStarted?.(planned);
+  };
   /** The halving group of each branch a halving join reads. */
   const groupOf = halvingGroups(plan, !!options.dispatcher, {
     rung: (member, key, budget, resumeFrom) =>
-      computeRung({ store, log, signal, runId: options.runId, onKey: options.onKey, queue: tfQueue, started: (planned) => options.observer?.stageStarted?.(planned), compute: (planned, stageLog, extra) => computeSomewhere(planned, { ...requestOf(planned, stageLog), ...extra }) }, member, key, budget, resumeFrom),
+      computeRung({ store, log, signal, runId: options.runId, onKey: options.onKey, queue: tfQueue, started: startStage, compute: (planned, stageLog, extra) => computeSomewhere(planned, { ...requestOf(planned, stageLog), ...extra }) }, member, key, budget, resumeFrom),
     finish: (member, resumeFrom) => finishOf(member.planned, member.base, resumeFrom),
     decided: (info, message) => log.info(info, message),
     warn(stage, message) {
@@ -299,7 +306,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
-    options.observer?.stageStarted?.(planned);
+    startStage(planned);
     stageLog.info({ key, reasons: planned.reasons, ...(resumeFrom ? { resumeFrom } : {}) }, 'stage start');
     try {
       const entry = await computeSomewhere(planned, { ...requestOf(planned, stageLog), ...(resumeFrom ? { resumeFrom } : {}) });
@@ -337,7 +344,7 @@ export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<
     const { stage, key } = planned;
     const stageLog = log.child({ stage: stage.id, kind: stage.kind });
     const t0 = performance.now();
-    options.observer?.stageStarted?.(planned);
+    startStage(planned);
     stageLog.info({ key, reasons: planned.reasons }, 'stage dispatched');
     try {
       const upstream = Object.fromEntries(inputsOf(planned).map((input) => [input.id, input.key]));

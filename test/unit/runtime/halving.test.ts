@@ -352,6 +352,8 @@ describe('a halved sweep of fake-epochs branches', () => {
     expect(await main(['run', dir.path('p.yaml'), '--artifacts', dir.path('artifacts')], io), out.stderr).toBe(0);
     expect(out.stderr).toMatch(/^✂ tune-lr-1e-2 pruned /m);
     expect(out.stderr).toMatch(/^✓ tune-lr-2e-2 ran /m);
+    // the survivor starts once (at its rung), not again when it goes on
+    expect(out.stderr.match(/^▶ tune-lr-2e-2 /gm)).toHaveLength(1);
     // the run's summary is readable: status lists the pruned branches with their metrics where they stopped
     out.stdout = '';
     out.stderr = '';
