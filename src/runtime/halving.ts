@@ -109,7 +109,7 @@ export function halvingGroups(plan: Plan, dispatched: boolean, port: HalvingPort
       port.warn(stage.id, `'${stage.id}' halving is not done with --executor bullmq: every branch trains all its epochs`);
       continue;
     }
-    const group = new HalvingGroup(stage.id, spec, members, port, prunedDigest);
+    const group = new HalvingGroup(stage.id, spec, members, port);
     for (const id of members) groups.set(id, group);
   }
   return groups;
@@ -154,9 +154,7 @@ export class HalvingGroup {
     private readonly spec: HalvingSpec,
     private readonly members: readonly string[],
     private readonly port: HalvingPort,
-    private readonly digestOf: (info: Omit<PrunedInfo, 'digest'>) => string,
   ) {}
-
 
   run(member: HalvingMember): Promise<HalvingOutcome> {
     return new Promise((resolve) => {
@@ -184,9 +182,9 @@ export class HalvingGroup {
   private async halve(members: HalvingMember[]): Promise<Map<string, HalvingOutcome>> {
     const { spec, port } = this;
     const outcomes = new Map<string, HalvingOutcome>();
-    // A member is settled as soon as it is decided (its `✂` line then, not after the survivors trained).
     // The rung entries each member used: its summary lists them, so gc keeps them with the run.
     const rungs = new Map<string, string[]>(members.map((m) => [m.base.id, []]));
+    // A member is settled as soon as it is decided (its `✂` line then, not after the survivors trained).
     const decide = (id: string, decided: HalvingOutcome) => {
       const outcome = rungs.get(id)!.length ? { ...decided, summary: { ...decided.summary, rungs: rungs.get(id)! } } : decided;
       outcomes.set(id, outcome);
@@ -194,6 +192,12 @@ export class HalvingGroup {
     };
     const seconds = new Map<string, number>(members.map((m) => [m.base.id, 0]));
     const last = new Map<string, { dir: string; entry: EntryMeta; budget: number }>();
+    /** The member run to its end (going on from `from`), ranked by its final metrics when it succeeded. */
+    const finishAt = async (member: HalvingMember, from: string | undefined): Promise<{ member: HalvingMember; metrics?: Metrics; done: StageSummary }> => {
+      const done = await port.finish(member, from);
+      seconds.set(member.base.id, seconds.get(member.base.id)! + done.seconds);
+      return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
+    };
     let active = members;
     const longest = Math.max(...members.map((m) => m.full));
     for (const budget of rungBudgets(spec, longest)) {
@@ -202,11 +206,7 @@ export class HalvingGroup {
       const ran = await Promise.all(
         active.map(async (member): Promise<{ member: HalvingMember; metrics?: Metrics; done?: StageSummary }> => {
           const id = member.base.id;
-          if (member.full <= budget) {
-            const done = await port.finish(member, last.get(id)?.dir);
-            seconds.set(id, seconds.get(id)! + done.seconds);
-            return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
-          }
+          if (member.full <= budget) return finishAt(member, last.get(id)?.dir);
           let rung;
           try {
             const key = rungKey(member.planned.key, budget);
@@ -219,9 +219,7 @@ export class HalvingGroup {
           last.set(id, { dir: rung.dir, entry: rung.entry, budget });
           if (rung.entry.metrics.stopped !== true) return { member, metrics: rung.entry.metrics };
           // It stopped by itself in this rung (early stopping): it is done, its end trains no more; ranked by that.
-          const done = await port.finish(member, rung.dir);
-          seconds.set(id, seconds.get(id)! + done.seconds);
-          return { member, done, ...(done.status === 'ran' || done.status === 'cached' ? { metrics: done.metrics } : {}) };
+          return finishAt(member, rung.dir);
         }),
       );
       // Interrupted (Ctrl-C) during the rung: the rungs that finished decide nothing, every branch stops here.
@@ -258,7 +256,7 @@ export class HalvingGroup {
         decide(id, {
           // A branch `plan` found pruned (`PlannedStage.pruned`) has that reason only: not twice.
           summary: { ...member.base, status: 'pruned', seconds: seconds.get(id)!, metrics: rung.entry.metrics, reasons: [...(member.planned.pruned ? [] : (member.base.reasons ?? [])), prunedReason(this.join, spec, budget, member.full, order[rank].value, rank, order.length, keep)] },
-          pruned: { budget, of: member.full, digest: this.digestOf({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
+          pruned: { budget, of: member.full, digest: prunedDigest({ budget, of: member.full, metrics: rung.entry.metrics }), metrics: rung.entry.metrics },
         });
       }
       active = order.slice(0, keep).filter((r) => !r.done).map((r) => r.member);
